@@ -1,0 +1,206 @@
+"""One typed settings object: conf/default.yaml, then a --config overlay, then the environment.
+
+Environment overrides use FRAUDFLOW__SECTION__KEY=value (values parsed as YAML scalars), and
+MLFLOW_TRACKING_URI wins over mlflow.tracking_uri. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+ENV_PREFIX = "FRAUDFLOW__"
+RAW_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
+LABEL_COLUMN = "tx_fraud"
+
+
+class SettingsError(ValueError):
+    """A configuration file or override is missing, malformed or out of range."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataSettings(_Frozen):
+    columns: dict[str, str]
+    path: str
+
+    @field_validator("columns")
+    @classmethod
+    def _all_columns_mapped(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(RAW_COLUMNS) - {LABEL_COLUMN})
+        if unknown:
+            raise ValueError(f"unknown column keys {unknown}; expected {RAW_COLUMNS + (LABEL_COLUMN,)}")
+        missing = [c for c in RAW_COLUMNS if c not in value]
+        if missing:
+            raise ValueError(f"no mapping for required columns {missing}")
+        return value
+
+
+class SimulationSettings(_Frozen):
+    n_customers: int = Field(gt=0)
+    n_terminals: int = Field(gt=0)
+    n_days: int = Field(gt=0)
+    start_date: date
+    radius: float = Field(gt=0)
+    seed: int
+    amount_fraud_threshold: float = Field(gt=0)
+    compromised_terminals_per_day: int = Field(ge=0)
+    terminal_compromise_days: int = Field(gt=0)
+    compromised_customers_per_day: int = Field(ge=0)
+    customer_compromise_days: int = Field(gt=0)
+    customer_fraud_share: float = Field(ge=0, le=1)
+    customer_amount_multiplier: float = Field(gt=0)
+
+
+class FeatureSettings(_Frozen):
+    label_delay_days: int = Field(gt=0)
+    customer_windows_days: tuple[int, ...]
+    terminal_windows_days: tuple[int, ...]
+    night_last_hour: int = Field(ge=0, le=23)
+
+    @field_validator("customer_windows_days", "terminal_windows_days")
+    @classmethod
+    def _positive_windows(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("windows must be a non-empty list of positive day counts")
+        return value
+
+
+class ThresholdSettings(_Frozen):
+    rule: Literal["min_cost", "max_f1"]
+    cost_missed_fraud: float = Field(gt=0)
+    cost_review: float = Field(gt=0)
+
+
+class TrainingSettings(_Frozen):
+    end_date: date | None = None
+    train_days: int = Field(gt=0)
+    validation_days: int = Field(gt=0)
+    test_days: int = Field(gt=0)
+    lightgbm: dict[str, Any]
+    max_rounds: int = Field(gt=0)
+    early_stopping_rounds: int = Field(gt=0)
+    imbalance_power: float = Field(ge=0, le=1)
+    threshold: ThresholdSettings
+    card_precision_k: int = Field(gt=0)
+    reference_sample_rows: int = Field(ge=0)
+
+
+class BacktestSettings(_Frozen):
+    folds: int = Field(gt=0)
+    train_days: int = Field(gt=0)
+    test_days: int = Field(gt=0)
+    fold_step_days: int = Field(gt=0)
+
+
+class MlflowSettings(_Frozen):
+    tracking_uri: str | None = None
+    experiment: str
+    promotion_experiment: str
+    model_name: str
+    champion_alias: str
+
+
+class PromotionSettings(_Frozen):
+    eval_days: int = Field(gt=0)
+    compare_metric: Literal["average_precision", "roc_auc", "card_precision_at_100", "f1", "recall"]
+    min_improvement: float
+    gates: dict[str, float]
+
+
+class Settings(_Frozen):
+    workdir: Path
+    data: DataSettings
+    simulation: SimulationSettings
+    features: FeatureSettings
+    training: TrainingSettings
+    backtest: BacktestSettings
+    mlflow: MlflowSettings
+    promotion: PromotionSettings
+
+    @property
+    def tracking_uri(self) -> str:
+        """The tracking/registry URI: explicit setting, else the embedded SQLite store."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.workdir / "mlartifacts").resolve()
+
+    @property
+    def data_path(self) -> Path:
+        path = Path(self.data.path)
+        return path if path.is_absolute() else self.workdir / path
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge overlay into base recursively; overlay wins on leaves."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SettingsError(f"config file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(content, dict):
+        raise SettingsError(f"config file {path} must hold a mapping at the top level")
+    return content
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn FRAUDFLOW__A__B=value variables into a nested mapping."""
+    result: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__") if k]
+        if not keys:
+            continue
+        node = result
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    if environ.get("MLFLOW_TRACKING_URI"):
+        result.setdefault("mlflow", {})["tracking_uri"] = environ["MLFLOW_TRACKING_URI"]
+    return result
+
+
+def load_settings(
+    config: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: default.yaml, then `config`, then environment, then `overrides`."""
+    raw = _read_yaml(DEFAULT_CONFIG)
+    if config is not None:
+        raw = deep_merge(raw, _read_yaml(Path(config)))
+    raw = deep_merge(raw, env_overrides(os.environ if environ is None else environ))
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from exc
