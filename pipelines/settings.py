@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 ENV_PREFIX = "FRAUDFLOW__"
@@ -38,7 +38,9 @@ class DataSettings(_Frozen):
     def _all_columns_mapped(cls, value: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(value) - set(RAW_COLUMNS) - {LABEL_COLUMN})
         if unknown:
-            raise ValueError(f"unknown column keys {unknown}; expected {RAW_COLUMNS + (LABEL_COLUMN,)}")
+            raise ValueError(
+                f"unknown column keys {unknown}; expected {RAW_COLUMNS + (LABEL_COLUMN,)}"
+            )
         missing = [c for c in RAW_COLUMNS if c not in value]
         if missing:
             raise ValueError(f"no mapping for required columns {missing}")
@@ -83,6 +85,7 @@ class ThresholdSettings(_Frozen):
 
 class TrainingSettings(_Frozen):
     end_date: date | None = None
+    train_start: date | None = None
     train_days: int = Field(gt=0)
     validation_days: int = Field(gt=0)
     test_days: int = Field(gt=0)
@@ -93,6 +96,12 @@ class TrainingSettings(_Frozen):
     threshold: ThresholdSettings
     card_precision_k: int = Field(gt=0)
     reference_sample_rows: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _one_anchor(self) -> "TrainingSettings":
+        if self.end_date is not None and self.train_start is not None:
+            raise ValueError("set either training.end_date or training.train_start, not both")
+        return self
 
 
 class BacktestSettings(_Frozen):

@@ -1,0 +1,112 @@
+"""The handbook's prequential protocol: K weekly folds, each trained and tested afresh."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pipelines.settings import Settings
+from pipelines.split import day_after_last
+from pipelines.tracking import configure_tracking, ensure_experiment
+from pipelines.train import TrainingResult, featurize, train_model
+
+HEADLINE = ("roc_auc", "average_precision")
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    fold: int
+    windows: dict[str, str]
+    metrics: dict[str, float]
+    row_counts: dict[str, int]
+
+
+def fold_settings(settings: Settings, fold_end: pd.Timestamp) -> Settings:
+    """The training settings of one fold: backtest lengths, anchored at the fold's test end."""
+    training = settings.training.model_copy(
+        update={
+            "end_date": fold_end.date(),
+            "train_start": None,
+            "train_days": settings.backtest.train_days,
+            "test_days": settings.backtest.test_days,
+        }
+    )
+    return settings.model_copy(update={"training": training})
+
+
+def fold_ends(transactions: pd.DataFrame, settings: Settings) -> list[pd.Timestamp]:
+    """Exclusive test-period ends, newest first, one fold step apart."""
+    end = day_after_last(transactions["tx_datetime"])
+    step = pd.Timedelta(days=settings.backtest.fold_step_days)
+    return [end - i * step for i in range(settings.backtest.folds)]
+
+
+def summarize(folds: list[FoldResult], k: int) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation of each headline metric over folds."""
+    summary = {}
+    for metric in (*HEADLINE, f"card_precision_at_{k}"):
+        values = np.array([f.metrics[metric] for f in folds], dtype=float)
+        summary[metric] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values))}
+    return summary
+
+
+def _headline(result: TrainingResult, k: int) -> dict[str, float]:
+    keys = (*HEADLINE, f"card_precision_at_{k}", "precision", "recall", "f1")
+    return {key: float(result.test_metrics[key]) for key in keys}
+
+
+def run_backtest(
+    transactions: pd.DataFrame, settings: Settings, log_to_mlflow: bool = True
+) -> dict[str, object]:
+    """Train and test every fold; log a parent run with one nested run per fold."""
+    k = settings.training.card_precision_k
+    folds: list[FoldResult] = []
+    parent = None
+    if log_to_mlflow:
+        configure_tracking(settings)
+        experiment_id = ensure_experiment(settings, settings.mlflow.experiment)
+        parent = mlflow.start_run(experiment_id=experiment_id, run_name="backtest")
+        mlflow.set_tag("fraudflow.step", "backtest")
+        mlflow.log_params(
+            {f"backtest_{key}": value for key, value in settings.backtest.model_dump().items()}
+        )
+    features = featurize(transactions, settings.features)
+    try:
+        for index, end in enumerate(fold_ends(transactions, settings)):
+            result = train_model(transactions, fold_settings(settings, end), features)
+            fold = FoldResult(
+                index, result.windows.as_dict(), _headline(result, k), result.row_counts
+            )
+            folds.append(fold)
+            if log_to_mlflow:
+                with mlflow.start_run(run_name=f"fold-{index}", nested=True):
+                    mlflow.set_tag("fraudflow.step", "backtest-fold")
+                    mlflow.log_params({**fold.windows, "best_iteration": result.best_iteration})
+                    mlflow.log_metrics({**fold.metrics, **fold.row_counts})
+        summary = summarize(folds, k)
+        if log_to_mlflow:
+            mlflow.log_metrics(
+                {
+                    f"{metric}_{stat}": value
+                    for metric, stats in summary.items()
+                    for stat, value in stats.items()
+                }
+            )
+    finally:
+        if parent is not None:
+            mlflow.end_run()
+    report: dict[str, object] = {
+        "folds": [f.__dict__ for f in folds],
+        "summary": summary,
+        "protocol": {
+            "label_delay_days": settings.features.label_delay_days,
+            **settings.backtest.model_dump(),
+            "validation_days": settings.training.validation_days,
+        },
+    }
+    if parent is not None:
+        report["run_id"] = parent.info.run_id
+    return report

@@ -1,0 +1,270 @@
+"""The `fraudflow` command line: one thin sub-command per lifecycle step.
+
+Every sub-command takes --config (an overlay on conf/default.yaml); commands that read
+transactions take --data, commands that produce a result take --output (JSON summaries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipelines.data import DataValidationError, load_transactions, write_transactions
+from pipelines.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("fraudflow")
+
+
+class UsageError(ValueError):
+    """A command line that asks for something impossible."""
+
+
+def _write_json(payload: Any, output: str | None) -> None:
+    text = json.dumps(payload, indent=2, default=str)
+    if output:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(path)
+        log.info("wrote %s", path)
+
+
+def _data_path(args: argparse.Namespace, settings: Settings) -> Path:
+    return Path(args.data) if args.data else settings.data_path
+
+
+def _load(args: argparse.Namespace, settings: Settings, require_labels: bool):
+    path = _data_path(args, settings)
+    log.info("reading transactions from %s", path)
+    frame = load_transactions(path, settings.data.columns, require_labels=require_labels)
+    log.info(
+        "%d transactions, %s .. %s",
+        len(frame),
+        frame["tx_datetime"].min(),
+        frame["tx_datetime"].max(),
+    )
+    return path, frame
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: simulation settings. Produces: one Parquet file per day under --output."""
+    from pipelines.simulate import fraud_summary, simulate_transactions, write_daily_parquet
+
+    overrides = {
+        key: value
+        for key, value in {
+            "n_customers": args.customers,
+            "n_terminals": args.terminals,
+            "n_days": args.days,
+            "seed": args.seed,
+            "start_date": args.start_date,
+        }.items()
+        if value is not None
+    }
+    simulation = settings.simulation.model_validate(
+        {**settings.simulation.model_dump(), **overrides}
+    )
+    folder = Path(args.output) if args.output else settings.data_path
+    transactions = simulate_transactions(simulation, progress=True)
+    files = write_daily_parquet(transactions, folder, progress=True, overwrite=args.overwrite)
+    summary = {"folder": str(folder), "files": len(files), **fraud_summary(transactions)}
+    print(
+        f"simulated {summary['transactions']} transactions "
+        f"({summary['fraud_rate']:.2%} fraud) into {len(files)} daily files in {folder}"
+    )
+    return summary
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: labelled transactions. Produces: an MLflow run and a registered model version."""
+    from pipelines.tracking import log_training_run
+    from pipelines.train import train_model
+
+    path, transactions = _load(args, settings, require_labels=True)
+    result = train_model(transactions, settings)
+    data = {
+        "data_path": str(path),
+        "data_rows": len(transactions),
+        "data_start": transactions["tx_datetime"].min().isoformat(),
+        "data_end": transactions["tx_datetime"].max().isoformat(),
+    }
+    run_id, version = log_training_run(result, settings, data)
+    summary = {
+        "run_id": run_id,
+        "model_name": version.name,
+        "model_version": version.version,
+        "threshold": result.scorer.threshold,
+        "best_iteration": result.best_iteration,
+        "windows": result.windows.as_dict(),
+        "row_counts": result.row_counts,
+        "test_metrics": result.test_metrics,
+    }
+    m = result.test_metrics
+    print(
+        f"trained {version.name} v{version.version} (run {run_id}): test AP "
+        f"{m['average_precision']:.4f}, ROC-AUC {m['roc_auc']:.4f}, "
+        f"CP@{settings.training.card_precision_k} "
+        f"{m[f'card_precision_at_{settings.training.card_precision_k}']:.4f}, "
+        f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f} "
+        f"at threshold {result.scorer.threshold:.4f}"
+    )
+    return summary
+
+
+def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: labelled transactions. Produces: a parent MLflow run with one nested run per fold."""
+    from pipelines.backtest import run_backtest
+
+    if args.folds is not None:
+        settings = settings.model_copy(
+            update={"backtest": settings.backtest.model_copy(update={"folds": args.folds})}
+        )
+    _, transactions = _load(args, settings, require_labels=True)
+    report = run_backtest(transactions, settings)
+    for fold in report["folds"]:
+        m = fold["metrics"]
+        print(
+            f"fold {fold['fold']} test {fold['windows']['test_start']}..: AUC {m['roc_auc']:.4f}"
+            f"  AP {m['average_precision']:.4f}"
+            f"  CP@{settings.training.card_precision_k} "
+            f"{m[f'card_precision_at_{settings.training.card_precision_k}']:.4f}"
+        )
+    for metric, stats in report["summary"].items():
+        print(f"{metric}: {stats['mean']:.4f} ± {stats['std']:.4f}")
+    return report
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows."""
+    from pipelines.model import load_scorer
+    from pipelines.score import score_transactions
+    from pipelines.tracking import configure_tracking
+
+    if not args.output:
+        raise UsageError("score needs --output FILE (.csv or .parquet)")
+    configure_tracking(settings)
+    uri = args.model_uri or f"models:/{settings.mlflow.model_name}/Production"
+    scorer = load_scorer(uri)
+    _, transactions = _load(args, settings, require_labels=False)
+    if "tx_fraud" not in transactions:
+        log.warning("no labels in the input: terminal risk features count no known fraud")
+    scores = score_transactions(transactions, scorer, settings.features, progress=True)
+    write_transactions(scores, Path(args.output))
+    print(f"scored {len(scores)} transactions with {uri} into {args.output}")
+    return {"model_uri": uri, "rows": len(scores), "output": args.output}
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: the registry (and, with --auto, recent labelled data). Produces: a stage change,
+    the champion alias and a promotion record."""
+    from pipelines import registry
+
+    if args.history:
+        history = registry.promotion_history(settings)
+        print(history.to_string(index=False) if not history.empty else "no promotion yet")
+        return {"history": history.to_dict(orient="records")}
+    if args.auto:
+        _, transactions = _load(args, settings, require_labels=True)
+        decision = registry.promote_if_better(settings, transactions, args.actor)
+    else:
+        if args.version is None or args.stage is None:
+            raise UsageError("promote needs --version N --stage Production|Staging, or --auto")
+        reason = args.reason or f"manual promotion to {args.stage}"
+        decision = registry.set_stage(settings, args.version, args.stage, reason, args.actor)
+    verb = "promoted to" if decision.promoted else "placed in"
+    print(f"{settings.mlflow.model_name} v{decision.version} {verb} {decision.stage}: ")
+    print(f"  {decision.reason}")
+    return decision.as_dict()
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Simulate (unless data exists), train, auto-promote, then summarise."""
+    from pipelines.demo import run_demo
+
+    return run_demo(settings, data=args.data, fresh=args.fresh)
+
+
+def _whole(text: str) -> int:
+    """An integer, also when MLflow passes it as a float ("5000.0")."""
+    value = float(text)
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fraudflow", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str, data: bool = False, summary: bool = True):
+        p = sub.add_parser(name, help=help_text, description=func.__doc__)
+        p.add_argument("--config", help="YAML overlay on conf/default.yaml")
+        if data:
+            p.add_argument("--data", help="CSV/Parquet file or folder (default: data.path)")
+        target = "JSON summary" if summary else "data"
+        p.add_argument("--output", help=f"where to write the result ({target})")
+        p.set_defaults(func=func, summary=summary)
+        return p
+
+    p = add(
+        "simulate", cmd_simulate, "simulate transactions, one Parquet file per day", summary=False
+    )
+    p.add_argument("--customers", type=_whole)
+    p.add_argument("--terminals", type=_whole)
+    p.add_argument("--days", type=_whole)
+    p.add_argument("--seed", type=_whole)
+    p.add_argument("--start-date")
+    p.add_argument("--overwrite", action="store_true", help="replace existing day files")
+    add("train", cmd_train, "train, log and register a model", data=True)
+    p = add("backtest", cmd_backtest, "prequential evaluation over weekly folds", data=True)
+    p.add_argument("--folds", type=_whole)
+    p = add("score", cmd_score, "batch-score raw transactions", data=True, summary=False)
+    p.add_argument("--model-uri", help="default: models:/<model_name>/Production")
+    p = add("promote", cmd_promote, "promote a model version", data=True)
+    p.add_argument("--version", help="version number, or 'auto' (same as --auto)")
+    p.add_argument("--stage", choices=["Production", "Staging"])
+    p.add_argument("--reason")
+    p.add_argument("--actor", help="who decides (default: the OS user)")
+    p.add_argument("--auto", action="store_true", help="newest vs champion, gated")
+    p.add_argument("--history", action="store_true", help="print the promotion history")
+    p = add("demo", cmd_demo, "the whole training side on the embedded store", data=True)
+    p.add_argument("--fresh", action="store_true", help="re-simulate even if data exists")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("config", "data", "output", "model_uri", "version"):
+        if getattr(args, name, None) == "":
+            setattr(args, name, None)  # MLproject passes unset optional parameters as ""
+    if getattr(args, "version", None) == "auto":
+        args.version, args.auto = None, True
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("alembic", "mlflow.store", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = load_settings(args.config)
+        result = args.func(args, settings)
+        if args.summary:
+            _write_json(result, args.output)
+    except (SettingsError, DataValidationError, UsageError, FileNotFoundError) as exc:
+        print(f"fraudflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"fraudflow {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

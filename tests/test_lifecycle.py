@@ -1,0 +1,191 @@
+"""Training, registration and promotion against a real MLflow store in a temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.features import feature_names
+from pipelines.model import FraudModel, load_scorer
+from pipelines.registry import promote_if_better, promotion_history, set_stage
+from pipelines.tracking import REFERENCE_ARTIFACT, configure_tracking, log_training_run
+from pipelines.train import train_model
+from tests.conftest import make_settings
+
+NAME = "fraud-detector"
+
+
+def train_and_log(transactions: pd.DataFrame, settings) -> tuple[str, str]:
+    run_id, version, _ = train_log_result(transactions, settings)
+    return run_id, version
+
+
+def train_log_result(transactions: pd.DataFrame, settings):
+    result = train_model(transactions, settings)
+    run_id, version = log_training_run(result, settings, {"data_path": "test"})
+    return run_id, str(version.version), result
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame):
+    """One store with a good v1, used in order by the tests of this module."""
+    settings = make_settings(tmp_path_factory.mktemp("store"))
+    run_id, version, result = train_log_result(small_transactions, settings)
+    return settings, run_id, version, result
+
+
+def test_training_run_logs_metrics_params_plots_and_the_model(store) -> None:
+    settings, run_id, version, _ = store
+    client = configure_tracking(settings)
+    run = client.get_run(run_id)
+    for metric in (
+        "roc_auc",
+        "average_precision",
+        "card_precision_at_100",
+        "precision",
+        "recall",
+        "f1",
+    ):
+        assert 0.0 <= run.data.metrics[f"test_{metric}"] <= 1.0, metric
+    assert run.data.metrics["test_roc_auc"] > 0.75
+    assert run.data.metrics["rows_train"] > 1000 and run.data.metrics["frauds_train"] > 10
+    for param in (
+        "train_start",
+        "train_end",
+        "validation_start",
+        "test_start",
+        "test_end",
+        "lgbm_learning_rate",
+    ):
+        assert param in run.data.params
+    artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert artifacts == {
+        f"plots/{n}.png"
+        for n in ("precision_recall_curve", "roc_curve", "feature_importance", "confusion_matrix")
+    }
+    local = Path(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
+    )
+    reference = pd.read_parquet(local)
+    assert list(reference.columns) == feature_names(settings.features) + ["fraud_probability"]
+    assert artifacts and version == "1"
+
+
+def test_registered_version_carries_threshold_window_and_metrics(store) -> None:
+    settings, run_id, version, _ = store
+    mv = configure_tracking(settings).get_model_version(NAME, version)
+    assert mv.run_id == run_id
+    assert 0.0 < float(mv.tags["threshold"]) < 1.0
+    assert mv.tags["train_start"] < mv.tags["test_start"]
+    assert float(mv.tags["test_average_precision"]) > 0
+
+
+def test_pyfunc_returns_probabilities_with_a_signature(store, small_transactions) -> None:
+    settings, _, version, result = store
+    configure_tracking(settings)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+    assert isinstance(model.unwrap_python_model(), FraudModel)
+    inputs = [c.name for c in model.metadata.get_input_schema().inputs]
+    assert inputs == feature_names(settings.features)
+    features = result.test.features.head(200)
+    probabilities = np.asarray(model.predict(features))
+    assert probabilities.shape == (200,)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    assert len(np.unique(probabilities)) > 10  # probabilities, not 0/1 labels
+    np.testing.assert_allclose(probabilities, result.scorer.predict_proba(features))
+
+
+def test_score_moves_the_right_way(store, small_transactions) -> None:
+    """Behaviour: a dearer transaction, or a riskier terminal, never looks safer."""
+    settings, _, version, result = store
+    configure_tracking(settings)
+    scorer = load_scorer(f"models:/{NAME}/{version}")
+    base = result.test.features.dropna().head(300)
+    dear = base.assign(tx_amount=base["tx_amount"] * 4, amount_to_customer_avg_30d=4.0)
+    risky = base.assign(terminal_risk_7d=0.8, terminal_risk_30d=0.8, terminal_risk_1d=0.8)
+    assert scorer.predict_proba(dear).mean() > scorer.predict_proba(base).mean()
+    assert scorer.predict_proba(risky).mean() > 2 * scorer.predict_proba(base).mean()
+    above_220 = base.assign(tx_amount=500.0)  # scenario 1: every such amount is fraud
+    assert (scorer.predict_proba(above_220) >= scorer.threshold).mean() > 0.9
+
+
+def test_manual_promotion_sets_stage_and_alias_and_archives(store, small_transactions) -> None:
+    settings, _, v1, _ = store
+    client = configure_tracking(settings)
+    set_stage(settings, v1, "Production", "first model", actor="alice")
+    _, v2 = train_and_log(small_transactions, settings)
+    assert client.get_model_version(NAME, v2).current_stage == "None"
+    set_stage(settings, v2, "Production", "retrained", actor="bob")
+
+    assert client.get_model_version(NAME, v1).current_stage == "Archived"
+    assert client.get_model_version(NAME, v2).current_stage == "Production"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == v2
+    assert str(client.get_latest_versions(NAME, ["Production"])[0].version) == v2
+    mv2 = client.get_model_version(NAME, v2)
+    assert mv2.tags["promotion.by"] == "bob" and mv2.tags["promotion.reason"] == "retrained"
+    assert "Production by bob: retrained" in mv2.description
+
+    history = promotion_history(settings)
+    assert list(history["version"])[:2] == [v2, v1]
+    assert list(history["actor"])[:2] == ["bob", "alice"]
+    assert list(history["champion_before"])[:2] == [v1, ""]
+
+
+def test_auto_refuses_a_worse_model_and_keeps_the_champion(store, small_transactions) -> None:
+    settings, _, _, _ = store
+    client = configure_tracking(settings)
+    champion = str(client.get_model_version_by_alias(NAME, "champion").version)
+    stump = make_settings(
+        settings.workdir,
+        training={"max_rounds": 1, "lightgbm": {"num_leaves": 2, "learning_rate": 0.01}},
+    )
+    _, worse = train_and_log(small_transactions, stump)
+    decision = promote_if_better(settings, small_transactions, actor="ci")
+
+    assert decision.version == worse and not decision.promoted
+    assert decision.stage == "Staging"
+    assert "does not beat champion" in decision.reason
+    assert (
+        decision.candidate_metrics["average_precision"]
+        < decision.champion_metrics["average_precision"]
+    )
+    assert client.get_model_version(NAME, worse).current_stage == "Staging"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == champion
+    assert promotion_history(settings)["reason"].iloc[0] == decision.reason
+
+
+def test_auto_holds_a_model_that_misses_an_absolute_gate(store, small_transactions) -> None:
+    settings, _, _, _ = store
+    strict = make_settings(settings.workdir, promotion={"gates": {"recall": 1.01}})
+    _, version = train_and_log(small_transactions, strict)
+    decision = promote_if_better(strict, small_transactions)
+    assert not decision.promoted and "recall" in decision.reason and "gate" in decision.reason
+
+
+def test_auto_promotes_a_model_that_beats_the_champion(tmp_path, small_transactions) -> None:
+    settings = make_settings(tmp_path)
+    stump = make_settings(tmp_path, training={"max_rounds": 1, "lightgbm": {"num_leaves": 2}})
+    _, weak = train_and_log(small_transactions, stump)
+    set_stage(settings, weak, "Production", "baseline")
+    _, strong = train_and_log(small_transactions, settings)
+    decision = promote_if_better(settings, small_transactions)
+    assert decision.promoted and decision.champion_before == weak
+    client = configure_tracking(settings)
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == strong
+    assert client.get_model_version(NAME, weak).current_stage == "Archived"
+
+
+def test_demoting_the_champion_to_staging_removes_the_alias(tmp_path, small_transactions) -> None:
+    settings = make_settings(tmp_path)
+    _, v1 = train_and_log(small_transactions, settings)
+    set_stage(settings, v1, "Production", "go")
+    set_stage(settings, v1, "Staging", "roll back")
+    client = configure_tracking(settings)
+    assert client.get_model_version(NAME, v1).current_stage == "Staging"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(NAME, "champion")
