@@ -65,6 +65,7 @@ def run_backtest(
     k = settings.training.card_precision_k
     folds: list[FoldResult] = []
     parent = None
+    experiment_id = None
     if log_to_mlflow:
         configure_tracking(settings)
         experiment_id = ensure_experiment(settings, settings.mlflow.experiment)
@@ -82,7 +83,9 @@ def run_backtest(
             )
             folds.append(fold)
             if log_to_mlflow:
-                with mlflow.start_run(run_name=f"fold-{index}", nested=True):
+                with mlflow.start_run(
+                    experiment_id=experiment_id, run_name=f"fold-{index}", nested=True
+                ):
                     mlflow.set_tag("fraudflow.step", "backtest-fold")
                     mlflow.log_params({**fold.windows, "best_iteration": result.best_iteration})
                     mlflow.log_metrics({**fold.metrics, **fold.row_counts})

@@ -71,6 +71,11 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         {**settings.simulation.model_dump(), **overrides}
     )
     folder = Path(args.output) if args.output else settings.data_path
+    existing = sorted(folder.glob("*.parquet")) + sorted(folder.glob("*.csv"))
+    if existing and not args.overwrite:
+        raise UsageError(
+            f"{folder} already holds {len(existing)} data files; pass --overwrite to replace them"
+        )
     transactions = simulate_transactions(simulation, progress=True)
     files = write_daily_parquet(transactions, folder, progress=True, overwrite=args.overwrite)
     summary = {"folder": str(folder), "files": len(files), **fraud_summary(transactions)}

@@ -8,7 +8,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 from pipelines.features import feature_names
 from pipelines.model import FraudModel, load_scorer
