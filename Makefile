@@ -1,5 +1,5 @@
 # fraudflow: `make demo` and `make test` build the environment from scratch when needed.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install demo test lint format benchmark clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
-	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@$(PYTHON) -c "import sys; assert sys.version_info[:2] == (3, 11), sys.version" || { echo "fraudflow needs Python 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip==26.3"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
@@ -31,7 +31,7 @@ format: install
 	$(PY) -m black .
 
 benchmark: install
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run --markdown benchmarks/results.md
 
 clean:
 	rm -rf $(VENV) .fraudflow .pytest_cache .coverage coverage.xml

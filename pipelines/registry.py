@@ -170,15 +170,20 @@ def promotion_history(settings: Settings) -> pd.DataFrame:
 def evaluate_on_recent(
     model_uri: str, transactions: pd.DataFrame, settings: Settings
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Metrics of a model on the most recent `eval_days` of labelled data, known cards excluded."""
+    """Metrics of a model on the most recent `eval_days` of labelled data.
+
+    Cards with a fraud label matured within `known_cards_lookback_days` before a day are taken
+    as already blocked and left out, as the handbook does for its test weeks.
+    """
     end = day_after_last(transactions["tx_datetime"])
     start = end - pd.Timedelta(days=settings.promotion.eval_days)
+    lookback = start - pd.Timedelta(days=settings.promotion.known_cards_lookback_days)
     features = build_features(transactions, settings.features)
     recent = (transactions["tx_datetime"] >= start).to_numpy()
     known = known_compromised(
         transactions["customer_id"][recent],
         transactions["tx_datetime"][recent],
-        transactions,
+        transactions.loc[(transactions["tx_datetime"] >= lookback).to_numpy()],
         settings.features.label_delay_days,
     )
     raw = transactions.loc[recent].loc[~known]

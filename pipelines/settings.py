@@ -121,6 +121,7 @@ class MlflowSettings(_Frozen):
 
 class PromotionSettings(_Frozen):
     eval_days: int = Field(gt=0)
+    known_cards_lookback_days: int = Field(ge=0)
     compare_metric: Literal["average_precision", "roc_auc", "card_precision_at_100", "f1", "recall"]
     min_improvement: float
     gates: dict[str, float]

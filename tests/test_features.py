@@ -154,3 +154,13 @@ def test_no_labels_at_all_gives_zero_risk_and_same_other_features() -> None:
 def test_empty_input_gives_empty_features() -> None:
     empty = random_stream(10, seed=9).iloc[0:0]
     assert list(build_features(empty, SETTINGS).columns) == feature_names(SETTINGS)
+
+
+def test_features_agree_with_the_handbooks_rolling_windows() -> None:
+    """Cross-check against the handbook's groupby/rolling implementation (distinct times)."""
+    from benchmarks.handbook import handbook_features
+
+    stream = random_stream(2000, seed=10).drop_duplicates("tx_datetime")
+    reference = handbook_features(stream, delay=SETTINGS.label_delay_days)
+    ours = build_features(stream, SETTINGS)[reference.columns]
+    pd.testing.assert_frame_equal(ours, reference, check_dtype=False, rtol=0, atol=1e-9)
