@@ -15,6 +15,8 @@ from pipelines.settings import FeatureSettings
 
 DAY_MS = 86_400_000
 MAX_INT64 = np.iinfo(np.int64).max
+# below this prior spend the amount ratio is undefined (NaN), not a rounding-error blow-up
+MIN_PRIOR_SPEND = 1e-6
 
 
 def feature_names(settings: FeatureSettings) -> list[str]:
@@ -121,9 +123,10 @@ def _customer_features(
             prior_total = total - sorted_amounts
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(
-                    prior_count > 0, sorted_amounts * prior_count / prior_total, np.nan
+                    (prior_count > 0) & (prior_total > MIN_PRIOR_SPEND),
+                    sorted_amounts * prior_count / prior_total,
+                    np.nan,
                 )
-            ratio[~np.isfinite(ratio)] = np.nan
             out[f"amount_to_customer_avg_{window}d"] = _unsort(timeline.order, ratio)
     return out
 
@@ -157,3 +160,47 @@ def _terminal_features(
         out[f"terminal_nb_tx_{window}d"] = _unsort(timeline.order, count)
         out[f"terminal_risk_{window}d"] = _unsort(timeline.order, risk)
     return out
+
+
+def features_from_history(
+    tx_datetime: pd.Timestamp,
+    tx_amount: float,
+    customer_times_ms: np.ndarray,
+    customer_amounts: np.ndarray,
+    terminal_times_ms: np.ndarray,
+    terminal_labels: np.ndarray,
+    settings: FeatureSettings,
+) -> np.ndarray:
+    """The same features for one transaction, from its card's and terminal's earlier history.
+
+    The online path (no pandas): `customer_*` are the card's earlier transactions (time <= this
+    one's, at most the longest window back); `terminal_*` the terminal's transactions with their
+    labels (NaN: unknown). Values follow `feature_names(settings)` and equal `build_features`.
+    """
+    stamp = pd.Timestamp(tx_datetime)
+    t = int(stamp.value // 1_000_000)
+    values = [
+        float(tx_amount),
+        float(stamp.dayofweek >= 5),
+        float(stamp.hour <= settings.night_last_hour),
+    ]
+    longest = max(settings.customer_windows_days)
+    for window in settings.customer_windows_days:
+        inside = customer_times_ms > t - window * DAY_MS
+        count = 1.0 + float(np.count_nonzero(inside))
+        total = float(tx_amount) + float(customer_amounts[inside].sum())
+        values += [count, total / count]
+        if window == longest:
+            prior_total = float(customer_amounts[inside].sum())
+            usable = count > 1 and prior_total > MIN_PRIOR_SPEND
+            ratio = float(tx_amount) * (count - 1) / prior_total if usable else float("nan")
+    values.append(ratio)
+    matured_end = t - settings.label_delay_days * DAY_MS
+    matured = terminal_times_ms <= matured_end
+    for window in settings.terminal_windows_days:
+        inside = matured & (terminal_times_ms > matured_end - window * DAY_MS)
+        labels = terminal_labels[inside]
+        known = np.count_nonzero(~np.isnan(labels))
+        fraud = float(np.nansum(labels)) if known else 0.0
+        values += [float(np.count_nonzero(inside)), fraud / known if known else 0.0]
+    return np.array(values, dtype=np.float64)
