@@ -188,6 +188,41 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return decision.as_dict()
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: the registry. Runs: gunicorn with serving/gunicorn.conf.py until stopped."""
+    import os
+
+    conf = Path(__file__).resolve().parent.parent / "serving" / "gunicorn.conf.py"
+    env = dict(os.environ)
+    if args.config:
+        env["FRAUDFLOW_CONFIG"] = str(Path(args.config).resolve())
+    command = [sys.executable, "-m", "gunicorn", "-c", str(conf)]
+    if args.bind:
+        command += ["--bind", args.bind]
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    command.append("serving.app:create_app()")
+    sys.stdout.flush()
+    os.execvpe(command[0], command, env)
+    return {}  # not reached: exec replaces this process
+
+
+def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: historical transactions. Produces: the serving's online feature state, warmed."""
+    from serving.state import SqliteOnlineState
+
+    _, transactions = _load(args, settings, require_labels=False)
+    features = settings.features
+    state = SqliteOnlineState(
+        settings.under_workdir(settings.serving.state_path),
+        customer_window_days=max(features.customer_windows_days),
+        terminal_span_days=features.label_delay_days + max(features.terminal_windows_days),
+    )
+    added = state.warm(transactions)
+    print(f"online state {state.path}: {added} transactions added ({len(transactions)} read)")
+    return {"state": str(state.path), "added": added, "read": len(transactions)}
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Simulate (unless data exists), train, auto-promote, then summarise."""
     from pipelines.demo import run_demo
@@ -239,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor", help="who decides (default: the OS user)")
     p.add_argument("--auto", action="store_true", help="newest vs champion, gated")
     p.add_argument("--history", action="store_true", help="print the promotion history")
+    p = add("serve", cmd_serve, "run the scoring API (gunicorn)", summary=False)
+    p.add_argument("--bind", help="host:port (default: serving.host:serving.port)")
+    p.add_argument("--workers", type=_whole)
+    add("warm", cmd_warm, "load historical transactions into the online state", data=True)
     p = add("demo", cmd_demo, "the whole training side on the embedded store", data=True)
     p.add_argument("--fresh", action="store_true", help="re-simulate even if data exists")
     return parser

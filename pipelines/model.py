@@ -37,6 +37,14 @@ class FraudScorer:
         matrix = features.loc[:, list(self.features)].to_numpy(dtype=np.float64)
         return self.booster.predict(matrix, num_threads=1)
 
+    def predict_rows(self, matrix: np.ndarray) -> np.ndarray:
+        """Probabilities for a float matrix already in feature order (the no-pandas hot path)."""
+        return self.booster.predict(matrix, num_threads=1)
+
+    def contribution_rows(self, matrix: np.ndarray) -> np.ndarray:
+        """Per-feature contributions (log-odds) for a matrix in feature order, bias last."""
+        return self.booster.predict(matrix, pred_contrib=True, num_threads=1)
+
     def contributions(self, features: pd.DataFrame) -> np.ndarray:
         """Per-feature SHAP contributions (log-odds), one column per feature plus the bias."""
         matrix = features.loc[:, list(self.features)].to_numpy(dtype=np.float64)

@@ -127,6 +127,26 @@ class PromotionSettings(_Frozen):
     gates: dict[str, float]
 
 
+class ServingSettings(_Frozen):
+    host: str
+    port: int = Field(gt=0, lt=65536)
+    workers: int = Field(gt=0)
+    timeout_s: int = Field(gt=0)
+    # which registry pointer the API serves: the "Production" stage or the champion alias
+    model_source: Literal["stage", "alias"]
+    poll_interval_s: float = Field(gt=0)
+    max_batch: int = Field(gt=0)
+    # decisions: review from the model's own threshold (or this one), decline from this one
+    review_threshold: float | None = Field(default=None, ge=0, le=1)
+    decline_threshold: float = Field(ge=0, le=1)
+    reasons: int = Field(ge=0)
+    # bearer tokens for /predict, /feedback, /invocations; empty: no authentication
+    auth_tokens: tuple[str, ...] = ()
+    state_path: str
+    prediction_log_dir: str
+    metrics_dir: str
+
+
 class Settings(_Frozen):
     workdir: Path
     data: DataSettings
@@ -136,6 +156,12 @@ class Settings(_Frozen):
     backtest: BacktestSettings
     mlflow: MlflowSettings
     promotion: PromotionSettings
+    serving: ServingSettings
+
+    def under_workdir(self, path: str) -> Path:
+        """A configured path, taken relative to the workdir unless absolute."""
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else self.workdir / candidate
 
     @property
     def tracking_uri(self) -> str:
@@ -150,8 +176,7 @@ class Settings(_Frozen):
 
     @property
     def data_path(self) -> Path:
-        path = Path(self.data.path)
-        return path if path.is_absolute() else self.workdir / path
+        return self.under_workdir(self.data.path)
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,42 @@
+"""gunicorn settings for `gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'`.
+
+Read by the gunicorn master before it forks: settings come from conf/default.yaml,
+$FRAUDFLOW_CONFIG and the environment; gunicorn's own command-line flags still win.
+"""
+
+import os
+import shutil
+
+from pipelines.settings import load_settings
+
+_settings = load_settings(os.environ.get("FRAUDFLOW_CONFIG") or None)
+_serving = _settings.serving
+
+# LightGBM's OpenMP threads spin on small machines and starve the workers: one thread each.
+os.environ["OMP_NUM_THREADS"] = "1"
+_metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", str(_settings.under_workdir(_serving.metrics_dir).resolve())
+)
+
+bind = os.environ.get("FRAUDFLOW_BIND", f"{_serving.host}:{_serving.port}")
+workers = _serving.workers
+worker_class = "sync"
+threads = 1
+timeout = _serving.timeout_s
+graceful_timeout = 10
+keepalive = 5
+accesslog = None
+errorlog = "-"
+loglevel = "info"
+
+
+def on_starting(server):
+    """A fresh multiprocess directory: files of earlier runs would be summed in."""
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    os.makedirs(_metrics_dir, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

@@ -1,0 +1,112 @@
+"""Prometheus metrics, declared once per app with a small fixed set of label values.
+
+Under gunicorn (PROMETHEUS_MULTIPROC_DIR set) every worker writes its own files and /metrics
+adds them up; in-process (tests, `flask run`) each app gets a fresh registry.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from flask import Flask
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_flask_exporter import PrometheusMetrics
+from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+from serving.model_holder import ServedModel
+
+PROBABILITY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
+LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+DECISIONS = ("approve", "review", "decline")
+
+
+@dataclass
+class ServiceMetrics:
+    exporter: PrometheusMetrics
+    predictions: Counter
+    probability: Histogram
+    lookup: Histogram
+    model_version: Gauge
+    model_loaded_at: Gauge
+    registry_up: Gauge
+    reloads: Counter
+    reload_failures: Counter
+    feedback: Counter
+
+    def on_model_event(self, event: str, model: ServedModel | None) -> None:
+        """ModelHolder listener: reloads, failures and registry health."""
+        if event == "reload" and model is not None:
+            self.reloads.inc()
+            self.model_version.set(float(model.version))
+            self.model_loaded_at.set(time.time())
+        elif event == "reload_failure":
+            self.reload_failures.inc()
+        self.registry_up.set(0.0 if event == "registry_error" else 1.0)
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def create_metrics(app: Flask) -> ServiceMetrics:
+    if multiprocess_mode():
+        exporter: PrometheusMetrics = GunicornInternalPrometheusMetrics(app, group_by="endpoint")
+        registry = None  # values live in the multiprocess files, collected at /metrics
+    else:
+        registry = CollectorRegistry()
+        exporter = PrometheusMetrics(app, registry=registry, group_by="endpoint")
+    metrics = ServiceMetrics(
+        exporter=exporter,
+        predictions=Counter(
+            "fraudflow_predictions_total",
+            "Scored transactions by decision",
+            ["decision"],
+            registry=registry,
+        ),
+        probability=Histogram(
+            "fraudflow_fraud_probability",
+            "Predicted fraud probability",
+            buckets=PROBABILITY_BUCKETS,
+            registry=registry,
+        ),
+        lookup=Histogram(
+            "fraudflow_feature_lookup_seconds",
+            "Online-feature state lookup and computation",
+            buckets=LOOKUP_BUCKETS,
+            registry=registry,
+        ),
+        model_version=Gauge(
+            "fraudflow_model_version",
+            "Registry version of the model in service",
+            multiprocess_mode="liveall",
+            registry=registry,
+        ),
+        model_loaded_at=Gauge(
+            "fraudflow_model_loaded_timestamp_seconds",
+            "When the model in service was loaded",
+            multiprocess_mode="liveall",
+            registry=registry,
+        ),
+        registry_up=Gauge(
+            "fraudflow_registry_up",
+            "1 if the last registry check succeeded",
+            multiprocess_mode="liveall",
+            registry=registry,
+        ),
+        reloads=Counter(
+            "fraudflow_model_reloads_total", "Models loaded and swapped in", registry=registry
+        ),
+        reload_failures=Counter(
+            "fraudflow_model_reload_failures_total", "Failed model loads", registry=registry
+        ),
+        feedback=Counter(
+            "fraudflow_feedback_labels_total", "Late labels received", ["label"], registry=registry
+        ),
+    )
+    for decision in DECISIONS:
+        metrics.predictions.labels(decision=decision)
+    for label in ("0", "1"):
+        metrics.feedback.labels(label=label)
+    return metrics

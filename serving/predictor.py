@@ -1,0 +1,126 @@
+"""The online predictor: raw transaction -> online features -> probability, decision, reasons."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from pipelines.features import features_from_history
+from pipelines.settings import Settings
+from serving.model_holder import ServedModel
+from serving.schemas import TransactionIn
+from serving.state import OnlineState
+
+
+@dataclass(frozen=True)
+class Prediction:
+    transaction_id: str
+    fraud_probability: float
+    decision: str
+    reasons: list[dict[str, float | str]]
+    model_name: str
+    model_version: str
+    features: np.ndarray
+    already_seen: bool
+    lookup_seconds: float
+
+    def response(self) -> dict[str, object]:
+        return {
+            "transaction_id": self.transaction_id,
+            "fraud_probability": self.fraud_probability,
+            "decision": self.decision,
+            "reasons": self.reasons,
+            "model": {"name": self.model_name, "version": self.model_version},
+        }
+
+
+class Predictor:
+    """One scoring path for /predict; the state and the model are passed in, never global."""
+
+    def __init__(self, settings: Settings, state: OnlineState) -> None:
+        self.settings = settings
+        self.state = state
+
+    def decide(self, probability: float, model: ServedModel) -> str:
+        serving = self.settings.serving
+        review = serving.review_threshold
+        review = model.scorer.threshold if review is None else review
+        if probability >= serving.decline_threshold:
+            return "decline"
+        return "review" if probability >= review else "approve"
+
+    def reasons(self, model: ServedModel, row: np.ndarray) -> list[dict[str, float | str]]:
+        """The features that pushed the score up most (LightGBM's per-feature contributions)."""
+        count = self.settings.serving.reasons
+        if count == 0:
+            return []
+        contributions = model.scorer.contribution_rows(row[None, :])[0, :-1]
+        order = np.argsort(-contributions)[:count]
+        return [
+            {
+                "feature": model.scorer.features[i],
+                "value": None if np.isnan(row[i]) else float(row[i]),
+                "contribution": round(float(contributions[i]), 6),
+            }
+            for i in order
+            if contributions[i] > 0
+        ]
+
+    def features(self, tx: TransactionIn) -> tuple[np.ndarray, bool, float]:
+        start = time.perf_counter()
+        ts_ms = _naive_ms(tx)
+        history = self.state.history(tx.transaction_id, tx.customer_id, tx.terminal_id, ts_ms)
+        row = features_from_history(
+            tx.tx_datetime,
+            tx.tx_amount,
+            history.customer_times_ms,
+            history.customer_amounts,
+            history.terminal_times_ms,
+            history.terminal_labels,
+            self.settings.features,
+        )
+        return row, history.already_seen, time.perf_counter() - start
+
+    def predict(self, transactions: list[TransactionIn], model: ServedModel) -> list[Prediction]:
+        """Score in order; each transaction is stored before the next one's features are read."""
+        rows, seen, lookups = [], [], []
+        for tx in transactions:
+            row, already, seconds = self.features(tx)
+            self.state.record(
+                tx.transaction_id, tx.customer_id, tx.terminal_id, _naive_ms(tx), tx.tx_amount
+            )
+            rows.append(row)
+            seen.append(already)
+            lookups.append(seconds)
+        matrix = np.vstack(rows)
+        probabilities = model.scorer.predict_rows(matrix)
+        predictions = []
+        for tx, row, probability, already, seconds in zip(
+            transactions, matrix, probabilities, seen, lookups
+        ):
+            predictions.append(
+                Prediction(
+                    transaction_id=tx.transaction_id,
+                    fraud_probability=float(probability),
+                    decision=self.decide(float(probability), model),
+                    reasons=self.reasons(model, row),
+                    model_name=model.name,
+                    model_version=model.version,
+                    features=row,
+                    already_seen=already,
+                    lookup_seconds=seconds,
+                )
+            )
+        return predictions
+
+
+EPOCH = datetime(1970, 1, 1)
+
+
+def _naive_ms(tx: TransactionIn) -> int:
+    """Milliseconds since the epoch of the (naive, UTC) transaction time."""
+    delta = tx.tx_datetime - EPOCH
+    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000

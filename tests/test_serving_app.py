@@ -1,0 +1,332 @@
+"""The scoring API in-process (Flask test client) on a real MLflow store and a real state file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.features import build_features
+from pipelines.model import load_scorer
+from pipelines.registry import set_stage
+from pipelines.tracking import configure_tracking, log_training_run
+from pipelines.train import train_model
+from serving.app import create_app
+from serving.prediction_log import read_prediction_log
+from tests.conftest import make_settings
+
+NAME = "fraud-detector"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame):
+    """A store with v1 in Production, and the training result for its test features."""
+    root = tmp_path_factory.mktemp("served")
+    settings = make_settings(root / "work")
+    result = train_model(small_transactions, settings)
+    _, version = log_training_run(result, settings, {"data_path": "test"})
+    set_stage(settings, str(version.version), "Production", "serve it")
+    return settings, result
+
+
+@pytest.fixture
+def app(trained, tmp_path: Path):
+    """A fresh app per test: its own online state, prediction log and metrics registry."""
+    settings, _ = trained
+    settings = settings.model_copy(
+        update={
+            "serving": settings.serving.model_copy(
+                update={
+                    "state_path": str(tmp_path / "state.sqlite"),
+                    "prediction_log_dir": str(tmp_path / "predictions"),
+                }
+            )
+        }
+    )
+    application = create_app(settings, start_polling=False)
+    yield application
+    application.extensions["fraudflow"].holder.stop()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def tx(i: int = 0, **changes) -> dict:
+    body = {
+        "transaction_id": f"t{i}",
+        "tx_datetime": "2018-06-20T10:15:00",
+        "customer_id": "c1",
+        "terminal_id": "m1",
+        "tx_amount": 42.5,
+    }
+    body.update(changes)
+    return body
+
+
+def stored_rows(app) -> int:
+    path = app.extensions["fraudflow"].state.path
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM transactions").fetchone()[0]
+
+
+def test_predict_returns_probability_decision_reasons_and_version(client) -> None:
+    response = client.post("/predict", json=tx(amount := 1, tx_amount=480.0))
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert body["transaction_id"] == f"t{amount}"
+    assert 0.0 <= body["fraud_probability"] <= 1.0
+    assert body["decision"] in ("approve", "review", "decline")
+    assert body["model"] == {"name": NAME, "version": "1"}
+    assert body["reasons"] and body["reasons"][0]["contribution"] > 0
+    assert any(r["feature"] == "tx_amount" for r in body["reasons"])
+
+
+def test_a_list_is_scored_in_order_each_seeing_the_previous(client) -> None:
+    batch = [tx(i, tx_datetime=f"2018-06-20T10:1{i}:00") for i in range(3)]
+    response = client.post("/predict", json=batch)
+    assert response.status_code == 200
+    predictions = response.json["predictions"]
+    assert [p["transaction_id"] for p in predictions] == ["t0", "t1", "t2"]
+
+
+def test_decisions_follow_the_thresholds(client, app) -> None:
+    threshold = app.extensions["fraudflow"].holder.model.scorer.threshold
+    for i, body in enumerate(
+        client.post("/predict", json=[tx(i, tx_amount=a) for i, a in enumerate([5.0, 900.0])]).json[
+            "predictions"
+        ]
+    ):
+        p = body["fraud_probability"]
+        expected = "decline" if p >= 0.9 else "review" if p >= threshold else "approve"
+        assert body["decision"] == expected, (i, p)
+
+
+def test_online_features_equal_offline_on_a_replayed_stream(
+    client, app, small_transactions
+) -> None:
+    """Parity: warm the state with history, replay a stream with late labels; the logged online
+    feature vectors equal build_features on the same history + stream, to 1e-9."""
+    svc = app.extensions["fraudflow"]
+    split = len(small_transactions) - 2000
+    history, stream = small_transactions.iloc[:split], small_transactions.iloc[split:]
+    assert svc.state.warm(history) == len(history)
+    for start in range(0, len(stream), 100):
+        chunk = stream.iloc[start : start + 100]
+        body = [
+            {
+                "transaction_id": r.transaction_id,
+                "tx_datetime": r.tx_datetime.isoformat(),
+                "customer_id": r.customer_id,
+                "terminal_id": r.terminal_id,
+                "tx_amount": r.tx_amount,
+            }
+            for r in chunk.itertuples()
+        ]
+        assert client.post("/predict", json=body).status_code == 200
+        labels = [
+            {"transaction_id": r.transaction_id, "tx_fraud": int(r.tx_fraud)}
+            for r in chunk.itertuples()
+        ]
+        assert client.post("/feedback", json=labels).status_code == 200
+    logged = read_prediction_log(svc.log.folder)
+    assert list(logged["transaction_id"]) == list(stream["transaction_id"])
+    online = pd.DataFrame(list(logged["features"])).astype(float)
+    offline = build_features(small_transactions, svc.settings.features).iloc[split:]
+    assert (offline["terminal_risk_30d"] > 0).sum() > 50  # matured labels are really used
+    np.testing.assert_allclose(
+        online.to_numpy(), offline.to_numpy(), rtol=0, atol=1e-9, equal_nan=True
+    )
+    scorer = svc.holder.model.scorer
+    np.testing.assert_allclose(
+        logged["fraud_probability"], scorer.predict_proba(offline), atol=1e-12
+    )
+
+
+def test_resent_transaction_is_not_counted_twice(client, app) -> None:
+    first = client.post("/predict", json=tx(7)).json
+    client.post("/predict", json=tx(8, tx_datetime="2018-06-20T11:00:00"))
+    again = client.post("/predict", json=tx(7)).json
+    assert again["fraud_probability"] == first["fraud_probability"]
+    assert stored_rows(app) == 2
+
+
+def test_feedback_is_idempotent_and_reports_known_transactions(client) -> None:
+    client.post("/predict", json=tx(1))
+    label = {"transaction_id": "t1", "tx_fraud": 1}
+    for _ in range(2):
+        response = client.post(
+            "/feedback", json=[label, {"transaction_id": "never-seen", "tx_fraud": 0}]
+        )
+        assert response.status_code == 200
+        assert response.json == {"received": 2, "known_transactions": 1}
+
+
+BAD_BODIES = [
+    ("not json", "{oops", "application/json", 400, "not valid JSON"),
+    ("empty body", "", "application/json", 400, "empty"),
+    ("wrong content type", json.dumps(tx()), "text/plain", 415, "application/json"),
+    (
+        "missing field",
+        json.dumps({k: v for k, v in tx().items() if k != "terminal_id"}),
+        "application/json",
+        422,
+        "terminal_id",
+    ),
+    (
+        "misspelt field",
+        json.dumps({**{k: v for k, v in tx().items() if k != "tx_amount"}, "tx_amout": 3}),
+        "application/json",
+        422,
+        "tx_amout",
+    ),
+    ("amount as text", json.dumps(tx(tx_amount="12.5")), "application/json", 422, "tx_amount"),
+    ("NaN amount", json.dumps(tx(tx_amount=float("nan"))), "application/json", 422, "tx_amount"),
+    (
+        "infinite amount",
+        json.dumps(tx(tx_amount=float("inf"))),
+        "application/json",
+        422,
+        "tx_amount",
+    ),
+    ("negative amount", json.dumps(tx(tx_amount=-1)), "application/json", 422, "tx_amount"),
+    (
+        "unparsable date",
+        json.dumps(tx(tx_datetime="2018-13-45 25:00")),
+        "application/json",
+        422,
+        "tx_datetime",
+    ),
+    (
+        "date as number",
+        json.dumps(tx(tx_datetime=1529489700)),
+        "application/json",
+        422,
+        "tx_datetime",
+    ),
+    ("boolean id", json.dumps(tx(transaction_id=True)), "application/json", 422, "transaction_id"),
+    ("oversized batch", json.dumps([tx(i) for i in range(101)]), "application/json", 413, "101"),
+    ("empty list", "[]", "application/json", 422, "empty"),
+    ("a bare number", "3", "application/json", 422, "object"),
+    (
+        "one bad item in a list",
+        json.dumps([tx(1), tx(2, tx_amount=-5)]),
+        "application/json",
+        422,
+        "[1].tx_amount",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "case, data, content_type, status, phrase", BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
+)
+def test_bad_input_gets_a_4xx_naming_the_problem_and_changes_nothing(
+    client, app, case, data, content_type, status, phrase
+) -> None:
+    response = client.post("/predict", data=data, content_type=content_type)
+    assert response.status_code == status, (case, response.json)
+    assert phrase in json.dumps(response.json), response.json
+    assert stored_rows(app) == 0
+    assert read_prediction_log(app.extensions["fraudflow"].log.folder).empty
+
+
+def test_bad_feedback_is_refused(client) -> None:
+    for label in (
+        {"transaction_id": "t", "tx_fraud": 2},
+        {"transaction_id": "t", "tx_fraud": "1"},
+        {"transaction_id": "t"},
+    ):
+        response = client.post("/feedback", json=label)
+        assert response.status_code == 422 and "tx_fraud" in json.dumps(response.json)
+
+
+def test_invocations_speaks_mlflows_payload_formats(client, trained) -> None:
+    settings, result = trained
+    features = result.test.features.head(5)
+    configure_tracking(settings)
+    expected = load_scorer(f"models:/{NAME}/1").predict_proba(features)
+    split = json.loads(features.to_json(orient="split"))
+    payloads = [
+        {"dataframe_split": {"columns": split["columns"], "data": split["data"]}},
+        {"dataframe_records": json.loads(features.to_json(orient="records"))},
+        {"inputs": json.loads(features.to_json(orient="records"))},
+        {"inputs": {c: json.loads(features[c].to_json(orient="values")) for c in features.columns}},
+        {"instances": json.loads(features.to_json(orient="values"))},
+    ]
+    for payload in payloads:
+        response = client.post("/invocations", json=payload)
+        assert response.status_code == 200, (payload.keys(), response.json)
+        np.testing.assert_allclose(response.json["predictions"], expected, atol=1e-12)
+    missing = {"dataframe_records": [{"tx_amount": 3.0}]}
+    response = client.post("/invocations", json=missing)
+    assert response.status_code == 422 and "missing feature column" in response.json["error"]
+
+
+def test_auth_protects_scoring_but_not_health(trained, tmp_path) -> None:
+    settings, _ = trained
+    secured = settings.model_copy(
+        update={
+            "serving": settings.serving.model_copy(
+                update={
+                    "auth_tokens": ("s3cret",),
+                    "state_path": str(tmp_path / "s.sqlite"),
+                    "prediction_log_dir": str(tmp_path / "p"),
+                }
+            )
+        }
+    )
+    client = create_app(secured, start_polling=False).test_client()
+    assert client.post("/predict", json=tx()).status_code == 401
+    assert (
+        client.post("/predict", json=tx(), headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
+    assert client.post("/feedback", json={"transaction_id": "t", "tx_fraud": 1}).status_code == 401
+    assert client.post("/invocations", json={"inputs": []}).status_code == 401
+    ok = client.post("/predict", json=tx(), headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
+
+
+def test_without_a_production_model_the_service_starts_but_is_not_ready(tmp_path) -> None:
+    settings = make_settings(tmp_path / "empty")
+    client = create_app(settings, start_polling=False).test_client()
+    assert client.get("/health").status_code == 200
+    assert client.get("/ready").status_code == 503
+    response = client.post("/predict", json=tx())
+    assert response.status_code == 503 and "promote" in response.json["error"]
+    assert client.get("/model").status_code == 503
+
+
+def test_metrics_count_predictions_by_decision(client) -> None:
+    client.post("/predict", json=[tx(i) for i in range(4)])
+    text = client.get("/metrics").get_data(as_text=True)
+    counts = {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("fraudflow_predictions_total{")
+    }
+    assert sum(counts.values()) == 4 and set(counts) == {"approve", "review", "decline"}
+    assert "fraudflow_model_version 1.0" in text
+    assert "flask_http_request_duration_seconds_bucket" in text
+
+
+def test_openapi_describes_every_route_the_service_has(app, client) -> None:
+    document = client.get("/openapi.json").json
+    assert document["openapi"].startswith("3.")
+    routes = {r.rule for r in app.url_map.iter_rules() if r.endpoint != "static"}
+    assert routes - {"/openapi.json"} == set(document["paths"])
+    required = document["components"]["schemas"]["Transaction"]["required"]
+    assert set(required) == {
+        "transaction_id",
+        "tx_datetime",
+        "customer_id",
+        "terminal_id",
+        "tx_amount",
+    }
