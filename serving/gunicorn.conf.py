@@ -14,6 +14,10 @@ _serving = _settings.serving
 
 # LightGBM's OpenMP threads spin on small machines and starve the workers: one thread each.
 os.environ["OMP_NUM_THREADS"] = "1"
+# A registry outage must be noticed in seconds, not after MLflow's minutes of retries; the
+# poller simply tries again at its next interval.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 _metrics_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", str(_settings.under_workdir(_serving.metrics_dir).resolve())
 )

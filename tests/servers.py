@@ -1,0 +1,133 @@
+"""Start and stop real servers for integration tests: gunicorn (our API) and `mlflow server`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, status: int = 200, timeout: float = 90.0, process=None) -> requests.Response:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+        try:
+            response = requests.get(url, timeout=2)
+            if response.status_code == status:
+                return response
+            last = response.status_code
+        except requests.RequestException as exc:
+            last = exc
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer {status} in {timeout}s (last: {last})")
+
+
+def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAUDFLOW"))}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@contextmanager
+def gunicorn_api(
+    config: Path, log: Path, workers: int = 2, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`fraudflow serve` on a free port; yields the base URL once /health answers."""
+    port = free_port()
+    command = [
+        str(BIN / "fraudflow"),
+        "serve",
+        "--config",
+        str(config),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+    ]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, env=_clean_env(env or {}), stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/health", process=process)
+        yield url
+    finally:
+        stop(process)
+
+
+@contextmanager
+def mlflow_server(root: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `mlflow server` (SQLite backend, served artifacts) on loopback."""
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--serve-artifacts",
+        "--workers",
+        "1",
+    ]
+    with open(root / "mlflow-server.log", "ab") as out:
+        process = subprocess.Popen(
+            command,
+            env=_clean_env({}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/health", process=process, timeout=120)
+        yield url, process
+    finally:
+        kill_group(process)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """Stop a server and every process it started (mlflow server runs uvicorn/gunicorn)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
