@@ -47,14 +47,21 @@ def fold_ends(transactions: pd.DataFrame, settings: Settings) -> list[pd.Timesta
 def summarize(folds: list[FoldResult], k: int) -> dict[str, dict[str, float]]:
     """Mean and standard deviation of each headline metric over folds."""
     summary = {}
-    for metric in (*HEADLINE, f"card_precision_at_{k}"):
+    for metric in (*HEADLINE, f"card_precision_at_{k}", f"card_precision_at_{k}_drop_detected"):
         values = np.array([f.metrics[metric] for f in folds], dtype=float)
         summary[metric] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values))}
     return summary
 
 
 def _headline(result: TrainingResult, k: int) -> dict[str, float]:
-    keys = (*HEADLINE, f"card_precision_at_{k}", "precision", "recall", "f1")
+    keys = (
+        *HEADLINE,
+        f"card_precision_at_{k}",
+        f"card_precision_at_{k}_drop_detected",
+        "precision",
+        "recall",
+        "f1",
+    )
     return {key: float(result.test_metrics[key]) for key in keys}
 
 

@@ -24,6 +24,10 @@ class UsageError(ValueError):
     """A command line that asks for something impossible."""
 
 
+class DemoError(RuntimeError):
+    """A step of the demo failed; its own output says why."""
+
+
 def _write_json(payload: Any, output: str | None) -> None:
     text = json.dumps(payload, indent=2, default=str)
     if output:
@@ -209,25 +213,38 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: historical transactions. Produces: the serving's online feature state, warmed."""
-    from serving.state import SqliteOnlineState
+    import os
 
-    _, transactions = _load(args, settings, require_labels=False)
-    features = settings.features
-    state = SqliteOnlineState(
-        settings.under_workdir(settings.serving.state_path),
-        customer_window_days=max(features.customer_windows_days),
-        terminal_span_days=features.label_delay_days + max(features.terminal_windows_days),
-    )
-    added = state.warm(transactions)
-    print(f"online state {state.path}: {added} transactions added ({len(transactions)} read)")
-    return {"state": str(state.path), "added": added, "read": len(transactions)}
+    command = [sys.executable, "-m", "serving.warm"]
+    if args.config:
+        command += ["--config", args.config]
+    if args.data:
+        command += ["--data", args.data]
+    sys.stdout.flush()
+    os.execv(command[0], command)
+    return {}  # not reached: exec replaces this process
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Simulate (unless data exists), train, auto-promote, then summarise."""
+    """Simulate (unless data exists), train, auto-promote, summarise; then serve, replay
+    traffic, hot-swap a second version and stop the API (the serving half runs as
+    `python -m serving.demo`, since the training side never imports the serving side)."""
+    import subprocess
+
     from pipelines.demo import run_demo
 
-    return run_demo(settings, data=args.data, fresh=args.fresh)
+    summary = run_demo(settings, data=args.data, fresh=args.fresh)
+    if args.skip_serving:
+        return summary
+    command = [sys.executable, "-m", "serving.demo"]
+    for flag, value in (("--config", args.config), ("--data", args.data)):
+        if value:
+            command += [flag, value]
+    sys.stdout.flush()
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise DemoError(f"the serving part of the demo failed (exit code {done.returncode})")
+    return summary
 
 
 def _whole(text: str) -> int:
@@ -277,9 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", cmd_serve, "run the scoring API (gunicorn)", summary=False)
     p.add_argument("--bind", help="host:port (default: serving.host:serving.port)")
     p.add_argument("--workers", type=_whole)
-    add("warm", cmd_warm, "load historical transactions into the online state", data=True)
+    add("warm", cmd_warm, "load history into the online state", data=True, summary=False)
     p = add("demo", cmd_demo, "the whole training side on the embedded store", data=True)
     p.add_argument("--fresh", action="store_true", help="re-simulate even if data exists")
+    p.add_argument("--skip-serving", action="store_true", help="stop after the training side")
     return parser
 
 
@@ -304,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, DataValidationError, UsageError, FileNotFoundError) as exc:
         print(f"fraudflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except (ValueError, DemoError) as exc:
         print(f"fraudflow {args.command}: failed: {exc}", file=sys.stderr)
         return 1
     return 0

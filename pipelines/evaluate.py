@@ -10,12 +10,19 @@ from pipelines.settings import ThresholdSettings
 
 
 def card_precision_at_k(
-    customer_id: pd.Series, tx_datetime: pd.Series, labels: np.ndarray, scores: np.ndarray, k: int
+    customer_id: pd.Series,
+    tx_datetime: pd.Series,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+    drop_detected: bool = False,
 ) -> float:
     """Daily share of true fraud cards among the k highest-scored cards, averaged over days.
 
     A card's score for a day is its highest transaction score; it is a fraud card that day if
-    any of its transactions that day is fraud (the handbook's card precision top-k).
+    any of its transactions that day is fraud (the handbook's card precision top-k). With
+    `drop_detected`, fraud cards found in an earlier day's top k are left out of later days,
+    as the handbook's notebooks also do (investigated cards get blocked).
     """
     if len(scores) == 0:
         return float("nan")
@@ -33,8 +40,16 @@ def card_precision_at_k(
     cards = cards.reset_index().sort_values(
         ["day", "score"], ascending=[True, False], kind="mergesort"
     )
-    top = cards.groupby("day", sort=True).head(k)
-    return float((top.groupby("day")["label"].sum() / k).mean())
+    if not drop_detected:
+        top = cards.groupby("day", sort=True).head(k)
+        return float((top.groupby("day")["label"].sum() / k).mean())
+    detected: set = set()
+    daily = []
+    for _, day_cards in cards.groupby("day", sort=True):
+        top = day_cards[~day_cards["card"].isin(detected)].head(k)
+        daily.append(top["label"].sum() / k)
+        detected.update(top.loc[top["label"] == 1, "card"])
+    return float(np.mean(daily))
 
 
 def known_compromised(
@@ -118,6 +133,9 @@ def evaluate_scores(
     metrics = ranking_metrics(labels, scores)
     metrics[f"card_precision_at_{k}"] = card_precision_at_k(
         frame["customer_id"], frame["tx_datetime"], labels, scores, k
+    )
+    metrics[f"card_precision_at_{k}_drop_detected"] = card_precision_at_k(
+        frame["customer_id"], frame["tx_datetime"], labels, scores, k, drop_detected=True
     )
     metrics.update(threshold_metrics(labels, scores, threshold))
     return metrics

@@ -33,6 +33,17 @@ def test_card_precision_takes_each_cards_best_score_per_day_and_averages_days() 
     assert value == pytest.approx((0.5 + 0.0) / 2)
 
 
+def test_card_precision_can_drop_cards_detected_on_earlier_days() -> None:
+    days = [pd.Timestamp("2018-05-01 10:00")] * 3 + [pd.Timestamp("2018-05-02 10:00")] * 3
+    cards = pd.Series(["a", "b", "c", "a", "b", "c"])
+    labels = np.array([1, 0, 1, 1, 0, 1])
+    scores = np.array([0.9, 0.5, 0.1, 0.9, 0.5, 0.2])
+    plain = card_precision_at_k(cards, pd.Series(days), labels, scores, k=1)
+    dropped = card_precision_at_k(cards, pd.Series(days), labels, scores, k=1, drop_detected=True)
+    assert plain == pytest.approx(1.0)  # a tops both days
+    assert dropped == pytest.approx(0.5)  # day 2 without a: b (genuine) tops
+
+
 def test_card_precision_divides_by_k_even_when_fewer_cards_exist() -> None:
     frame = pd.DataFrame({"c": ["a", "b"], "t": [pd.Timestamp("2018-05-01")] * 2})
     value = card_precision_at_k(frame["c"], frame["t"], np.array([1, 1]), np.array([0.5, 0.6]), 4)

@@ -1,0 +1,208 @@
+"""The serving half of `make demo`: start the API, replay traffic, hot-swap a new version, stop.
+
+Reads: the demo's store and simulated data. Runs: `fraudflow serve` on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.data import load_transactions
+from pipelines.registry import champion_version, set_stage
+from pipelines.settings import Settings, load_settings
+from pipelines.tracking import configure_tracking, log_training_run
+from pipelines.train import train_model
+from serving.warm import warm
+
+REPLAYED = 2000
+BATCH = 50
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def call(url: str, body: Any = None, timeout: float = 10) -> tuple[int, Any]:
+    """JSON over HTTP with the standard library; returns (status, parsed body)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the API exited with code {process.returncode}")
+        try:
+            if call(f"{url}/ready", timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the API at {url} was not ready within {timeout:.0f}s")
+
+
+def _raw(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {
+            "transaction_id": r.transaction_id,
+            "tx_datetime": r.tx_datetime.isoformat(),
+            "customer_id": r.customer_id,
+            "terminal_id": r.terminal_id,
+            "tx_amount": r.tx_amount,
+        }
+        for r in frame.itertuples()
+    ]
+
+
+def _reset_state(settings: Settings, history: pd.DataFrame) -> None:
+    path = settings.under_workdir(settings.serving.state_path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    added = warm(settings, history)
+    print(f"      online state warmed with {added:,} transactions of history")
+
+
+def _replay(url: str, replay: pd.DataFrame) -> pd.DataFrame:
+    results = []
+    for start in range(0, len(replay), BATCH):
+        chunk = replay.iloc[start : start + BATCH]
+        status, body = call(f"{url}/predict", _raw(chunk))
+        if status != 200:
+            raise RuntimeError(f"/predict answered {status}: {body}")
+        results += body["predictions"]
+        labels = [
+            {"transaction_id": r.transaction_id, "tx_fraud": int(r.tx_fraud)}
+            for r in chunk.itertuples()
+        ]
+        status, body = call(f"{url}/feedback", labels)
+        if status != 200:
+            raise RuntimeError(f"/feedback answered {status}: {body}")
+    scored = pd.DataFrame(results).set_index("transaction_id")
+    return scored.join(replay.set_index("transaction_id")[["tx_amount", "tx_fraud"]])
+
+
+def _print_replay(scored: pd.DataFrame) -> None:
+    counts = scored["decision"].value_counts()
+    flagged = scored[scored["decision"] != "approve"]
+    caught = int(flagged["tx_fraud"].sum())
+    print(
+        f"      {len(scored):,} transactions scored: "
+        + ", ".join(f"{counts.get(d, 0)} {d}" for d in ("approve", "review", "decline"))
+        + f"; {caught} of {int(scored['tx_fraud'].sum())} frauds flagged"
+    )
+    print("      highest scores, with the reasons the model gives:")
+    for tid, row in scored.sort_values("fraud_probability", ascending=False).head(5).iterrows():
+        reasons = ", ".join(
+            f"{r['feature']}={r['value'] if r['value'] is None else round(r['value'], 2)}"
+            for r in row["reasons"]
+        )
+        truth = "fraud" if row["tx_fraud"] else "genuine"
+        print(
+            f"        tx {tid}: p={row['fraud_probability']:.3f} {row['decision']:<7} "
+            f"amount {row['tx_amount']:8.2f} ({truth}) because {reasons}"
+        )
+
+
+def _swap(url: str, settings: Settings, transactions: pd.DataFrame, probe: pd.DataFrame) -> None:
+    end = transactions["tx_datetime"].max().floor("D") - pd.Timedelta(days=6)
+    earlier = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"end_date": end.date()})}
+    )
+    print(f"[7/8] training a second version on data up to {end.date()} and promoting it")
+    result = train_model(transactions, earlier)
+    _, version = log_training_run(result, earlier, {"data_path": "demo: one week earlier"})
+    _, before = call(f"{url}/model")
+    promoted_at = time.monotonic()
+    set_stage(settings, str(version.version), "Production", "demo: show the hot swap", "demo")
+    requests_sent, failures, current = 0, 0, before["version"]
+    body = _raw(probe.head(1))[0]
+    while current != str(version.version) and time.monotonic() - promoted_at < 60:
+        body["transaction_id"] = f"swap-probe-{requests_sent}"
+        status, answer = call(f"{url}/predict", body)
+        requests_sent += 1
+        if status != 200:
+            failures += 1
+        else:
+            current = answer["model"]["version"]
+        time.sleep(0.05)
+    print(
+        f"      the API switched from v{before['version']} to v{current} "
+        f"{time.monotonic() - promoted_at:.1f}s after the promotion; {requests_sent} requests "
+        f"meanwhile, {failures} failed"
+    )
+
+
+def run(settings: Settings, config: str | None, data: str | None = None) -> int:
+    client = configure_tracking(settings)
+    champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)
+    if champion is None:
+        print("no champion to serve: the newest model was held by the gates (see above)")
+        return 1
+    transactions = load_transactions(data or settings.data_path, settings.data.columns, True)
+    replay = transactions.iloc[-REPLAYED:]
+    start = replay["tx_datetime"].iloc[0]
+    history = transactions[
+        (transactions["tx_datetime"] >= start - pd.Timedelta(days=40))
+        & (transactions["tx_datetime"] < start)
+    ]
+    print(f"[5/8] starting the API (gunicorn, 2 workers) on champion v{champion.version}")
+    _reset_state(settings, history)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, FRAUDFLOW__SERVING__POLL_INTERVAL_S="1")
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--bind", f"127.0.0.1:{port}"]
+    if config:
+        command += ["--config", config]
+    log_path = settings.workdir / "demo-api.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(url, process)
+        print(f"      {url} ready (log: {log_path})")
+        print(f"[6/8] replaying the last {len(replay):,} transactions through /predict, /feedback")
+        _print_replay(_replay(url, replay))
+        _swap(url, settings, transactions, replay)
+    finally:
+        print("[8/8] stopping the API")
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    print(f"      stopped (exit code {process.returncode})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__)
+    parser.add_argument("--config")
+    parser.add_argument("--data")
+    args = parser.parse_args(argv)
+    return run(load_settings(args.config or None), args.config or None, args.data or None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
