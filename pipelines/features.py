@@ -25,9 +25,20 @@ def feature_names(settings: FeatureSettings) -> list[str]:
     for window in settings.customer_windows_days:
         names += [f"customer_nb_tx_{window}d", f"customer_avg_amount_{window}d"]
     names.append(f"amount_to_customer_avg_{max(settings.customer_windows_days)}d")
+    names += _large_amount_names(settings)
     for window in settings.terminal_windows_days:
         names += [f"terminal_nb_tx_{window}d", f"terminal_risk_{window}d"]
     return names
+
+
+def _large_amount_names(settings: FeatureSettings) -> list[str]:
+    window = settings.large_amount_window_days
+    return [f"customer_nb_large_amounts_{r:g}x_{window}d" for r in settings.large_amount_ratios]
+
+
+# a ratio counts as large only above threshold + this margin, so the batch and the one-row path
+# (whose sums round differently) cannot disagree on a ratio that lands exactly on a threshold
+RATIO_MARGIN = 1e-9
 
 
 def build_features(transactions: pd.DataFrame, settings: FeatureSettings) -> pd.DataFrame:
@@ -108,7 +119,7 @@ def _customer_features(
     if len(customer) == 0:
         return {name: np.empty(0) for name in _customer_names(settings)}
     longest = max(settings.customer_windows_days)
-    timeline = _EntityTimeline(customer, times_ms, longest * DAY_MS)
+    timeline = _EntityTimeline(customer, times_ms, settings.customer_history_days * DAY_MS)
     sorted_amounts = amounts[timeline.order]
     upper = timeline.position + 1
     out: dict[str, np.ndarray] = {}
@@ -128,11 +139,30 @@ def _customer_features(
                     np.nan,
                 )
             out[f"amount_to_customer_avg_{window}d"] = _unsort(timeline.order, ratio)
+            large = np.nan_to_num(ratio, nan=0.0)
+    if settings.large_amount_ratios:
+        lower = timeline.bound(settings.large_amount_window_days * DAY_MS)
+        for threshold, name in zip(settings.large_amount_ratios, _large_amount_names(settings)):
+            hits = (large > threshold + RATIO_MARGIN).astype(np.float64)
+            counts = timeline.window_sum(hits, lower, timeline.position)
+            out[name] = _unsort(timeline.order, counts)
     return out
 
 
 def _customer_names(settings: FeatureSettings) -> list[str]:
     return [n for n in feature_names(settings) if n.startswith(("customer_", "amount_to_"))]
+
+
+def _amount_ratios(times_ms: np.ndarray, amounts: np.ndarray, window_ms: int) -> np.ndarray:
+    """For each row of one card's time-ordered history: its amount over the mean of the rows
+    before it within the window (NaN without such rows), as amount_to_customer_avg_*."""
+    ratios = np.full(len(times_ms), np.nan)
+    for j in range(len(times_ms)):
+        prior = amounts[:j][times_ms[:j] > times_ms[j] - window_ms]
+        total = float(prior.sum())
+        if len(prior) and total > MIN_PRIOR_SPEND:
+            ratios[j] = float(amounts[j]) * len(prior) / total
+    return ratios
 
 
 def _terminal_features(
@@ -173,9 +203,10 @@ def features_from_history(
 ) -> np.ndarray:
     """The same features for one transaction, from its card's and terminal's earlier history.
 
-    The online path (no pandas): `customer_*` are the card's earlier transactions (time <= this
-    one's, at most the longest window back); `terminal_*` the terminal's transactions with their
-    labels (NaN: unknown). Values follow `feature_names(settings)` and equal `build_features`.
+    The online path (no pandas): `customer_*` are the card's earlier transactions in order
+    (time <= this one's, `settings.customer_history_days` back at most); `terminal_*` the
+    terminal's transactions with their labels (NaN: unknown). Values follow
+    `feature_names(settings)` and equal `build_features`.
     """
     stamp = pd.Timestamp(tx_datetime)
     t = int(stamp.value // 1_000_000)
@@ -195,6 +226,12 @@ def features_from_history(
             usable = count > 1 and prior_total > MIN_PRIOR_SPEND
             ratio = float(tx_amount) * (count - 1) / prior_total if usable else float("nan")
     values.append(ratio)
+    if settings.large_amount_ratios:
+        recent = customer_times_ms > t - settings.large_amount_window_days * DAY_MS
+        earlier = _amount_ratios(customer_times_ms, customer_amounts, longest * DAY_MS)[recent]
+        earlier = np.nan_to_num(earlier, nan=0.0)
+        for threshold in settings.large_amount_ratios:
+            values.append(float(np.count_nonzero(earlier > threshold + RATIO_MARGIN)))
     matured_end = t - settings.label_delay_days * DAY_MS
     matured = terminal_times_ms <= matured_end
     for window in settings.terminal_windows_days:

@@ -68,6 +68,20 @@ class FeatureSettings(_Frozen):
     customer_windows_days: tuple[int, ...]
     terminal_windows_days: tuple[int, ...]
     night_last_hour: int = Field(ge=0, le=23)
+    # count the card's earlier transactions of the last `large_amount_window_days` whose amount
+    # was above each of these multiples of the card's own average
+    large_amount_ratios: tuple[float, ...] = ()
+    large_amount_window_days: int = Field(default=14, gt=0)
+
+    @property
+    def customer_history_days(self) -> int:
+        """How far back a card's history reaches into any of its features."""
+        extra = self.large_amount_window_days if self.large_amount_ratios else 0
+        return max(self.customer_windows_days) + extra
+
+    @property
+    def terminal_history_days(self) -> int:
+        return self.label_delay_days + max(self.terminal_windows_days)
 
     @field_validator("customer_windows_days", "terminal_windows_days")
     @classmethod

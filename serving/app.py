@@ -48,8 +48,8 @@ def create_app(settings: Settings | None = None, start_polling: bool = True) -> 
     features = settings.features
     state = SqliteOnlineState(
         settings.under_workdir(settings.serving.state_path),
-        customer_window_days=max(features.customer_windows_days),
-        terminal_span_days=features.label_delay_days + max(features.terminal_windows_days),
+        customer_window_days=features.customer_history_days,
+        terminal_span_days=features.terminal_history_days,
     )
     metrics = create_metrics(app)
     holder = ModelHolder(settings)

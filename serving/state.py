@@ -97,7 +97,7 @@ class SqliteOnlineState:
         before_seq = seen[0] if seen else 2**62
         customer = db.execute(
             "SELECT ts_ms, amount FROM transactions WHERE customer_id = ? AND ts_ms > ? "
-            "AND ts_ms <= ? AND seq < ?",
+            "AND ts_ms <= ? AND seq < ? ORDER BY ts_ms, seq",
             (customer_id, ts_ms - self.customer_window_ms, ts_ms, before_seq),
         ).fetchall()
         terminal = db.execute(

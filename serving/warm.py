@@ -22,8 +22,8 @@ def open_state(settings: Settings) -> SqliteOnlineState:
     features = settings.features
     return SqliteOnlineState(
         settings.under_workdir(settings.serving.state_path),
-        customer_window_days=max(features.customer_windows_days),
-        terminal_span_days=features.label_delay_days + max(features.terminal_windows_days),
+        customer_window_days=features.customer_history_days,
+        terminal_span_days=features.terminal_history_days,
     )
 
 

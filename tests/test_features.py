@@ -14,6 +14,8 @@ SETTINGS = FeatureSettings(
     customer_windows_days=(1, 7, 30),
     terminal_windows_days=(1, 7, 30),
     night_last_hour=6,
+    large_amount_ratios=(2.5, 3.5),
+    large_amount_window_days=14,
 )
 DAY = np.timedelta64(1, "D")
 
@@ -53,6 +55,17 @@ def brute_force_row(stream: pd.DataFrame, i: int) -> dict[str, float]:
     out["amount_to_customer_avg_30d"] = (
         row.tx_amount / stream["tx_amount"][prior].mean() if prior.any() else np.nan
     )
+    position = np.arange(len(stream))
+    recent = np.flatnonzero(same_customer & (position < i) & (t > t[i] - 14 * DAY))
+    ratios = []
+    for j in recent:
+        before_j = same_customer & (position < j) & (t > t[j] - 30 * DAY)
+        mean = stream["tx_amount"][before_j].mean() if before_j.any() else np.nan
+        ratios.append(stream["tx_amount"].iloc[j] / mean if mean > 0 else 0.0)
+    for threshold in (2.5, 3.5):
+        out[f"customer_nb_large_amounts_{threshold:g}x_14d"] = float(
+            np.sum(np.nan_to_num(ratios) > threshold)
+        )
     same_terminal = (stream["terminal_id"] == row.terminal_id).to_numpy()
     matured = t <= t[i] - 7 * DAY
     for w in SETTINGS.terminal_windows_days:
@@ -66,7 +79,8 @@ def test_feature_names_follow_the_settings() -> None:
     names = feature_names(SETTINGS)
     assert names[:3] == ["tx_amount", "tx_during_weekend", "tx_during_night"]
     assert "customer_avg_amount_7d" in names and "terminal_risk_30d" in names
-    assert len(names) == len(set(names)) == 3 + 2 * 3 + 1 + 2 * 3
+    assert "customer_nb_large_amounts_2.5x_14d" in names
+    assert len(names) == len(set(names)) == 3 + 2 * 3 + 1 + 2 + 2 * 3
 
 
 def test_features_equal_the_definition_read_row_by_row() -> None:
@@ -178,7 +192,7 @@ def test_one_transaction_path_equals_the_batch_path_on_a_replayed_stream() -> No
     terminals = stream["terminal_id"].to_numpy()
     for i in range(len(stream)):
         before = np.arange(len(stream)) < i
-        card = before & (customers == customers[i]) & (t > t[i] - 30 * 86_400_000)
+        card = before & (customers == customers[i]) & (t > t[i] - 44 * 86_400_000)
         term = before & (terminals == terminals[i])
         online = features_from_history(
             stream["tx_datetime"].iloc[i],

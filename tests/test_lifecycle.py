@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.features import feature_names
+from pipelines.features import build_features, feature_names
 from pipelines.model import FraudModel, load_scorer
 from pipelines.registry import promote_if_better, promotion_history, set_stage
 from pipelines.tracking import REFERENCE_ARTIFACT, configure_tracking, log_training_run
@@ -100,17 +100,31 @@ def test_pyfunc_returns_probabilities_with_a_signature(store, small_transactions
 
 
 def test_score_moves_the_right_way(store, small_transactions) -> None:
-    """Behaviour: a dearer transaction, or a riskier terminal, never looks safer."""
+    """Behaviour on raw data, features recomputed: a much dearer transaction, or a terminal
+    whose matured history is fraud, never looks safer; amounts above 220 get flagged."""
     settings, _, version, result = store
     configure_tracking(settings)
     scorer = load_scorer(f"models:/{NAME}/{version}")
-    base = result.test.features.dropna().head(300)
-    dear = base.assign(tx_amount=base["tx_amount"] * 4, amount_to_customer_avg_30d=4.0)
-    risky = base.assign(terminal_risk_7d=0.8, terminal_risk_30d=0.8, terminal_risk_1d=0.8)
-    assert scorer.predict_proba(dear).mean() > scorer.predict_proba(base).mean()
-    assert scorer.predict_proba(risky).mean() > 2 * scorer.predict_proba(base).mean()
-    above_220 = base.assign(tx_amount=500.0)  # scenario 1: every such amount is fraud
-    assert (scorer.predict_proba(above_220) >= scorer.threshold).mean() > 0.9
+    raw = small_transactions
+    rows = result.test.raw.index[result.test.raw["tx_fraud"] == 0][:300]
+
+    def scores(frame: pd.DataFrame) -> np.ndarray:
+        return scorer.predict_proba(build_features(frame, settings.features).loc[rows])
+
+    base = scores(raw)
+    dear = raw.copy()
+    dear.loc[rows, "tx_amount"] = dear.loc[rows, "tx_amount"] * 4
+    assert scores(dear).mean() > base.mean()
+
+    compromised = raw.copy()
+    terminals = set(raw.loc[rows, "terminal_id"])
+    matured = raw["tx_datetime"] < raw.loc[rows, "tx_datetime"].min() - pd.Timedelta(days=7)
+    compromised.loc[matured & raw["terminal_id"].isin(terminals), "tx_fraud"] = 1
+    assert scores(compromised).mean() > 2 * base.mean()
+
+    above_220 = raw.copy()
+    above_220.loc[rows, "tx_amount"] = 500.0  # scenario 1: every such amount is fraud
+    assert (scores(above_220) >= scorer.threshold).mean() > 0.9
 
 
 def test_manual_promotion_sets_stage_and_alias_and_archives(store, small_transactions) -> None:
