@@ -435,9 +435,15 @@ def targets(world: World, args: argparse.Namespace) -> tuple[list[Target], dict[
     return items, cursor
 
 
-def advance(cursor: dict[str, float], run: dict[str, Any], world: World, threads: int) -> None:
-    """Move the /predict clock past every transaction the last run could have sent."""
-    cursor["start"] += (run["requests"] + 2 * threads) * world.step_s + 3600
+def advance(
+    cursor: dict[str, float], run: dict[str, Any], world: World, args: argparse.Namespace
+) -> None:
+    """Move the /predict clock past every transaction the last run could have sent.
+
+    Thread k sends k, k + T, k + 2T, ...: however unevenly the threads ran, no sequence number
+    exceeds T x (completed + in-flight requests)."""
+    highest = (run["requests"] + args.connections) * args.threads
+    cursor["start"] += highest * world.step_s + 3600
 
 
 # --------------------------------------------------------------------------- report
@@ -494,7 +500,10 @@ def render(
     command: str,
 ) -> str:
     """The Markdown section: setup, the table, the two ratios against their targets."""
-    ms = lambda v: "—" if v is None else f"{v / 1000:.2f}"  # noqa: E731
+
+    def ms(micros: float | None) -> str:
+        return "—" if micros is None else f"{micros / 1000:.2f}"
+
     rows = [
         "| target | requests/s (median) | p50 ms | p99 ms | valid runs | requests/s per run |",
         "|---|---:|---:|---:|---:|---|",
@@ -541,9 +550,11 @@ def render(
         f"Every server has {WORKERS} workers and OMP_NUM_THREADS=1; hello and our API run under "
         "`serving/gunicorn.conf.py` (sync workers, 1 thread each), `mlflow models serve "
         "--env-manager local` under uvicorn. Each target: `wrk "
-        f"-t{args.threads} -c{args.connections} -d{args.duration}s --latency`, one "
+        f"-t{args.threads} -c{args.connections} -d{args.duration}s --latency --timeout "
+        f"{args.timeout}s`, one "
         f"{args.warmup} s warm-up, then {args.repeats} runs round-robin over the four targets "
         "(medians below; ✗ marks a run with socket errors or non-2xx answers, left out). "
+        "hello gets a transaction-shaped JSON body; "
         f"/predict sends one raw transaction per request, every `transaction_id` new, "
         f"customer/terminal pairs drawn from the last 30 days of the {notes['history']} "
         f"warmed transactions, `tx_datetime` moving forward; both /invocations get the same "
@@ -743,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
                 url = running[target.server].url + target.path
                 run = run_wrk(wrk, url, scripts / target.script, target.env(seconds), args, seconds)
                 if target.key == "predict":
-                    advance(cursor, run, world, args.threads)
+                    advance(cursor, run, world, args)
                 return run
 
             for target in items:

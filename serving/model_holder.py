@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.features import feature_names
 from pipelines.model import FraudScorer, load_scorer
 from pipelines.settings import Settings
 
@@ -112,6 +113,14 @@ class ModelHolder:
                 return False
             try:
                 scorer = load_scorer(f"models:/{target.name}/{target.version}")
+                expected = tuple(feature_names(self.settings.features))
+                if scorer.features != expected:
+                    missing = sorted(set(expected) - set(scorer.features))
+                    extra = sorted(set(scorer.features) - set(expected))
+                    raise ValueError(
+                        "trained on other features than this service computes (align the "
+                        f"features settings): model lacks {missing}, has extra {extra}"
+                    )
             except Exception as exc:
                 self.status.reload_failures += 1
                 self.status.last_error = f"loading v{target.version} failed: {exc}"[:500]

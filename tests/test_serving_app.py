@@ -330,3 +330,23 @@ def test_openapi_describes_every_route_the_service_has(app, client) -> None:
         "terminal_id",
         "tx_amount",
     }
+
+
+def test_a_model_trained_on_other_features_is_refused(trained, tmp_path) -> None:
+    settings, _ = trained
+    other = settings.model_copy(
+        update={
+            "features": settings.features.model_copy(update={"terminal_windows_days": (1, 7)}),
+            "serving": settings.serving.model_copy(
+                update={
+                    "state_path": str(tmp_path / "s.sqlite"),
+                    "prediction_log_dir": str(tmp_path / "p"),
+                }
+            ),
+        }
+    )
+    app = create_app(other, start_polling=False)
+    holder = app.extensions["fraudflow"].holder
+    assert holder.model is None and holder.status.reload_failures == 1
+    assert "other features" in holder.status.last_error
+    assert app.test_client().get("/ready").status_code == 503
