@@ -156,12 +156,14 @@ def _customer_names(settings: FeatureSettings) -> list[str]:
 def _amount_ratios(times_ms: np.ndarray, amounts: np.ndarray, window_ms: int) -> np.ndarray:
     """For each row of one card's time-ordered history: its amount over the mean of the rows
     before it within the window (NaN without such rows), as amount_to_customer_avg_*."""
+    first = np.searchsorted(times_ms, times_ms - window_ms, side="right")
+    position = np.arange(len(times_ms))
+    running = np.concatenate(([0.0], np.cumsum(amounts)))
+    count = position - first
+    total = running[position] - running[first]
+    usable = (count > 0) & (total > MIN_PRIOR_SPEND)
     ratios = np.full(len(times_ms), np.nan)
-    for j in range(len(times_ms)):
-        prior = amounts[:j][times_ms[:j] > times_ms[j] - window_ms]
-        total = float(prior.sum())
-        if len(prior) and total > MIN_PRIOR_SPEND:
-            ratios[j] = float(amounts[j]) * len(prior) / total
+    ratios[usable] = amounts[usable] * count[usable] / total[usable]
     return ratios
 
 

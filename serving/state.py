@@ -27,8 +27,11 @@ CREATE TABLE IF NOT EXISTS transactions (
     ts_ms INTEGER NOT NULL,
     amount REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS transactions_customer ON transactions (customer_id, ts_ms);
-CREATE INDEX IF NOT EXISTS transactions_terminal ON transactions (terminal_id, ts_ms);
+-- covering indexes: a history read never touches the table itself
+CREATE INDEX IF NOT EXISTS transactions_customer_history
+    ON transactions (customer_id, ts_ms, seq, amount);
+CREATE INDEX IF NOT EXISTS transactions_terminal_history
+    ON transactions (terminal_id, ts_ms, seq, transaction_id);
 CREATE TABLE IF NOT EXISTS labels (
     transaction_id TEXT PRIMARY KEY,
     label INTEGER NOT NULL CHECK (label IN (0, 1)),
