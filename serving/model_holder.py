@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -32,6 +33,8 @@ class ServedModel:
     run_id: str
     scorer: FraudScorer
     loaded_at: str
+    # binary-objective boosters: sigmoid(sum of contributions) is the probability itself
+    probability_from_contributions: bool = False
 
     def describe(self) -> dict[str, object]:
         return {
@@ -135,6 +138,7 @@ class ModelHolder:
                 run_id=target.run_id,
                 scorer=scorer,
                 loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                probability_from_contributions=_contributions_sum_to_probability(scorer),
             )
             self.status.reloads += 1
             log.info("serving %s v%s", target.name, target.version)
@@ -164,3 +168,11 @@ class ModelHolder:
                 self.refresh()
             except Exception:  # never let the poller die
                 log.exception("model refresh failed")
+
+
+def _contributions_sum_to_probability(scorer: FraudScorer) -> bool:
+    """Probe: does sigmoid(sum of contributions) reproduce predict() for this booster?"""
+    probe = np.zeros((1, len(scorer.features)))
+    contributions = scorer.contribution_rows(probe)
+    derived = 1.0 / (1.0 + np.exp(-contributions.sum(axis=1)))
+    return bool(np.allclose(derived, scorer.predict_rows(probe), rtol=0, atol=1e-12))

@@ -52,13 +52,11 @@ class Predictor:
             return "decline"
         return "review" if probability >= review else "approve"
 
-    def reasons(self, model: ServedModel, row: np.ndarray) -> list[dict[str, float | str]]:
+    def reasons(
+        self, model: ServedModel, row: np.ndarray, contributions: np.ndarray
+    ) -> list[dict[str, float | str]]:
         """The features that pushed the score up most (LightGBM's per-feature contributions)."""
-        count = self.settings.serving.reasons
-        if count == 0:
-            return []
-        contributions = model.scorer.contribution_rows(row[None, :])[0, :-1]
-        order = np.argsort(-contributions)[:count]
+        order = np.argsort(-contributions)[: self.settings.serving.reasons]
         return [
             {
                 "feature": model.scorer.features[i],
@@ -68,6 +66,24 @@ class Predictor:
             for i in order
             if contributions[i] > 0
         ]
+
+    @staticmethod
+    def score(
+        model: ServedModel, matrix: np.ndarray, explain: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities, and per-feature contributions when explaining.
+
+        For the binary objective the contributions (bias included) add up to the raw score, so
+        one `pred_contrib` pass gives both: probability = sigmoid(sum of contributions).
+        """
+        if not explain:
+            return model.scorer.predict_rows(matrix), np.empty((len(matrix), 0))
+        contributions = model.scorer.contribution_rows(matrix)
+        if model.probability_from_contributions:
+            probabilities = 1.0 / (1.0 + np.exp(-contributions.sum(axis=1)))
+        else:
+            probabilities = model.scorer.predict_rows(matrix)
+        return probabilities, contributions[:, :-1]
 
     def features(self, tx: TransactionIn) -> tuple[np.ndarray, bool, float]:
         start = time.perf_counter()
@@ -96,17 +112,18 @@ class Predictor:
             seen.append(already)
             lookups.append(seconds)
         matrix = np.vstack(rows)
-        probabilities = model.scorer.predict_rows(matrix)
+        explain = self.settings.serving.reasons > 0
+        probabilities, contributions = self.score(model, matrix, explain)
         predictions = []
-        for tx, row, probability, already, seconds in zip(
-            transactions, matrix, probabilities, seen, lookups
+        for index, (tx, row, probability, already, seconds) in enumerate(
+            zip(transactions, matrix, probabilities, seen, lookups)
         ):
             predictions.append(
                 Prediction(
                     transaction_id=tx.transaction_id,
                     fraud_probability=float(probability),
                     decision=self.decide(float(probability), model),
-                    reasons=self.reasons(model, row),
+                    reasons=self.reasons(model, row, contributions[index]) if explain else [],
                     model_name=model.name,
                     model_version=model.version,
                     features=row,

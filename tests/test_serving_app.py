@@ -350,3 +350,13 @@ def test_a_model_trained_on_other_features_is_refused(trained, tmp_path) -> None
     assert holder.model is None and holder.status.reload_failures == 1
     assert "other features" in holder.status.last_error
     assert app.test_client().get("/ready").status_code == 503
+
+
+def test_probability_from_contributions_equals_the_model_probability(app) -> None:
+    """The one-pass shortcut (sigmoid of the summed contributions) is exact for this model."""
+    svc = app.extensions["fraudflow"]
+    model = svc.holder.model
+    assert model.probability_from_contributions
+    matrix = np.random.default_rng(0).uniform(0, 50, size=(200, len(model.scorer.features)))
+    derived, _ = svc.predictor.score(model, matrix, explain=True)
+    np.testing.assert_allclose(derived, model.scorer.predict_rows(matrix), rtol=0, atol=1e-12)
