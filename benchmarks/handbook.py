@@ -11,10 +11,14 @@ import pandas as pd
 
 
 def handbook_features(transactions: pd.DataFrame, delay: int = 7) -> pd.DataFrame:
-    """The handbook's reference implementation: groupby-apply with time-based rolling windows."""
+    """The handbook's reference implementation: groupby-apply with time-based rolling windows.
+
+    Sorted stably (the notebooks' default sort is not), so transactions of one card or terminal
+    within the same second keep their input order, as in pipelines.features.
+    """
 
     def customer(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame.sort_values("tx_datetime")
+        frame = frame.sort_values("tx_datetime", kind="mergesort")
         amounts = frame.set_index("tx_datetime")["tx_amount"]
         out = pd.DataFrame(index=frame.index)
         for w in (1, 7, 30):
@@ -25,7 +29,7 @@ def handbook_features(transactions: pd.DataFrame, delay: int = 7) -> pd.DataFram
         return out
 
     def terminal(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame.sort_values("tx_datetime")
+        frame = frame.sort_values("tx_datetime", kind="mergesort")
         labels = frame.set_index("tx_datetime")["tx_fraud"].astype(float)
         fraud_delay = labels.rolling(f"{delay}d").sum().to_numpy()
         count_delay = labels.rolling(f"{delay}d").count().to_numpy()
