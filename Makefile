@@ -31,7 +31,7 @@ format: install
 	$(PY) -m black .
 
 benchmark: install
-	$(PY) -m benchmarks.run --markdown benchmarks/results.md
+	mkdir -p benchmarks/out && $(PY) -m benchmarks.run --markdown benchmarks/out/run.md
 
 clean:
 	rm -rf $(VENV) .fraudflow .pytest_cache .coverage coverage.xml
