@@ -92,18 +92,12 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: labelled transactions. Produces: an MLflow run and a registered model version."""
-    from pipelines.tracking import log_training_run
+    from pipelines.tracking import data_description, log_training_run
     from pipelines.train import train_model
 
     path, transactions = _load(args, settings, require_labels=True)
     result = train_model(transactions, settings)
-    data = {
-        "data_path": str(path),
-        "data_rows": len(transactions),
-        "data_start": transactions["tx_datetime"].min().isoformat(),
-        "data_end": transactions["tx_datetime"].max().isoformat(),
-    }
-    run_id, version = log_training_run(result, settings, data)
+    run_id, version = log_training_run(result, settings, data_description(path, transactions))
     summary = {
         "run_id": run_id,
         "model_name": version.name,

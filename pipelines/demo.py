@@ -11,7 +11,7 @@ from pipelines.data import load_transactions
 from pipelines.registry import champion_version, promote_if_better
 from pipelines.settings import Settings
 from pipelines.simulate import fraud_summary, simulate_transactions, write_daily_parquet
-from pipelines.tracking import configure_tracking, log_training_run
+from pipelines.tracking import configure_tracking, data_description, log_training_run
 from pipelines.train import train_model
 
 
@@ -33,12 +33,7 @@ def run_demo(settings: Settings, data: str | None = None, fresh: bool = False) -
 
     print(f"[2/8] training on {len(transactions):,} transactions (features, LightGBM)")
     result = train_model(transactions, settings)
-    description = {
-        "data_path": str(path),
-        "data_rows": len(transactions),
-        "data_start": transactions["tx_datetime"].min().isoformat(),
-        "data_end": transactions["tx_datetime"].max().isoformat(),
-    }
+    description = data_description(path, transactions)
     print("[3/8] logging the run and registering the model in MLflow")
     run_id, version = log_training_run(result, settings, description)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -37,12 +38,22 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
+def data_description(path: str | Path, transactions: pd.DataFrame) -> dict[str, str | int]:
+    """Where the training data came from and the window it covers, logged as run params."""
+    return {
+        "data_path": str(path),
+        "data_rows": len(transactions),
+        "data_start": transactions["tx_datetime"].min().isoformat(),
+        "data_end": transactions["tx_datetime"].max().isoformat(),
+    }
+
+
 def _flat_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in metrics.items() if pd.notna(v)}
 
 
 def log_training_run(
-    result: TrainingResult, settings: Settings, data_description: dict[str, str]
+    result: TrainingResult, settings: Settings, data: dict[str, str | int]
 ) -> tuple[str, ModelVersion]:
     """Log params, metrics, figures, the reference sample and the model; register a version."""
     client = configure_tracking(settings)
@@ -52,7 +63,7 @@ def log_training_run(
         mlflow.log_params(
             {
                 **{f"lgbm_{k}": v for k, v in result.params.items()},
-                **data_description,
+                **data,
                 **result.windows.as_dict(),
                 "label_delay_days": settings.features.label_delay_days,
                 "threshold_rule": settings.training.threshold.rule,
@@ -75,6 +86,7 @@ def log_training_run(
             result.test.labels, result.test_scores, result.scorer
         ).items():
             mlflow.log_figure(figure, f"plots/{name}")
+            plt.close(figure)
         version = _log_model(result, settings)
         _log_reference(result.reference)
     _tag_version(client, version, result, settings)
