@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines.cli import main
-from pipelines.tracking import configure_tracking
+from pipelines.tracking import configure_tracking, ensure_experiment
 from tests.conftest import make_settings, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,6 +136,8 @@ def test_mlflow_run_train_entry_point(tmp_path: Path, small_data_dir: Path) -> N
     env["MLFLOW_TRACKING_URI"] = settings.tracking_uri
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     out = tmp_path / "summary.json"
+    configure_tracking(settings)
+    ensure_experiment(settings, settings.mlflow.experiment)  # artifacts under tmp, not ./mlruns
     command = [
         str(Path(sys.executable).parent / "mlflow"),
         "run",
