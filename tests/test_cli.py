@@ -14,21 +14,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines.cli import main
+from pipelines.settings import LABEL_COLUMN, RAW_COLUMNS
 from pipelines.tracking import configure_tracking, ensure_experiment
 from tests.conftest import make_settings, write_config
 
 REPO = Path(__file__).resolve().parent.parent
-UPPER = {
-    c: c.upper()
-    for c in (
-        "transaction_id",
-        "tx_datetime",
-        "customer_id",
-        "terminal_id",
-        "tx_amount",
-        "tx_fraud",
-    )
-}
+UPPER = {c: c.upper() for c in (*RAW_COLUMNS, LABEL_COLUMN)}
 
 
 @pytest.fixture(scope="module")
