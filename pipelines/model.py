@@ -45,11 +45,6 @@ class FraudScorer:
         """Per-feature contributions (log-odds) for a matrix in feature order, bias last."""
         return self.booster.predict(matrix, pred_contrib=True, num_threads=1)
 
-    def contributions(self, features: pd.DataFrame) -> np.ndarray:
-        """Per-feature SHAP contributions (log-odds), one column per feature plus the bias."""
-        matrix = features.loc[:, list(self.features)].to_numpy(dtype=np.float64)
-        return self.booster.predict(matrix, pred_contrib=True, num_threads=1)
-
     def save(self, folder: Path) -> dict[str, str]:
         """Write the booster and its metadata; returns the pyfunc artifact mapping."""
         folder.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ experiment (who, what, when, why, the metrics it was decided on) and as version 
 from __future__ import annotations
 
 import getpass
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -167,10 +166,17 @@ def promotion_history(settings: Settings) -> pd.DataFrame:
     )
 
 
-def evaluate_on_recent(
-    model_uri: str, transactions: pd.DataFrame, settings: Settings
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Metrics of a model on the most recent `eval_days` of labelled data.
+@dataclass(frozen=True)
+class EvaluationPeriod:
+    """The most recent labelled days, featurized once for every model compared on them."""
+
+    raw: pd.DataFrame
+    features: pd.DataFrame
+    window: dict[str, str]
+
+
+def recent_period(transactions: pd.DataFrame, settings: Settings) -> EvaluationPeriod:
+    """The last `eval_days` of labelled data, with their point-in-time features.
 
     Cards with a fraud label matured within `known_cards_lookback_days` before a day are taken
     as already blocked and left out, as the handbook does for its test weeks.
@@ -178,7 +184,6 @@ def evaluate_on_recent(
     end = day_after_last(transactions["tx_datetime"])
     start = end - pd.Timedelta(days=settings.promotion.eval_days)
     lookback = start - pd.Timedelta(days=settings.promotion.known_cards_lookback_days)
-    features = build_features(transactions, settings.features)
     recent = (transactions["tx_datetime"] >= start).to_numpy()
     known = known_compromised(
         transactions["customer_id"][recent],
@@ -189,11 +194,16 @@ def evaluate_on_recent(
     raw = transactions.loc[recent].loc[~known]
     if raw["tx_fraud"].sum() == 0:
         raise PromotionError(f"no fraud in the evaluation period {start.date()}..{end.date()}")
-    scorer = load_scorer(model_uri)
-    scores = scorer.predict_proba(features.loc[raw.index])
-    metrics = evaluate_scores(raw, scores, scorer.threshold, settings.training.card_precision_k)
+    features = build_features(transactions, settings.features).loc[raw.index]
     window = {"eval_start": start.date().isoformat(), "eval_end": end.date().isoformat()}
-    return metrics, window
+    return EvaluationPeriod(raw, features, window)
+
+
+def evaluate_on(model_uri: str, period: EvaluationPeriod, settings: Settings) -> dict[str, float]:
+    """Headline metrics of a registered model on the evaluation period."""
+    scorer = load_scorer(model_uri)
+    scores = scorer.predict_proba(period.features)
+    return evaluate_scores(period.raw, scores, scorer.threshold, settings.training.card_precision_k)
 
 
 def gate_failures(metrics: dict[str, float], gates: dict[str, float]) -> list[str]:
@@ -224,16 +234,14 @@ def promote_if_better(
             "already the champion",
             str(champion.version),
         )
-    candidate_metrics, window = evaluate_on_recent(
-        f"models:/{name}/{candidate.version}", transactions, settings
-    )
+    period = recent_period(transactions, settings)
+    window = period.window
+    candidate_metrics = evaluate_on(f"models:/{name}/{candidate.version}", period, settings)
     failures = gate_failures(candidate_metrics, settings.promotion.gates)
     champion_metrics: dict[str, float] = {}
     metric, margin = settings.promotion.compare_metric, settings.promotion.min_improvement
     if champion is not None:
-        champion_metrics, _ = evaluate_on_recent(
-            f"models:/{name}/{champion.version}", transactions, settings
-        )
+        champion_metrics = evaluate_on(f"models:/{name}/{champion.version}", period, settings)
         if not candidate_metrics[metric] >= champion_metrics[metric] + margin:
             failures.append(
                 f"{metric} {candidate_metrics[metric]:.4f} does not beat champion "
@@ -260,18 +268,3 @@ def promote_if_better(
     )
     apply_decision(client, settings, decision, actor)
     return decision
-
-
-def describe_version(client: MlflowClient, version: ModelVersion) -> dict[str, object]:
-    return {
-        "name": version.name,
-        "version": version.version,
-        "stage": version.current_stage,
-        "aliases": list(version.aliases or []),
-        "run_id": version.run_id,
-        "tags": dict(version.tags or {}),
-    }
-
-
-def dumps(decision: PromotionDecision) -> str:
-    return json.dumps(decision.as_dict(), indent=2, default=str)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,7 +19,12 @@ from pipelines.settings import Settings
 from pipelines.train import TrainingResult
 
 REFERENCE_ARTIFACT = "reference/reference.parquet"
-PIP_REQUIREMENTS = ["mlflow==3.17.2", "lightgbm==4.7.0", "pandas==2.3.3", "numpy==2.4.6"]
+MODEL_DEPENDENCIES = ("mlflow", "lightgbm", "pandas", "numpy")
+
+
+def pip_requirements() -> list[str]:
+    """What the logged model needs, pinned to the versions that trained it."""
+    return [f"{name}=={package_version(name)}" for name in MODEL_DEPENDENCIES]
 
 
 def configure_tracking(settings: Settings) -> MlflowClient:
@@ -106,7 +112,7 @@ def _log_model(result: TrainingResult, settings: Settings) -> ModelVersion:
             artifacts=artifacts,
             signature=signature,
             input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=pip_requirements(),
             registered_model_name=settings.mlflow.model_name,
         )
     client = MlflowClient()

@@ -14,6 +14,7 @@ from serving.model_holder import ModelHolder
 from serving.prediction_log import PredictionLog
 from serving.predictor import Predictor
 from serving.state import SqliteOnlineState
+from serving.warm import open_state
 
 CONFIG_ENV = "FRAUDFLOW_CONFIG"
 
@@ -45,12 +46,7 @@ def create_app(settings: Settings | None = None, start_polling: bool = True) -> 
     configure_tracking(settings)
     app = Flask(__name__)
     app.json.sort_keys = False
-    features = settings.features
-    state = SqliteOnlineState(
-        settings.under_workdir(settings.serving.state_path),
-        customer_window_days=features.customer_history_days,
-        terminal_span_days=features.terminal_history_days,
-    )
+    state = open_state(settings)
     metrics = create_metrics(app)
     holder = ModelHolder(settings)
     holder.add_listener(metrics.on_model_event)

@@ -85,9 +85,8 @@ class Predictor:
             probabilities = model.scorer.predict_rows(matrix)
         return probabilities, contributions[:, :-1]
 
-    def features(self, tx: TransactionIn) -> tuple[np.ndarray, bool, float]:
+    def features(self, tx: TransactionIn, ts_ms: int) -> tuple[np.ndarray, bool, float]:
         start = time.perf_counter()
-        ts_ms = _naive_ms(tx)
         history = self.state.history(tx.transaction_id, tx.customer_id, tx.terminal_id, ts_ms)
         row = features_from_history(
             tx.tx_datetime,
@@ -104,9 +103,10 @@ class Predictor:
         """Score in order; each transaction is stored before the next one's features are read."""
         rows, seen, lookups = [], [], []
         for tx in transactions:
-            row, already, seconds = self.features(tx)
+            ts_ms = _naive_ms(tx)
+            row, already, seconds = self.features(tx, ts_ms)
             self.state.record(
-                tx.transaction_id, tx.customer_id, tx.terminal_id, _naive_ms(tx), tx.tx_amount
+                tx.transaction_id, tx.customer_id, tx.terminal_id, ts_ms, tx.tx_amount
             )
             rows.append(row)
             seen.append(already)

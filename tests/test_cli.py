@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines.cli import main
@@ -155,4 +154,3 @@ def test_mlflow_run_train_entry_point(tmp_path: Path, small_data_dir: Path) -> N
     assert "test_average_precision" in run.data.metrics
     version = client.get_model_version("fraud-detector", str(summary["model_version"]))
     assert version.run_id == summary["run_id"]
-    assert yaml.safe_load(config.read_text())["workdir"] == str(settings.workdir)
