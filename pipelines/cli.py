@@ -219,6 +219,26 @@ def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return {}  # not reached: exec replaces this process
 
 
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: labelled history, the prediction log and late labels. Produces: a retraining run,
+    a challenger version in Staging, promoted to Production only if it beats the champion."""
+    import getpass
+
+    from pipelines.retrain import production_transactions, retrain
+
+    path, history = _load(args, settings, require_labels=True)
+    production = production_transactions(settings, [Path(p) for p in args.labels])
+    trigger = {"fraudflow.trigger": args.trigger, "actor": args.actor or getpass.getuser()}
+    result = retrain(settings, history, production, trigger, data_path=str(path))
+    print(
+        f"retrained on {result.rows['training_data_rows']:,} transactions "
+        f"({result.rows['new_production_rows']:,} from production): challenger "
+        f"{settings.mlflow.model_name} v{result.version} -> {result.decision.stage}"
+    )
+    print(f"  {result.decision.reason}")
+    return result.as_dict()
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Simulate (unless data exists), train, auto-promote, summarise; then serve, replay
     traffic, hot-swap a second version and stop the API (the serving half runs as
@@ -289,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", help="host:port (default: serving.host:serving.port)")
     p.add_argument("--workers", type=_whole)
     add("warm", cmd_warm, "load history into the online state", data=True, summary=False)
+    p = add("retrain", cmd_retrain, "retrain on the latest labelled data, gated", data=True)
+    p.add_argument("--labels", action="append", default=[], help="labelled file(s)")
+    p.add_argument("--trigger", default="manual", help="why (tagged on the runs)")
+    p.add_argument("--actor", help="who (default: the OS user)")
+    sub.add_parser(
+        "monitor",
+        help="drift and performance check of the prediction log (see fraudflow monitor --help)",
+        add_help=False,
+    )
     p = add("demo", cmd_demo, "the whole training side on the embedded store", data=True)
     p.add_argument("--fresh", action="store_true", help="re-simulate even if data exists")
     p.add_argument("--skip-serving", action="store_true", help="stop after the training side")
@@ -296,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["monitor"]:
+        import os
+
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "drift.monitor", *argv[1:]])
     args = build_parser().parse_args(argv)
     for name in ("config", "data", "output", "model_uri", "version"):
         if getattr(args, name, None) == "":

@@ -219,12 +219,21 @@ def gate_failures(metrics: dict[str, float], gates: dict[str, float]) -> list[st
 
 
 def promote_if_better(
-    settings: Settings, transactions: pd.DataFrame, actor: str | None = None
+    settings: Settings,
+    transactions: pd.DataFrame,
+    actor: str | None = None,
+    candidate_version: str | None = None,
+    auto_promote: bool = True,
 ) -> PromotionDecision:
-    """Promote the newest version only if it passes the gates and beats the champion."""
+    """Promote a candidate (default: the newest version) only if it passes the gates and beats
+    the champion on the same recent labelled period. With `auto_promote` off, a candidate that
+    qualifies waits in Staging for a person to promote it."""
     client = configure_tracking(settings)
     name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
-    candidate = newest_version(client, name)
+    if candidate_version is None:
+        candidate = newest_version(client, name)
+    else:
+        candidate = get_version(client, name, candidate_version)
     champion = champion_version(client, name, alias)
     if champion is not None and str(champion.version) == str(candidate.version):
         return PromotionDecision(
@@ -247,13 +256,19 @@ def promote_if_better(
                 f"{metric} {candidate_metrics[metric]:.4f} does not beat champion "
                 f"v{champion.version} ({champion_metrics[metric]:.4f}) by {margin:.4f}"
             )
-    promoted = not failures
-    if promoted:
+    promoted = not failures and auto_promote
+    if not failures:
         against = f"champion v{champion.version}" if champion else "no champion"
         reason = (
             f"auto: passes gates and {metric} {candidate_metrics[metric]:.4f} vs {against} "
             f"on {window['eval_start']}..{window['eval_end']}"
         )
+        if not auto_promote:
+            reason += (
+                "; automatic promotion is off: waits in Staging for a person to promote it "
+                f"(MLflow UI, or fraudflow promote --version {candidate.version} "
+                "--stage Production)"
+            )
     else:
         reason = "auto: held in Staging: " + "; ".join(failures)
     decision = PromotionDecision(

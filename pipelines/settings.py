@@ -129,6 +129,7 @@ class MlflowSettings(_Frozen):
     tracking_uri: str | None = None
     experiment: str
     promotion_experiment: str
+    monitoring_experiment: str
     model_name: str
     champion_alias: str
 
@@ -161,6 +162,48 @@ class ServingSettings(_Frozen):
     metrics_dir: str
 
 
+PERFORMANCE_METRICS = ("precision", "recall", "average_precision", "card_precision_at_100")
+
+
+class MonitoringSettings(_Frozen):
+    reports_dir: str
+    window_hours: float = Field(gt=0)
+    # drift is judged on at most this many current rows (a uniform sample) and needs this many
+    max_rows: int = Field(gt=0)
+    min_rows: int = Field(gt=0)
+    # Evidently's per-column tests: None keeps its defaults (normed Wasserstein for numbers,
+    # Jensen-Shannon for few-valued columns, both at 0.1)
+    num_method: str | None = None
+    cat_method: str | None = None
+    column_threshold: float | None = Field(default=None, gt=0)
+    # the verdict is "drift" when this share of the features drifted, or the score drifted
+    drift_share: float = Field(gt=0, le=1)
+    score_drift: bool
+    # performance on late labels: judged once this many labelled frauds arrived; a metric more
+    # than its tolerance (absolute) below the champion's training-time value is "degraded"
+    min_labelled_frauds: int = Field(gt=0)
+    tolerance: dict[str, float]
+    label_files: tuple[str, ...] = ()
+    retrain_on: tuple[Literal["drift", "degraded"], ...]
+
+    @field_validator("tolerance")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(PERFORMANCE_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; known: {list(PERFORMANCE_METRICS)}")
+        if any(v < 0 for v in value.values()):
+            raise ValueError("tolerances must be >= 0")
+        return value
+
+
+class RetrainingSettings(_Frozen):
+    # False leaves a challenger that passes in Staging for a person to promote in the MLflow UI
+    auto_promote: bool
+    # LightGBM parameter overlays tried as nested runs; the best on validation is registered
+    search: tuple[dict[str, Any], ...] = ()
+
+
 class Settings(_Frozen):
     workdir: Path
     data: DataSettings
@@ -171,6 +214,8 @@ class Settings(_Frozen):
     mlflow: MlflowSettings
     promotion: PromotionSettings
     serving: ServingSettings
+    monitoring: MonitoringSettings
+    retraining: RetrainingSettings
 
     def under_workdir(self, path: str) -> Path:
         """A configured path, taken relative to the workdir unless absolute."""
@@ -191,6 +236,11 @@ class Settings(_Frozen):
     @property
     def data_path(self) -> Path:
         return self.under_workdir(self.data.path)
+
+    @property
+    def monitor_latest(self) -> Path:
+        """The last monitor summary: written by the monitor, exported by the API's /metrics."""
+        return self.under_workdir(self.monitoring.reports_dir) / "latest.json"
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

@@ -59,13 +59,21 @@ def _flat_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
 
 
 def log_training_run(
-    result: TrainingResult, settings: Settings, data: dict[str, str | int]
+    result: TrainingResult,
+    settings: Settings,
+    data: dict[str, str | int],
+    tags: dict[str, str] | None = None,
 ) -> tuple[str, ModelVersion]:
-    """Log params, metrics, figures, the reference sample and the model; register a version."""
+    """Log params, metrics, figures, the reference sample and the model; register a version.
+
+    `tags` (e.g. what triggered a retraining) go on the run and on the model version; inside an
+    active run (a retraining) the training run is nested under it.
+    """
     client = configure_tracking(settings)
     experiment_id = ensure_experiment(settings, settings.mlflow.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="train") as run:
-        mlflow.set_tags({"fraudflow.step": "train"})
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(experiment_id=experiment_id, run_name="train", nested=nested) as run:
+        mlflow.set_tags({"fraudflow.step": "train", **(tags or {})})
         mlflow.log_params(
             {
                 **{f"lgbm_{k}": v for k, v in result.params.items()},
@@ -95,7 +103,7 @@ def log_training_run(
             plt.close(figure)
         version = _log_model(result, settings)
         _log_reference(result.reference)
-    _tag_version(client, version, result, settings)
+    _tag_version(client, version, result, settings, tags or {})
     return run.info.run_id, client.get_model_version(version.name, version.version)
 
 
@@ -127,9 +135,14 @@ def _log_reference(reference: pd.DataFrame) -> None:
 
 
 def _tag_version(
-    client: MlflowClient, version: ModelVersion, result: TrainingResult, settings: Settings
+    client: MlflowClient,
+    version: ModelVersion,
+    result: TrainingResult,
+    settings: Settings,
+    extra: dict[str, str],
 ) -> None:
     tags = {
+        **extra,
         "threshold": f"{result.scorer.threshold:.6f}",
         **result.windows.as_dict(),
         **{f"test_{k}": f"{v:.6f}" for k, v in result.test_metrics.items() if pd.notna(v)},

@@ -138,7 +138,9 @@ def train_model(
     scorer = FraudScorer(booster, scorer.features, threshold)
     k = settings.training.card_precision_k
     test_scores = scorer.predict_proba(test.features)
-    reference = validation.features.assign(fraud_probability=validation_scores)
+    reference = validation.features.assign(
+        fraud_probability=validation_scores, tx_fraud=validation.labels
+    )
     if len(reference) > settings.training.reference_sample_rows:
         reference = reference.sample(settings.training.reference_sample_rows, random_state=0)
     return TrainingResult(

@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, start_polling: bool = True) -> 
     app = Flask(__name__)
     app.json.sort_keys = False
     state = open_state(settings)
-    metrics = create_metrics(app)
+    metrics = create_metrics(app, settings.monitor_latest)
     holder = ModelHolder(settings)
     holder.add_listener(metrics.on_model_event)
     app.extensions["fraudflow"] = Service(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -16,6 +17,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
 from serving.model_holder import ServedModel
+from serving.monitor_metrics import MonitorCollector
 
 PROBABILITY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
 LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -50,7 +52,8 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def create_metrics(app: Flask) -> ServiceMetrics:
+def create_metrics(app: Flask, monitor_summary: Path | None = None) -> ServiceMetrics:
+    """`monitor_summary`: the monitor's latest.json, exported as gauges at each scrape."""
     if multiprocess_mode():
         exporter: PrometheusMetrics = GunicornInternalPrometheusMetrics(app, group_by="endpoint")
         registry = None  # values live in the multiprocess files, collected at /metrics
@@ -105,6 +108,8 @@ def create_metrics(app: Flask) -> ServiceMetrics:
             "fraudflow_feedback_labels_total", "Late labels received", ["label"], registry=registry
         ),
     )
+    if monitor_summary is not None:
+        exporter.registry.register(MonitorCollector(monitor_summary))
     for decision in DECISIONS:
         metrics.predictions.labels(decision=decision)
     for label in ("0", "1"):

@@ -1,0 +1,384 @@
+"""Monitoring: reading the log and labels, the Evidently result, the verdict, and the scenarios
+of the monitoring loop on real MLflow stores with real Evidently reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from drift.decision import Verdict, decide
+from drift.monitor import main as monitor_main
+from drift.performance import Performance, assess_performance
+from drift.report import drift_report
+from drift.summary import ReportFormatError, is_drifted, parse
+from pipelines.production import (
+    MonitoringInputError,
+    Window,
+    attach_labels,
+    labels_from_file,
+    read_predictions,
+)
+from pipelines.settings import load_settings
+from pipelines.tracking import configure_tracking
+from serving.warm import open_state
+from tests.conftest import make_settings, write_config
+from tests.traffic import log_traffic, split_days, train_champion
+
+NAME = "fraud-detector"
+
+
+# --- the Evidently result, read into a typed summary ---------------------------------------
+
+
+def test_parse_reads_which_features_drifted_from_a_real_report() -> None:
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(
+        {
+            "amount": rng.normal(50, 10, 3000),
+            "count": rng.poisson(3, 3000).astype(float),
+            "fraud_probability": rng.beta(1, 30, 3000),
+        }
+    )
+    current = pd.DataFrame(
+        {
+            "amount": rng.normal(80, 10, 2000),  # shifted by three standard deviations
+            "count": rng.poisson(3, 2000).astype(float),
+            "fraud_probability": rng.beta(1, 30, 2000),
+        }
+    )
+    monitoring = load_settings(environ={}).monitoring
+    summary = parse(drift_report(reference, current, ["amount", "count"], monitoring).dict())
+    assert summary.drifted_features == ["amount"]
+    assert summary.drifted_count == 1 and summary.drifted_share == pytest.approx(0.5)
+    by_column = {c.column: c for c in summary.columns}
+    assert by_column["amount"].score > 1.0 > 0.1 > by_column["count"].score
+    assert summary.score is not None and not summary.score.drifted
+
+
+def test_parse_refuses_a_report_it_cannot_read() -> None:
+    with pytest.raises(ReportFormatError, match="metrics"):
+        parse({"something": []})
+    with pytest.raises(ReportFormatError, match="DriftedColumnsCount"):
+        parse({"metrics": [{"metric_name": "Accuracy()", "value": 0.9}]})
+
+
+def test_p_value_tests_drift_below_their_threshold_distances_above() -> None:
+    assert is_drifted("K-S p_value", 0.01, 0.05) and not is_drifted("K-S p_value", 0.2, 0.05)
+    assert is_drifted("Wasserstein distance (normed)", 0.2, 0.1)
+    assert not is_drifted("Jensen-Shannon distance", 0.05, 0.1)
+
+
+def _performance(production: dict[str, float], degraded: tuple[str, ...]) -> Performance:
+    return Performance(100, 30, True, production, {}, degraded)
+
+
+def test_degraded_performance_outranks_drift(tmp_path: Path) -> None:
+    monitoring = make_settings(tmp_path).monitoring
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"a": rng.normal(0, 1, 500), "fraud_probability": rng.random(500)})
+    shifted = frame.assign(a=frame["a"] + 5)
+    drift = parse(drift_report(frame, shifted, ["a"], monitoring).dict())
+    stable = parse(drift_report(frame, frame, ["a"], monitoring).dict())
+    assert decide(drift, _performance({}, ()), monitoring) is Verdict.DRIFT
+    assert decide(drift, _performance({}, ("recall",)), monitoring) is Verdict.DEGRADED
+    assert decide(stable, _performance({}, ()), monitoring) is Verdict.NO_DRIFT
+    assert [v.exit_code for v in Verdict] == [0, 1, 2, 3]
+
+
+def test_performance_is_not_judged_on_too_few_labelled_frauds(tmp_path: Path) -> None:
+    monitoring = make_settings(tmp_path).monitoring
+    current = pd.DataFrame(
+        {
+            "customer_id": [str(i) for i in range(50)],
+            "tx_datetime": pd.Timestamp("2018-07-01") + pd.to_timedelta(np.arange(50), "min"),
+            "fraud_probability": np.linspace(0, 1, 50),
+            "tx_fraud": [1.0] * 5 + [0.0] * 40 + [np.nan] * 5,
+        }
+    )
+    performance = assess_performance(current, 0.5, {"recall": 0.9}, monitoring, 100)
+    assert not performance.assessed and performance.labelled_frauds == 5
+    assert performance.labelled_rows == 45 and not performance.degraded
+
+
+# --- the prediction log and late labels ---------------------------------------------------
+
+
+def _record(tid: str, logged_at: datetime, version: str = "1") -> dict:
+    return {
+        "logged_at": logged_at.isoformat(timespec="milliseconds"),
+        "transaction_id": tid,
+        "tx_datetime": "2018-07-01T10:00:00",
+        "customer_id": "7",
+        "terminal_id": "9",
+        "tx_amount": 12.5,
+        "features": {"tx_amount": 12.5, "customer_nb_tx_1d": 1.0, "terminal_risk_7d": None},
+        "fraud_probability": 0.1,
+        "decision": "approve",
+        "model_name": NAME,
+        "model_version": version,
+        "latency_ms": 1.0,
+        "resent": False,
+    }
+
+
+def _write_log(folder: Path, day: str, records: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"predictions-{day}-123.jsonl", "a") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_read_predictions_keeps_the_window_and_the_first_scoring_of_a_resent_id(
+    tmp_path: Path,
+) -> None:
+    now = datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
+    _write_log(
+        tmp_path,
+        "2026-11-26",
+        [
+            _record("a", now - timedelta(hours=1)),
+            _record("b", now - timedelta(minutes=30)),
+            _record("a", now - timedelta(minutes=10), version="2"),  # re-sent
+            _record("late", now + timedelta(minutes=1)),
+        ],
+    )
+    _write_log(tmp_path, "2026-11-24", [_record("old", now - timedelta(days=2))])
+    frame = read_predictions(tmp_path, Window(now - timedelta(hours=2), now))
+    assert list(frame["transaction_id"]) == ["a", "b"]
+    assert frame.loc[0, "model_version"] == "1"
+    assert {"customer_nb_tx_1d", "terminal_risk_7d"} <= set(frame.columns)
+    assert np.isnan(frame.loc[0, "terminal_risk_7d"])
+    assert list(frame.columns).count("tx_amount") == 1
+    assert len(read_predictions(tmp_path)) == 4  # every day, "a" once
+    assert read_predictions(tmp_path / "nothing", Window.day("2026-11-26")).empty
+
+
+def test_a_corrupt_log_file_is_named(tmp_path: Path) -> None:
+    _write_log(tmp_path, "2026-11-26", [_record("a", datetime.now(timezone.utc))])
+    with open(tmp_path / "predictions-2026-11-26-123.jsonl", "a") as handle:
+        handle.write('{"transaction_id": "b", "logged_at": \n')
+    with pytest.raises(MonitoringInputError, match="predictions-2026-11-26-123.jsonl"):
+        read_predictions(tmp_path, Window.day("2026-11-26"))
+
+
+def test_bad_label_files_are_refused_with_the_column_and_the_count(tmp_path: Path) -> None:
+    columns = {"transaction_id": "TRANSACTION_ID", "tx_fraud": "TX_FRAUD"}
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({"TRANSACTION_ID": ["a", "b", "c"], "TX_FRAUD": [1, 2, "x"]}).to_csv(path)
+    with pytest.raises(MonitoringInputError, match=r"'TX_FRAUD' must be 0 or 1; 2 rows"):
+        labels_from_file(path, columns)
+    pd.DataFrame({"TRANSACTION_ID": ["a"]}).to_csv(path)
+    with pytest.raises(MonitoringInputError, match="no column"):
+        labels_from_file(path, columns)
+    with pytest.raises(MonitoringInputError, match="not found"):
+        labels_from_file(tmp_path / "missing.csv", columns)
+
+
+def test_a_later_label_source_corrects_an_earlier_one(tmp_path: Path) -> None:
+    predictions = pd.DataFrame({"transaction_id": ["a", "b", "c"]})
+    feedback = pd.DataFrame({"transaction_id": ["a", "b"], "tx_fraud": [0, 1]})
+    correction = pd.DataFrame({"transaction_id": ["a"], "tx_fraud": [1]})
+    joined = attach_labels(predictions, [feedback, correction])
+    assert joined["tx_fraud"].tolist()[:2] == [1.0, 1.0] and np.isnan(joined["tx_fraud"][2])
+
+
+def test_window_arguments_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(MonitoringInputError, match="YYYY-MM-DD"):
+        Window.day("26/11/2026")
+    window = Window.day("2026-11-26")
+    assert window.days() == ["2026-11-26"]
+    assert Window(window.start, window.end + timedelta(hours=1)).days() == [
+        "2026-11-26",
+        "2026-11-27",
+    ]
+
+
+# --- the scenarios, on a real store -------------------------------------------------------
+
+
+@pytest.fixture
+def world(tmp_path: Path, small_transactions: pd.DataFrame):
+    """A champion (v1, Production) trained on all but the last simulated day, that day as
+    production traffic, and the history on disk for retraining."""
+    settings = make_settings(tmp_path / "work")
+    history, traffic = split_days(small_transactions, 1)
+    data = tmp_path / "history.parquet"
+    history.to_parquet(data)
+    version = train_champion(settings, history)
+    from drift.reference import load_champion
+
+    champion = load_champion(settings)
+    return settings, history, traffic, champion, version, data
+
+
+def _monitor(settings, tmp_path: Path, *args: str) -> tuple[int, dict]:
+    """`fraudflow monitor` in-process, configured by an overlay file like a scheduler's."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri exports it
+    config = write_config(tmp_path / "overlay.yaml", settings)
+    output = tmp_path / "monitor.json"
+    code = monitor_main(["--config", str(config), "--output", str(output), *args])
+    summary = json.loads(output.read_text()) if output.exists() else {}
+    return code, summary
+
+
+def test_traffic_like_training_gives_no_drift_and_no_retraining(world, tmp_path: Path) -> None:
+    settings, history, traffic, champion, version, data = world
+    log_traffic(settings, history, traffic, champion.scorer, version)
+    code, summary = _monitor(settings, tmp_path, "--retrain", "--data", str(data))
+    assert code == 0 and summary["verdict"] == "no_drift"
+    assert summary["drift"]["drifted_share"] < settings.monitoring.drift_share
+    assert not summary["drift"]["score"]["drifted"]
+    assert "retrain" not in summary
+    client = configure_tracking(settings)
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags["verdict"] == "no_drift" and run.data.tags["model_version"] == version
+    assert "retrain_run_id" not in run.data.tags
+    latest = json.loads(settings.monitor_latest.read_text())
+    assert latest["run_id"] == summary["run_id"]
+
+
+def test_shifted_amounts_drift_and_trigger_a_linked_retraining(world, tmp_path: Path) -> None:
+    """Through the CLI (`fraudflow monitor --retrain` in a subprocess): exit code 1, a report
+    that names the drifted features, and monitor run -> retrain run -> model version links."""
+    settings, history, traffic, champion, version, data = world
+    log_traffic(
+        settings,
+        history,
+        traffic.assign(tx_amount=traffic["tx_amount"] * 2.5),
+        champion.scorer,
+        version,
+    )
+    config = write_config(tmp_path / "overlay.yaml", settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAUDFLOW__"))}
+    output = tmp_path / "monitor.json"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "fraudflow"),
+            "monitor",
+            "--retrain",
+            "--config",
+            str(config),
+            "--data",
+            str(data),
+            "--output",
+            str(output),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "verdict DRIFT" in done.stdout
+    summary = json.loads(output.read_text())
+    drifted = set(summary["drift"]["drifted_features"])
+    assert {"tx_amount", "amount_to_customer_avg_30d"} <= drifted
+    assert summary["drift"]["score"]["drifted"]
+    folder = Path(summary["report"]).parent
+    index = (folder / "index.html").read_text()
+    for feature in drifted:
+        assert feature in index
+    drift_html = folder / "drift.html"
+    assert "amount_to_customer_avg_30d" in drift_html.read_text()
+    assert drift_html.stat().st_size < 20_000_000
+
+    client = configure_tracking(settings)
+    monitor_run = client.get_run(summary["run_id"])
+    retrain_id = monitor_run.data.tags["retrain_run_id"]
+    retrain_run = client.get_run(retrain_id)
+    assert retrain_run.data.tags["monitor_run_id"] == summary["run_id"]
+    assert retrain_run.data.tags["fraudflow.trigger"] == "monitor:drift"
+    challenger = client.get_model_version(NAME, monitor_run.data.tags["challenger_version"])
+    assert str(challenger.version) == "2"
+    assert challenger.tags["monitor_run_id"] == summary["run_id"]
+    assert challenger.tags["retrain_run_id"] == retrain_id
+    training_run = client.get_run(challenger.run_id)
+    assert training_run.data.tags["mlflow.parentRunId"] == retrain_id
+    retrain = summary["retrain"]
+    assert retrain["champion_before"] == version
+    assert retrain["challenger_metrics"] and retrain["champion_metrics"]
+    assert retrain["eval_window"]["eval_start"] < retrain["eval_window"]["eval_end"]
+    assert challenger.current_stage == ("Production" if retrain["promoted"] else "Staging")
+
+
+def test_a_worse_challenger_is_never_promoted_whatever_the_drift(world, tmp_path: Path) -> None:
+    settings, history, traffic, champion, version, _ = world
+    log_traffic(
+        settings,
+        history,
+        traffic.assign(tx_amount=traffic["tx_amount"] * 2.5),
+        champion.scorer,
+        version,
+    )
+    # the retraining learns from shuffled labels (a broken label feed): a challenger that
+    # learnt nothing, compared with the champion on the intact, most recent labelled week
+    recent = history["tx_datetime"] >= history["tx_datetime"].max() - pd.Timedelta(
+        days=settings.promotion.eval_days + 1
+    )
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(history.loc[~recent, "tx_fraud"].to_numpy())
+    scrambled = history.copy()
+    scrambled.loc[~recent, "tx_fraud"] = shuffled
+    data = tmp_path / "scrambled.parquet"
+    scrambled.to_parquet(data)
+    code, summary = _monitor(settings, tmp_path, "--retrain", "--data", str(data))
+    assert code == 1 and summary["verdict"] == "drift"
+    retrain = summary["retrain"]
+    assert not retrain["promoted"] and retrain["stage"] == "Staging"
+    assert retrain["challenger_metrics"]["average_precision"] < (
+        retrain["champion_metrics"]["average_precision"]
+    )
+    assert "does not beat champion" in retrain["reason"]
+    client = configure_tracking(settings)
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == version
+    assert client.get_model_version(NAME, version).current_stage == "Production"
+    assert client.get_model_version(NAME, retrain["challenger_version"]).current_stage == "Staging"
+
+
+def test_late_labels_showing_lost_recall_give_a_degraded_verdict_without_drift(
+    world, tmp_path: Path
+) -> None:
+    """Frauds of a new kind that looks like normal traffic: features do not move, recall does.
+    Labels arrive through the online state (/feedback) and a labelled file."""
+    settings, history, traffic, champion, version, _ = world
+    scored = log_traffic(settings, history, traffic, champion.scorer, version)
+    unseen = scored.loc[scored["tx_fraud"] == 0].nsmallest(60, "fraud_probability")
+    labels = scored[["transaction_id", "tx_fraud"]].copy()
+    labels.loc[labels["transaction_id"].isin(unseen["transaction_id"]), "tx_fraud"] = 1
+    half = len(labels) // 2
+    open_state(settings).add_labels(
+        [(tid, int(label)) for tid, label in labels.iloc[:half].itertuples(index=False)], 0
+    )
+    label_file = tmp_path / "labels.csv"
+    labels.iloc[half:].to_csv(label_file, index=False)
+    code, summary = _monitor(settings, tmp_path, "--labels", str(label_file))
+    assert code == 2 and summary["verdict"] == "degraded"
+    performance = summary["performance"]
+    assert performance["labelled_rows"] == len(labels)
+    assert "recall" in performance["degraded_metrics"]
+    assert performance["production"]["recall"] < performance["training"]["recall"] - 0.15
+    assert summary["drift"]["drifted_share"] < settings.monitoring.drift_share
+    folder = Path(summary["report"]).parent
+    assert (folder / "performance.html").stat().st_size > 0
+
+
+def test_no_champion_and_too_little_traffic_are_errors_with_exit_code_3(
+    tmp_path: Path, world
+) -> None:
+    empty = make_settings(tmp_path / "empty")
+    code, _ = _monitor(empty, tmp_path)
+    assert code == 3
+    latest = json.loads(empty.monitor_latest.read_text())
+    assert latest["verdict"] == "error" and "no version in service" in latest["error"]
+    settings = world[0]
+    code, _ = _monitor(settings, tmp_path)
+    assert code == 3
+    assert "min_rows" in json.loads(settings.monitor_latest.read_text())["error"]

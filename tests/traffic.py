@@ -1,0 +1,80 @@
+"""Production traffic for monitoring tests: a champion in a temporary store, and prediction-log
+records exactly as the API writes them (same writer, same record fields), with features
+computed by the offline path (proven equal to the online one in test_serving_gunicorn)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from pipelines.features import build_features
+from pipelines.model import FraudScorer
+from pipelines.registry import promote_if_better
+from pipelines.settings import RAW_COLUMNS, Settings
+from pipelines.tracking import data_description, log_training_run
+from pipelines.train import train_model
+from serving.prediction_log import PredictionLog
+
+
+def train_champion(settings: Settings, history: pd.DataFrame) -> str:
+    """Train, register and promote a first version; returns its version number."""
+    result = train_model(history, settings)
+    _, version = log_training_run(result, settings, data_description("history", history))
+    decision = promote_if_better(settings, history)
+    assert decision.promoted, decision.reason
+    return str(version.version)
+
+
+def log_traffic(
+    settings: Settings,
+    history: pd.DataFrame,
+    traffic: pd.DataFrame,
+    scorer: FraudScorer,
+    model_version: str,
+    logged_at: datetime | None = None,
+) -> pd.DataFrame:
+    """Score `traffic` after `history` and append it to the prediction log; returns the
+    traffic with its features and probabilities."""
+    combined = pd.concat([history, traffic], ignore_index=True)
+    features = build_features(combined, settings.features).iloc[len(history) :]
+    features.index = traffic.index
+    probabilities = scorer.predict_proba(features)
+    when = (logged_at or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
+    records = []
+    for (_, tx), (_, row), probability in zip(
+        traffic.iterrows(), features[list(scorer.features)].iterrows(), probabilities
+    ):
+        records.append(
+            {
+                "logged_at": when,
+                "transaction_id": str(tx["transaction_id"]),
+                "tx_datetime": tx["tx_datetime"].isoformat(),
+                "customer_id": str(tx["customer_id"]),
+                "terminal_id": str(tx["terminal_id"]),
+                "tx_amount": float(tx["tx_amount"]),
+                "features": {k: None if math.isnan(v) else float(v) for k, v in row.items()},
+                "fraud_probability": float(probability),
+                "decision": "review" if probability >= scorer.threshold else "approve",
+                "model_name": settings.mlflow.model_name,
+                "model_version": model_version,
+                "latency_ms": 1.0,
+                "resent": False,
+            }
+        )
+    log = PredictionLog(settings.under_workdir(settings.serving.prediction_log_dir))
+    log.write(records)
+    log.close()
+    return traffic.assign(fraud_probability=probabilities)
+
+
+def split_days(transactions: pd.DataFrame, days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """History up to the last `days` days, and those days (the production traffic)."""
+    cut = transactions["tx_datetime"].max().normalize() - pd.Timedelta(days=days - 1)
+    later = (transactions["tx_datetime"] >= cut).to_numpy()
+    columns = [*RAW_COLUMNS, "tx_fraud"]
+    return (
+        transactions.loc[~later, columns].reset_index(drop=True),
+        transactions.loc[later, columns].reset_index(drop=True),
+    )
