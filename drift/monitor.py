@@ -139,13 +139,9 @@ def _log_run(summary: dict[str, Any], folder: Path, settings: Settings) -> str:
 
 
 def run_monitor(
-    settings: Settings,
-    window: Window,
-    label_files: Sequence[Path] = (),
-    retrain: bool = False,
-    data: Path | None = None,
+    settings: Settings, window: Window, label_files: Sequence[Path] = ()
 ) -> MonitorResult:
-    """Check one window; with `retrain`, start a retraining run if the verdict calls for it."""
+    """Check one window: reports, summary, a monitoring run and the verdict."""
     from pipelines.retrain import label_sources
 
     configure_tracking(settings)
@@ -203,13 +199,35 @@ def run_monitor(
     summary["run_id"] = _log_run(summary, folder, settings)
     summary["report"] = str(folder / files["index_html"])
 
-    if retrain and should_retrain(verdict, monitoring):
-        summary["retrain"] = _retrain(settings, summary, label_files, data)
-        _write_json(folder / files["summary_json"], summary)
-        (folder / files["index_html"]).write_text(render(summary))
-        mlflow.log_artifacts(str(folder), artifact_path="report", run_id=summary["run_id"])
     _write_json(settings.monitor_latest, summary)
     return MonitorResult(verdict, summary, folder)
+
+
+def _update(result: MonitorResult, settings: Settings) -> None:
+    """Rewrite the report files, their MLflow copy and latest.json after a retraining."""
+    summary = result.summary
+    _write_json(result.folder / summary["files"]["summary_json"], summary)
+    result.index.write_text(render(summary))
+    mlflow.log_artifacts(str(result.folder), artifact_path="report", run_id=summary["run_id"])
+    _write_json(settings.monitor_latest, summary)
+
+
+def retrain_after(
+    settings: Settings,
+    result: MonitorResult,
+    label_files: Sequence[Path] = (),
+    data: Path | None = None,
+) -> MonitorResult:
+    """Retrain because of this monitor run; the runs link up by tags. A failed retraining is
+    recorded in the summary (and re-raised): the verdict stays, serving is untouched."""
+    try:
+        result.summary["retrain"] = _retrain(settings, result.summary, label_files, data)
+    except Exception as exc:
+        result.summary["retrain_error"] = f"{type(exc).__name__}: {exc}"
+        _update(result, settings)
+        raise
+    _update(result, settings)
+    return result
 
 
 def _retrain(
@@ -300,14 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
         return Verdict.ERROR.exit_code
     started = time.perf_counter()
+    labels = [Path(p) for p in args.labels]
     try:
-        result = run_monitor(
-            settings,
-            window_from(args, settings),
-            [Path(p) for p in args.labels],
-            retrain=args.retrain,
-            data=Path(args.data) if args.data else None,
-        )
+        result = run_monitor(settings, window_from(args, settings), labels)
     except (MonitoringInputError, NoChampionError, FileNotFoundError) as exc:
         record_error(settings, str(exc))
         print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
@@ -317,15 +330,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         record_error(settings, f"{type(exc).__name__}: {exc}")
         print(f"fraudflow monitor: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return Verdict.ERROR.exit_code
-    summary = result.summary
+    print(verdict_line(result.summary, time.perf_counter() - started))
+    print(f"report: {result.index}", flush=True)
+    code = result.verdict.exit_code
+    if args.retrain and should_retrain(result.verdict, settings.monitoring):
+        print("retraining on the latest labelled data ...", flush=True)
+        try:
+            retrain_after(settings, result, labels, Path(args.data) if args.data else None)
+            r = result.summary["retrain"]
+            print(
+                f"retraining: challenger v{r['challenger_version']} -> {r['stage']}: {r['reason']}"
+            )
+        except Exception as exc:
+            log.exception("retraining failed")
+            print(f"fraudflow monitor: retraining failed: {exc}", file=sys.stderr)
+            code = Verdict.ERROR.exit_code
+    elif args.retrain:
+        print(f"no retraining: the verdict is {result.verdict.value}")
     if args.output:
-        _write_json(Path(args.output), summary)
-    print(verdict_line(summary, time.perf_counter() - started))
-    print(f"report: {result.index}")
-    if "retrain" in summary:
-        r = summary["retrain"]
-        print(f"retraining: challenger v{r['challenger_version']} -> {r['stage']}: {r['reason']}")
-    return result.verdict.exit_code
+        _write_json(Path(args.output), result.summary)
+    return code
 
 
 def verdict_line(summary: dict[str, Any], seconds: float) -> str:

@@ -14,6 +14,7 @@ td:first-child,th:first-child{text-align:left}
 .bad{background:#fde2e1}.ok{background:#e3f6e5}
 .verdict{font-size:1.4rem;padding:.6rem 1rem;display:inline-block;border-radius:.3rem}
 """
+CONFUSION = ("true_positives", "false_positives", "false_negatives", "true_negatives")
 
 
 def _row(cells: list[str], css: str = "") -> str:
@@ -50,7 +51,10 @@ def _performance_section(performance: dict[str, Any], files: dict[str, str]) -> 
             f"{performance['labelled_rows']} labelled predictions so far.</p>"
         )
     rows = []
-    for metric, value in performance["production"].items():
+    production = performance["production"]
+    for metric, value in production.items():
+        if metric in CONFUSION:
+            continue
         trained = performance["training"].get(metric)
         bad = metric in performance["degraded_metrics"]
         rows.append(
@@ -70,9 +74,10 @@ def _performance_section(performance: dict[str, Any], files: dict[str, str]) -> 
         if "performance_html" in files
         else ""
     )
+    confusion = ", ".join(f"{production[c]:.0f} {c.replace('_', ' ')}" for c in CONFUSION)
     return (
         f"<p>{performance['labelled_rows']} labelled predictions, "
-        f"{performance['labelled_frauds']} frauds.</p>"
+        f"{performance['labelled_frauds']} frauds; at the model's threshold: {confusion}.</p>"
         + _table(["metric", "production", "training time", ""], rows)
         + link
     )

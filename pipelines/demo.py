@@ -23,21 +23,21 @@ def run_demo(settings: Settings, data: str | None = None, fresh: bool = False) -
     """Run the training side end to end on the configured (by default embedded) store."""
     path = Path(data) if data else settings.data_path
     if data is None and (fresh or not _has_data(path)):
-        print(f"[1/8] simulating transactions into {path}")
+        print(f"[1/11] simulating transactions into {path}")
         simulated = simulate_transactions(settings.simulation, progress=True)
         write_daily_parquet(simulated, path, progress=True, overwrite=True)
         print(f"      {fraud_summary(simulated)}")
     else:
-        print(f"[1/8] using transactions in {path}")
+        print(f"[1/11] using transactions in {path}")
     transactions = load_transactions(path, settings.data.columns, require_labels=True)
 
-    print(f"[2/8] training on {len(transactions):,} transactions (features, LightGBM)")
+    print(f"[2/11] training on {len(transactions):,} transactions (features, LightGBM)")
     result = train_model(transactions, settings)
     description = data_description(path, transactions)
-    print("[3/8] logging the run and registering the model in MLflow")
+    print("[3/11] logging the run and registering the model in MLflow")
     run_id, version = log_training_run(result, settings, description)
 
-    print("[4/8] gated promotion: newest version against the champion")
+    print("[4/11] gated promotion: newest version against the champion")
     decision = promote_if_better(settings, transactions)
     client = configure_tracking(settings)
     champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)

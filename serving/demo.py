@@ -29,6 +29,7 @@ from pipelines.train import train_model
 from serving.warm import warm
 
 REPLAYED = 2000
+DRIFTED = 1000
 BATCH = 50
 
 
@@ -78,9 +79,13 @@ def _raw(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _reset_state(settings: Settings, history: pd.DataFrame) -> None:
+    """A fresh online state and prediction log, so that a second demo starts like the first."""
     path = settings.under_workdir(settings.serving.state_path)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+    log_dir = settings.under_workdir(settings.serving.prediction_log_dir)
+    for file in log_dir.glob("predictions-*.jsonl"):
+        file.unlink()
     added = warm(settings, history)
     print(f"      online state warmed with {added:,} transactions of history")
 
@@ -131,7 +136,7 @@ def _swap(url: str, settings: Settings, transactions: pd.DataFrame, probe: pd.Da
     earlier = settings.model_copy(
         update={"training": settings.training.model_copy(update={"end_date": end.date()})}
     )
-    print(f"[7/8] training a second version on data up to {end.date()} and promoting it")
+    print(f"[7/11] training a second version on data up to {end.date()} and promoting it")
     result = train_model(transactions, earlier)
     _, version = log_training_run(result, earlier, {"data_path": "demo: one week earlier"})
     _, before = call(f"{url}/model")
@@ -155,6 +160,60 @@ def _swap(url: str, settings: Settings, transactions: pd.DataFrame, probe: pd.Da
     )
 
 
+def drifted_slice(transactions: pd.DataFrame, rows: int, factor: float) -> pd.DataFrame:
+    """The next day's traffic as the last day's, with every amount multiplied by `factor` (a
+    price change or a new spending pattern): new ids, one day later."""
+    tail = transactions.iloc[-rows:]
+    return tail.assign(
+        transaction_id="drift-" + tail["transaction_id"].astype(str),
+        tx_datetime=tail["tx_datetime"] + pd.Timedelta(days=1),
+        tx_amount=(tail["tx_amount"] * factor).round(2),
+    )
+
+
+def _score_only(url: str, frame: pd.DataFrame) -> None:
+    for start in range(0, len(frame), BATCH):
+        status, body = call(f"{url}/predict", _raw(frame.iloc[start : start + BATCH]))
+        if status != 200:
+            raise RuntimeError(f"/predict answered {status}: {body}")
+
+
+def _monitor(url: str, settings: Settings, config: str | None, data: str | None) -> None:
+    """`fraudflow monitor --retrain` while the API runs: it picks up a promotion by itself."""
+    output = settings.workdir / "demo-monitor.json"
+    output.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "monitor",
+        "--retrain",
+        "--output",
+        str(output),
+    ]
+    for flag, value in (("--config", config), ("--data", data)):
+        if value:
+            command += [flag, value]
+    _, before = call(f"{url}/model")
+    log_path = settings.workdir / "demo-monitor.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        for line in process.stdout:
+            print(f"      {line.rstrip()}", flush=True)
+        code = process.wait()
+    print(f"      exit code {code} (0 no drift, 1 drift, 2 degraded, 3 error)")
+    if code not in (0, 1, 2):
+        raise RuntimeError(f"the monitor failed; its log: {log_path}")
+    retrain = json.loads(output.read_text()).get("retrain")
+    if not retrain or not retrain["promoted"]:
+        return
+    deadline, current = time.monotonic() + 30, before
+    while current["version"] != retrain["challenger_version"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        _, current = call(f"{url}/model")
+    print(f"      the API switched by itself from v{before['version']} to v{current['version']}")
+
+
 def run(settings: Settings, config: str | None, data: str | None = None) -> int:
     client = configure_tracking(settings)
     champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)
@@ -168,7 +227,7 @@ def run(settings: Settings, config: str | None, data: str | None = None) -> int:
         (transactions["tx_datetime"] >= start - pd.Timedelta(days=40))
         & (transactions["tx_datetime"] < start)
     ]
-    print(f"[5/8] starting the API (gunicorn, 2 workers) on champion v{champion.version}")
+    print(f"[5/11] starting the API (gunicorn, 2 workers) on champion v{champion.version}")
     _reset_state(settings, history)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -182,17 +241,27 @@ def run(settings: Settings, config: str | None, data: str | None = None) -> int:
     try:
         _wait_ready(url, process)
         print(f"      {url} ready (log: {log_path})")
-        print(f"[6/8] replaying the last {len(replay):,} transactions through /predict, /feedback")
+        print(f"[6/11] replaying the last {len(replay):,} transactions through /predict, /feedback")
         _print_replay(_replay(url, replay))
         _swap(url, settings, transactions, replay)
+        drifted = drifted_slice(transactions, DRIFTED, 3.0)
+        print(
+            f"[8/11] sending {len(drifted):,} transactions of the next day with amounts x3 "
+            "(a drifted slice, labels not known yet)"
+        )
+        _score_only(url, drifted)
+        print("[9/11] monitor: the day's prediction log against the champion's training reference")
+        _monitor(url, settings, config, data)
     finally:
-        print("[8/8] stopping the API")
+        print("[10/11] stopping the API")
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
     print(f"      stopped (exit code {process.returncode})")
+    reports = settings.under_workdir(settings.monitoring.reports_dir)
+    print(f"[11/11] reports in {reports}; open the newest index.html in a browser")
     return 0
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
@@ -48,6 +51,28 @@ class ServiceMetrics:
         self.registry_up.set(0.0 if event == "registry_error" else 1.0)
 
 
+class GunicornExporter(GunicornInternalPrometheusMetrics):
+    """The exporter of gunicorn's multiprocess mode, plus collectors computed at scrape time.
+
+    Its /metrics builds a fresh registry per scrape (the workers' files), so collectors
+    registered on `registry` would be left out; they are added to each scrape here instead.
+    """
+
+    def __init__(self, app: Flask, **kwargs) -> None:
+        self.scrape_collectors: list[Collector] = []
+        super().__init__(app, **kwargs)
+
+    def generate_metrics(self, accept_header=None, names=None):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        for collector in self.scrape_collectors:
+            registry.register(collector)
+        if names:
+            registry = registry.restricted_registry(names)
+        encode, content_type = choose_encoder(accept_header)
+        return encode(registry).decode("utf-8"), content_type
+
+
 def multiprocess_mode() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -55,7 +80,7 @@ def multiprocess_mode() -> bool:
 def create_metrics(app: Flask, monitor_summary: Path | None = None) -> ServiceMetrics:
     """`monitor_summary`: the monitor's latest.json, exported as gauges at each scrape."""
     if multiprocess_mode():
-        exporter: PrometheusMetrics = GunicornInternalPrometheusMetrics(app, group_by="endpoint")
+        exporter: PrometheusMetrics = GunicornExporter(app, group_by="endpoint")
         registry = None  # values live in the multiprocess files, collected at /metrics
     else:
         registry = CollectorRegistry()
@@ -109,7 +134,11 @@ def create_metrics(app: Flask, monitor_summary: Path | None = None) -> ServiceMe
         ),
     )
     if monitor_summary is not None:
-        exporter.registry.register(MonitorCollector(monitor_summary))
+        collector = MonitorCollector(monitor_summary)
+        if isinstance(exporter, GunicornExporter):
+            exporter.scrape_collectors.append(collector)
+        else:
+            exporter.registry.register(collector)
     for decision in DECISIONS:
         metrics.predictions.labels(decision=decision)
     for label in ("0", "1"):

@@ -28,6 +28,7 @@ from pipelines.production import (
 )
 from pipelines.settings import load_settings
 from pipelines.tracking import configure_tracking
+from serving.app import create_app
 from serving.warm import open_state
 from tests.conftest import make_settings, write_config
 from tests.traffic import log_traffic, split_days, train_champion
@@ -243,6 +244,15 @@ def test_traffic_like_training_gives_no_drift_and_no_retraining(world, tmp_path:
     assert "retrain_run_id" not in run.data.tags
     latest = json.loads(settings.monitor_latest.read_text())
     assert latest["run_id"] == summary["run_id"]
+    # the API exports the verdict for Prometheus
+    app = create_app(settings, start_polling=False)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    app.extensions["fraudflow"].holder.stop()
+    assert 'fraudflow_monitor_verdict{verdict="no_drift"} 1.0' in text
+    assert 'fraudflow_monitor_verdict{verdict="drift"} 0.0' in text
+    share = summary["drift"]["drifted_share"]
+    assert f"fraudflow_drift_share {share}" in text
+    assert "fraudflow_prediction_drift_score " in text
 
 
 def test_shifted_amounts_drift_and_trigger_a_linked_retraining(world, tmp_path: Path) -> None:
@@ -329,6 +339,10 @@ def test_a_worse_challenger_is_never_promoted_whatever_the_drift(world, tmp_path
     scrambled.loc[~recent, "tx_fraud"] = shuffled
     data = tmp_path / "scrambled.parquet"
     scrambled.to_parquet(data)
+    # a retraining that cannot even start is an error, and changes nothing in the registry
+    code, failed = _monitor(settings, tmp_path, "--retrain", "--data", str(tmp_path / "none"))
+    assert code == 3 and failed["verdict"] == "drift" and "none" in failed["retrain_error"]
+    assert json.loads(settings.monitor_latest.read_text())["retrain_error"]
     code, summary = _monitor(settings, tmp_path, "--retrain", "--data", str(data))
     assert code == 1 and summary["verdict"] == "drift"
     retrain = summary["retrain"]

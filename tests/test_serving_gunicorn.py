@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import requests
 
+from drift.monitor import record_error
 from pipelines.registry import set_stage
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
@@ -110,6 +111,17 @@ def test_metrics_add_up_across_workers(api, two_versions) -> None:
     assert len(list(folder.glob("predictions-*.jsonl"))) == 2  # both workers served and logged
     assert predictions_total(api) - before == sent
     assert read_prediction_log(folder)["transaction_id"].str.startswith("g").sum() == sent + 1
+
+
+def test_the_monitor_verdict_is_exported_by_every_worker(api, two_versions) -> None:
+    """The monitor's last summary reaches /metrics in multiprocess mode, errors included."""
+    settings = two_versions[1]
+    record_error(settings, "no predictions logged")
+    text = requests.get(f"{api}/metrics", timeout=5).text
+    assert 'fraudflow_monitor_verdict{verdict="error"} 1.0' in text
+    assert 'fraudflow_monitor_verdict{verdict="no_drift"} 0.0' in text
+    assert "fraudflow_monitor_last_run_timestamp_seconds " in text
+    assert "fraudflow_drift_share" not in text  # an error carries no drift figures
 
 
 def test_promotion_swaps_the_model_with_no_failed_request(api, two_versions) -> None:

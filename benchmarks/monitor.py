@@ -1,0 +1,169 @@
+"""Time the monitor on a day of 100 k and 1 M logged predictions, and measure its reports.
+
+    .venv/bin/python -m benchmarks.monitor [--sizes 100000 1000000] [--repeats 3] [--markdown F]
+
+Setup (not timed): the default simulated world, a champion trained and promoted in a temporary
+embedded store, and prediction-log files in the API's format (two workers' files) holding the
+last N transactions with their features and the champion's probabilities. Timed: the whole
+`run_monitor` (read the log, join labels, Evidently drift report, verdict, HTML, MLflow run) with
+the configured sample (monitoring.max_rows current rows) and, side by side in the same run, with
+no sample (Evidently on every row), each the median of the repeats. Also: reading the log alone,
+and the size of the report folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from drift.monitor import run_monitor
+from pipelines.features import build_features
+from pipelines.production import Window, read_predictions
+from pipelines.registry import set_stage
+from pipelines.settings import RAW_COLUMNS, Settings, load_settings
+from pipelines.simulate import simulate_transactions
+from pipelines.tracking import log_training_run
+from pipelines.train import train_model
+
+FAST = {
+    "train_days": 21,
+    "validation_days": 7,
+    "max_rounds": 200,
+    "lightgbm": {"learning_rate": 0.1},
+}
+
+
+def write_log(folder: Path, frame: pd.DataFrame, features: list[str], version: str) -> None:
+    """JSON lines exactly as serving/prediction_log.py writes them, built column-wise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = pd.Timestamp.now(tz="UTC")
+    top = pd.DataFrame(
+        {
+            "logged_at": now.isoformat(timespec="milliseconds"),
+            "transaction_id": frame["transaction_id"].astype(str),
+            "tx_datetime": frame["tx_datetime"].dt.strftime("%Y-%m-%dT%H:%M:%S"),
+            "customer_id": frame["customer_id"].astype(str),
+            "terminal_id": frame["terminal_id"].astype(str),
+            "tx_amount": frame["tx_amount"],
+        }
+    )
+    tail = pd.DataFrame(
+        {
+            "fraud_probability": frame["fraud_probability"],
+            "decision": "approve",
+            "model_name": "fraud-detector",
+            "model_version": version,
+            "latency_ms": 1.0,
+            "resent": False,
+        }
+    )
+    head_lines = top.to_json(orient="records", lines=True).splitlines()
+    feature_lines = frame[features].to_json(orient="records", lines=True).splitlines()
+    tail_lines = tail.to_json(orient="records", lines=True).splitlines()
+    day = now.strftime("%Y-%m-%d")
+    for worker in range(2):
+        with open(folder / f"predictions-{day}-{90000 + worker}.jsonl", "w") as handle:
+            for i in range(worker, len(head_lines), 2):
+                handle.write(
+                    f'{head_lines[i][:-1]},"features":{feature_lines[i]},{tail_lines[i][1:]}\n'
+                )
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".html")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--markdown", help="write the results table here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(environ={}, overrides={"workdir": tmp, "training": FAST})
+        transactions = simulate_transactions(settings.simulation)
+        print(f"simulated {len(transactions):,} transactions; training the champion")
+        result = train_model(transactions, settings)
+        _, version = log_training_run(result, settings, {"data_path": "benchmark"})
+        set_stage(settings, str(version.version), "Production", "benchmark", "benchmark")
+        features = build_features(transactions, settings.features)
+        names = list(result.scorer.features)
+        scored = transactions[list(RAW_COLUMNS)].assign(
+            fraud_probability=result.scorer.predict_proba(features)
+        )
+        scored = pd.concat([scored, features.drop(columns=["tx_amount"])], axis=1)
+        rows = []
+        for size in args.sizes:
+            rows += measure(settings, scored.iloc[-size:], names, str(version.version), args)
+    text = table(rows, args)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0
+
+
+def measure(
+    settings: Settings, frame: pd.DataFrame, names: list[str], version: str, args
+) -> list[tuple]:
+    log_dir = settings.under_workdir(settings.serving.prediction_log_dir)
+    for old in log_dir.glob("*.jsonl"):
+        old.unlink()
+    write_log(log_dir, frame, names, version)
+    log_mb = sum(f.stat().st_size for f in log_dir.glob("*.jsonl")) / 1e6
+    window = Window.last_hours(1)
+    read_times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        read_predictions(log_dir, window)
+        read_times.append(time.perf_counter() - start)
+    results = []
+    unsampled = settings.model_copy(
+        update={"monitoring": settings.monitoring.model_copy(update={"max_rows": len(frame)})}
+    )
+    for label, variant in (
+        (f"sampled ({settings.monitoring.max_rows:,} rows)", settings),
+        ("every row (no sample)", unsampled),
+    ):
+        times, size, verdict, share = [], 0, "", 0.0
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            outcome = run_monitor(variant, window)
+            times.append(time.perf_counter() - start)
+            size = folder_size(outcome.folder)
+            verdict = outcome.verdict.value
+            share = outcome.summary["drift"]["drifted_share"]
+        print(f"{len(frame):,} predictions, {label}: {median(times):.1f}s ({times})")
+        results.append((len(frame), log_mb, median(read_times), label, times, size, verdict, share))
+    return results
+
+
+def table(rows: list[tuple], args) -> str:
+    lines = [
+        f"Monitor on {platform.machine()} ({platform.python_version()}), medians of "
+        f"{args.repeats} runs:",
+        "",
+        "| logged predictions | log size | read log | drift compared on | monitor (median) "
+        "| vs sampled | report HTML | verdict (drift share) |",
+        "|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for i, (n, log_mb, read, label, times, size, verdict, share) in enumerate(rows):
+        base = median(rows[i - i % 2][4])
+        lines.append(
+            f"| {n:,} | {log_mb:,.0f} MB | {read:.1f} s | {label} | {median(times):.1f} s "
+            f"| {median(times) / base:.2f}× | {size / 1e6:.1f} MB | {verdict} ({share:.2f}) |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
