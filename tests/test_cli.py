@@ -154,3 +154,31 @@ def test_mlflow_run_train_entry_point(tmp_path: Path, small_data_dir: Path) -> N
     assert "test_average_precision" in run.data.metrics
     version = client.get_model_version("fraud-detector", str(summary["model_version"]))
     assert version.run_id == summary["run_id"]
+
+
+def test_every_mlproject_entry_point_is_a_command_line_the_cli_accepts() -> None:
+    """Each entry point's command, with its parameters filled in as `mlflow run` does, parses
+    with the parser of the command it calls (a renamed flag breaks this, not a scheduler)."""
+    import shlex
+
+    from mlflow.projects._project_spec import load_project
+
+    from drift.monitor import build_parser as monitor_parser
+    from pipelines.cli import build_parser
+
+    project = load_project(str(REPO))
+    names = set(project._entry_points)
+    assert {"train", "promote", "monitor", "monitor_and_retrain", "retrain"} <= names
+    for name in names:
+        entry = project.get_entry_point(name)
+        values = {  # quoted as mlflow run quotes them
+            key: shlex.quote("x" if param.default in (None, "") else str(param.default))
+            for key, param in entry.parameters.items()
+        }
+        command = entry.command.format(**values)
+        argv = shlex.split(command)
+        assert argv[0] == "fraudflow", command
+        if argv[1] == "monitor":
+            monitor_parser().parse_args(argv[2:])
+        else:
+            assert build_parser().parse_args(argv[1:]).command == argv[1]
