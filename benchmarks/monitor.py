@@ -124,7 +124,7 @@ def measure(
     read_times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        read_predictions(log_dir, window)
+        read_predictions(log_dir, window, names)
         read_times.append(time.perf_counter() - start)
     results = []
     unsampled = settings.model_copy(

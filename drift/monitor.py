@@ -148,17 +148,17 @@ def run_monitor(
     champion = load_champion(settings)
     monitoring = settings.monitoring
     log_dir = settings.under_workdir(settings.serving.prediction_log_dir)
-    current = read_predictions(log_dir, window)
+    features = list(champion.scorer.features)
+    current = read_predictions(log_dir, window, features)
     if len(current) < monitoring.min_rows:
         raise MonitoringInputError(
             f"{len(current)} logged predictions in {log_dir} between {window.start.isoformat()} "
             f"and {window.end.isoformat()}; at least monitoring.min_rows={monitoring.min_rows} "
             "are needed for a verdict"
         )
-    features = list(champion.scorer.features)
-    missing = [f for f in features if f not in current]
-    if missing:
-        raise MonitoringInputError(f"the prediction log has no feature columns {missing}")
+    unlogged = [f for f in features if current[f].isna().all()]
+    if unlogged:
+        log.warning("features never logged in the window (all missing): %s", unlogged)
     current = attach_labels(
         scored_by_champion(current, champion), label_sources(settings, label_files)
     )

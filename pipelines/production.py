@@ -64,17 +64,48 @@ def log_files(folder: Path, window: Window | None = None) -> list[Path]:
     return files
 
 
-def _read_file(path: Path) -> pa.Table:
+# The fields every record has (serving/prediction_log.py); parsing against a known schema is
+# about twice as fast as letting Arrow infer one, and skips the fields monitoring never reads.
+LOG_FIELDS = (
+    ("logged_at", pa.string()),
+    ("transaction_id", pa.string()),
+    ("tx_datetime", pa.string()),
+    ("customer_id", pa.string()),
+    ("terminal_id", pa.string()),
+    ("tx_amount", pa.float64()),
+    ("fraud_probability", pa.float64()),
+    ("model_version", pa.string()),
+)
+
+
+def log_schema(features: Sequence[str]) -> pa.Schema:
+    fields = [pa.field(name, kind) for name, kind in LOG_FIELDS]
+    if features:
+        fields.append(pa.field("features", pa.struct([(f, pa.float64()) for f in features])))
+    return pa.schema(fields)
+
+
+def _read_file(path: Path, schema: pa.Schema | None) -> pa.Table:
+    options = None
+    if schema is not None:
+        options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
-        return pa_json.read_json(path)
+        return pa_json.read_json(path, parse_options=options)
     except pa.ArrowInvalid as exc:
         raise MonitoringInputError(f"prediction log {path} is not valid JSON lines: {exc}") from exc
 
 
-def read_predictions(folder: Path, window: Window | None = None) -> pd.DataFrame:
+def read_predictions(
+    folder: Path, window: Window | None = None, features: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Logged predictions of the window, one row per transaction (a re-sent transaction keeps
-    its first scoring), features as plain columns. Empty when nothing was logged."""
-    tables = [_read_file(f) for f in log_files(folder, window) if f.stat().st_size]
+    its first scoring), features as plain columns. Empty when nothing was logged.
+
+    `features`: the feature names to read (none: only the raw fields and the score); by
+    default every field of the records, as found.
+    """
+    schema = None if features is None else log_schema(features)
+    tables = [_read_file(f, schema) for f in log_files(folder, window) if f.stat().st_size]
     if not tables:
         return pd.DataFrame()
     table = pa.concat_tables(tables, promote_options="permissive")

@@ -75,7 +75,7 @@ def production_transactions(
     settings: Settings, extra_label_files: Sequence[Path] = ()
 ) -> pd.DataFrame:
     """Every logged production transaction whose label has arrived, in the raw schema."""
-    logged = read_predictions(settings.under_workdir(settings.serving.prediction_log_dir))
+    logged = read_predictions(settings.under_workdir(settings.serving.prediction_log_dir), None, ())
     if logged.empty:
         return pd.DataFrame(columns=[*RAW_COLUMNS, "tx_fraud"])
     sources = label_sources(settings, extra_label_files)

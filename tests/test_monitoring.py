@@ -158,6 +158,12 @@ def test_read_predictions_keeps_the_window_and_the_first_scoring_of_a_resent_id(
     assert np.isnan(frame.loc[0, "terminal_risk_7d"])
     assert list(frame.columns).count("tx_amount") == 1
     assert len(read_predictions(tmp_path)) == 4  # every day, "a" once
+    named = read_predictions(tmp_path, Window(now - timedelta(hours=2), now), ["terminal_risk_7d"])
+    assert list(named["transaction_id"]) == ["a", "b"]
+    assert named["terminal_risk_7d"].isna().all() and named["terminal_risk_7d"].dtype == float
+    assert "customer_nb_tx_1d" not in named and "decision" not in named
+    raw_only = read_predictions(tmp_path, None, ())
+    assert len(raw_only) == 4 and "terminal_risk_7d" not in raw_only
     assert read_predictions(tmp_path / "nothing", Window.day("2026-11-26")).empty
 
 
