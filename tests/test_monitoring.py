@@ -225,6 +225,13 @@ def world(tmp_path: Path, small_transactions: pd.DataFrame):
     return settings, history, traffic, champion, version, data
 
 
+def log_shifted_amounts(world) -> None:
+    """The last day's traffic with every amount x2.5, scored by the champion and logged."""
+    settings, history, traffic, champion, version, _ = world
+    shifted = traffic.assign(tx_amount=traffic["tx_amount"] * 2.5)
+    log_traffic(settings, history, shifted, champion.scorer, version)
+
+
 def _monitor(settings, tmp_path: Path, *args: str) -> tuple[int, dict]:
     """`fraudflow monitor` in-process, configured by an overlay file like a scheduler's."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri exports it
@@ -264,14 +271,8 @@ def test_traffic_like_training_gives_no_drift_and_no_retraining(world, tmp_path:
 def test_shifted_amounts_drift_and_trigger_a_linked_retraining(world, tmp_path: Path) -> None:
     """Through the CLI (`fraudflow monitor --retrain` in a subprocess): exit code 1, a report
     that names the drifted features, and monitor run -> retrain run -> model version links."""
-    settings, history, traffic, champion, version, data = world
-    log_traffic(
-        settings,
-        history,
-        traffic.assign(tx_amount=traffic["tx_amount"] * 2.5),
-        champion.scorer,
-        version,
-    )
+    settings, _, _, _, version, data = world
+    log_shifted_amounts(world)
     config = write_config(tmp_path / "overlay.yaml", settings)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAUDFLOW__"))}
     output = tmp_path / "monitor.json"
@@ -326,14 +327,8 @@ def test_shifted_amounts_drift_and_trigger_a_linked_retraining(world, tmp_path: 
 
 
 def test_a_worse_challenger_is_never_promoted_whatever_the_drift(world, tmp_path: Path) -> None:
-    settings, history, traffic, champion, version, _ = world
-    log_traffic(
-        settings,
-        history,
-        traffic.assign(tx_amount=traffic["tx_amount"] * 2.5),
-        champion.scorer,
-        version,
-    )
+    settings, history, _, _, version, _ = world
+    log_shifted_amounts(world)
     # the retraining learns from shuffled labels (a broken label feed): a challenger that
     # learnt nothing, compared with the champion on the intact, most recent labelled week
     recent = history["tx_datetime"] >= history["tx_datetime"].max() - pd.Timedelta(
