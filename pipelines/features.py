@@ -199,7 +199,7 @@ def features_from_history(
 
     The online path: `customer_*` are the card's earlier transactions in (time, arrival) order
     (time <= this one's, `settings.customer_history_days` back at most); `terminal_*` the
-    terminal's transactions, in any order, with their labels (None or NaN: unknown). Values
+    terminal's transactions in time order, with their labels (None or NaN: unknown). Values
     follow `feature_names(settings)` and equal `build_features`. Plain Python on purpose: for one
     row of ~100 history values, numpy's per-call overhead costs more than the arithmetic.
     """
@@ -226,6 +226,7 @@ def features_from_history(
     values.append(ratio)
     if settings.large_amount_ratios:
         hits = [0.0] * len(settings.large_amount_ratios)
+        limits = [threshold + RATIO_MARGIN for threshold in settings.large_amount_ratios]
         window_ms = longest * DAY_MS
         for j in range(bisect_right(times, t - settings.large_amount_window_days * DAY_MS), n):
             # the earlier row's own amount_to_customer_avg, from the rows before it
@@ -233,27 +234,25 @@ def features_from_history(
             total = running[j] - running[first]
             if j > first and total > MIN_PRIOR_SPEND:
                 earlier = customer_amounts[j] * (j - first) / total
-                for k, threshold in enumerate(settings.large_amount_ratios):
-                    if earlier > threshold + RATIO_MARGIN:
+                for k, limit in enumerate(limits):
+                    if earlier > limit:
                         hits[k] += 1.0
         values += hits
 
-    windows = settings.terminal_windows_days
-    counts = [0] * len(windows)
-    known = [0] * len(windows)
-    frauds = [0.0] * len(windows)
+    # the terminal's rows in time order: a window is a slice, its sums prefix-sum differences
+    known, frauds = [0], [0.0]
+    for label in terminal_labels:
+        if label is None or label != label:  # unknown (NaN != NaN)
+            known.append(known[-1])
+            frauds.append(frauds[-1])
+        else:
+            known.append(known[-1] + 1)
+            frauds.append(frauds[-1] + float(label))
     matured_end = t - settings.label_delay_days * DAY_MS
-    for time_ms, label in zip(terminal_times_ms, terminal_labels):
-        age = matured_end - time_ms
-        if age < 0:
-            continue
-        labelled = label is not None and label == label  # NaN != NaN: unknown
-        for k, window in enumerate(windows):
-            if age < window * DAY_MS:
-                counts[k] += 1
-                if labelled:
-                    known[k] += 1
-                    frauds[k] += label
-    for count, labelled, fraud in zip(counts, known, frauds):
-        values += [float(count), fraud / labelled if labelled else 0.0]
+    last = bisect_right(terminal_times_ms, matured_end)
+    for window in settings.terminal_windows_days:
+        first = bisect_right(terminal_times_ms, matured_end - window * DAY_MS, 0, last)
+        labelled = known[last] - known[first]
+        fraud = frauds[last] - frauds[first] if labelled else 0.0
+        values += [float(last - first), fraud / labelled if labelled else 0.0]
     return np.array(values, dtype=np.float64)

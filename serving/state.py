@@ -151,7 +151,7 @@ class SqliteOnlineState:
         ).fetchall()
         terminal = db.execute(
             "SELECT ts_ms, label FROM transactions WHERE terminal_id = ? AND ts_ms > ? "
-            "AND ts_ms <= ? AND seq < ?",
+            "AND ts_ms <= ? AND seq < ? ORDER BY ts_ms, seq",
             (
                 terminal_id,
                 ts_ms - self.terminal_span_ms,
