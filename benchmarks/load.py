@@ -378,6 +378,8 @@ def describe(run: dict[str, Any]) -> str:
     """requests/s, p50 and p99 of one run, and its errors if any."""
     text = f"{run['rps']:8.0f} req/s  p50 {run['p50_us'] / 1000:7.2f} ms  "
     text += f"p99 {run['p99_us'] / 1000:7.2f} ms"
+    if "cpu_us" in run:
+        text += f"  server CPU {run['cpu_us'] / 1000:5.2f} ms/request"
     if run["errors"]:
         text += f"  INVALID: {run['errors']} of {run['requests']} requests"
     return text
@@ -505,8 +507,9 @@ def render(
         return "—" if micros is None else f"{micros / 1000:.2f}"
 
     rows = [
-        "| target | requests/s (median) | p50 ms | p99 ms | valid runs | requests/s per run |",
-        "|---|---:|---:|---:|---:|---|",
+        "| target | requests/s (median) | p50 ms | p99 ms | server CPU ms per request (median) "
+        "| valid runs | requests/s per run |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for t in items:
         rps = median_of(t.runs, "rps")
@@ -514,6 +517,7 @@ def render(
         rows.append(
             f"| {t.label} | {'—' if rps is None else f'{rps:,.0f}'} | "
             f"{ms(median_of(t.runs, 'p50_us'))} | {ms(median_of(t.runs, 'p99_us'))} | "
+            f"{ms(median_of(t.runs, 'cpu_us'))} | "
             f"{sum(r['valid'] for r in t.runs)}/{len(t.runs)} | {per_run} |"
         )
     by = {t.key: t for t in items}
@@ -530,6 +534,8 @@ def render(
 
     inv_text = "—" if inv is None else f"{inv:.1f}×"
     floor_text = "—" if floor is None else f"{floor:.0%}"
+    cpu = ratio(median_of(by["predict"].runs, "cpu_us"), median_of(by["hello"].runs, "cpu_us"))
+    cpu_text = "—" if cpu is None else f"{cpu:.1f}×"
     invalid = [
         f"- {t.label}, run {i + 1}: {r['errors']} of {r['requests']} requests"
         for t in items
@@ -567,6 +573,9 @@ def render(
         f"{verdict(inv, TARGETS_INV_RATIO, p99_ok)}",
         f"- our /predict ÷ hello floor throughput: **{floor_text}** (target ≥ "
         f"{TARGETS_FLOOR_SHARE:.0%}) — {verdict(floor, TARGETS_FLOOR_SHARE)}",
+        f"- server CPU per request (all processes of the server, wrk excluded), /predict ÷ hello: "
+        f"**{cpu_text}** — what throughput ratios measure on an idle machine, but unaffected "
+        "by other jobs competing for the cores",
     ]
     if invalid:
         lines += ["", "Runs with errors (not measurements):", *invalid]
@@ -584,10 +593,10 @@ PROFILE_FRAMES = (
     ("  pydantic validation", "_validate (serving/routes.py"),
     ("  Predictor.predict", "Predictor.predict (serving/predictor.py"),
     ("    state.history (SQLite reads)", "SqliteOnlineState.history (serving/state.py"),
-    ("    features_from_history (numpy)", "features_from_history (pipelines/features.py"),
+    ("    features_from_history", "features_from_history (pipelines/features.py"),
     ("    state.record (SQLite insert)", "SqliteOnlineState.record (serving/state.py"),
-    ("    LightGBM predict", "FraudScorer.predict_rows (pipelines/model.py"),
-    ("    reasons (LightGBM pred_contrib)", "Predictor.reasons (serving/predictor.py"),
+    ("    LightGBM pred_contrib, one row", "SingleRowContributions.__call__ (pipelines/model.py"),
+    ("    formatting the reasons", "Predictor.reasons (serving/predictor.py"),
     ("  prediction log write", "PredictionLog.write (serving/prediction_log.py"),
     ("  jsonify response", "jsonify (flask/json"),
     ("Prometheus exporter hooks", "prometheus_flask_exporter/__init__.py"),
@@ -604,6 +613,20 @@ def children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of PID and all its descendants (every thread of each)."""
+    total, pending, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        pending += children(current)
+    return total
 
 
 def aggregate_profile(files: list[Path], rate: int, requests: int) -> dict[str, Any]:
@@ -752,7 +775,11 @@ def main(argv: list[str] | None = None) -> int:
 
             def one(target: Target, seconds: int) -> dict[str, Any]:
                 url = running[target.server].url + target.path
+                server_pid = running[target.server].process.pid
+                cpu_before = tree_cpu_seconds(server_pid)
                 run = run_wrk(wrk, url, scripts / target.script, target.env(seconds), args, seconds)
+                cpu = tree_cpu_seconds(server_pid) - cpu_before
+                run["cpu_us"] = cpu * 1e6 / max(run["requests"], 1)
                 if target.key == "predict":
                     advance(cursor, run, world, args)
                 return run

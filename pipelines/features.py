@@ -8,6 +8,11 @@ label becomes known `label_delay_days` after its transaction. Windows are half-o
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from itertools import accumulate
+
 import numpy as np
 import pandas as pd
 
@@ -17,6 +22,7 @@ DAY_MS = 86_400_000
 MAX_INT64 = np.iinfo(np.int64).max
 # below this prior spend the amount ratio is undefined (NaN), not a rounding-error blow-up
 MIN_PRIOR_SPEND = 1e-6
+EPOCH = datetime(1970, 1, 1)
 
 
 def feature_names(settings: FeatureSettings) -> list[str]:
@@ -153,20 +159,6 @@ def _customer_names(settings: FeatureSettings) -> list[str]:
     return [n for n in feature_names(settings) if n.startswith(("customer_", "amount_to_"))]
 
 
-def _amount_ratios(times_ms: np.ndarray, amounts: np.ndarray, window_ms: int) -> np.ndarray:
-    """For each row of one card's time-ordered history: its amount over the mean of the rows
-    before it within the window (NaN without such rows), as amount_to_customer_avg_*."""
-    first = np.searchsorted(times_ms, times_ms - window_ms, side="right")
-    position = np.arange(len(times_ms))
-    running = np.concatenate(([0.0], np.cumsum(amounts)))
-    count = position - first
-    total = running[position] - running[first]
-    usable = (count > 0) & (total > MIN_PRIOR_SPEND)
-    ratios = np.full(len(times_ms), np.nan)
-    ratios[usable] = amounts[usable] * count[usable] / total[usable]
-    return ratios
-
-
 def _terminal_features(
     terminal: pd.Series, times_ms: np.ndarray, labels: np.ndarray, settings: FeatureSettings
 ) -> dict[str, np.ndarray]:
@@ -195,51 +187,72 @@ def _terminal_features(
 
 
 def features_from_history(
-    tx_datetime: pd.Timestamp,
+    tx_datetime: datetime,
     tx_amount: float,
-    customer_times_ms: np.ndarray,
-    customer_amounts: np.ndarray,
-    terminal_times_ms: np.ndarray,
-    terminal_labels: np.ndarray,
+    customer_times_ms: Sequence[int],
+    customer_amounts: Sequence[float],
+    terminal_times_ms: Sequence[int],
+    terminal_labels: Sequence[float | None],
     settings: FeatureSettings,
 ) -> np.ndarray:
     """The same features for one transaction, from its card's and terminal's earlier history.
 
-    The online path (no pandas): `customer_*` are the card's earlier transactions in order
+    The online path: `customer_*` are the card's earlier transactions in (time, arrival) order
     (time <= this one's, `settings.customer_history_days` back at most); `terminal_*` the
-    terminal's transactions with their labels (NaN: unknown). Values follow
-    `feature_names(settings)` and equal `build_features`.
+    terminal's transactions in time order, with their labels (None or NaN: unknown). Values
+    follow `feature_names(settings)` and equal `build_features`. Plain Python on purpose: for one
+    row of ~100 history values, numpy's per-call overhead costs more than the arithmetic.
     """
-    stamp = pd.Timestamp(tx_datetime)
-    t = int(stamp.value // 1_000_000)
-    values = [
-        float(tx_amount),
-        float(stamp.dayofweek >= 5),
-        float(stamp.hour <= settings.night_last_hour),
-    ]
+    stamp = tx_datetime
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(timezone.utc).replace(tzinfo=None)
+    delta = stamp - EPOCH
+    t = delta.days * DAY_MS + delta.seconds * 1000 + delta.microseconds // 1000
+    amount = float(tx_amount)
+    values = [amount, float(stamp.weekday() >= 5), float(stamp.hour <= settings.night_last_hour)]
+
+    times = customer_times_ms
+    n = len(times)
+    running = list(accumulate(customer_amounts, initial=0.0))
     longest = max(settings.customer_windows_days)
+    ratio = float("nan")
     for window in settings.customer_windows_days:
-        inside = customer_times_ms > t - window * DAY_MS
-        count = 1.0 + float(np.count_nonzero(inside))
-        total = float(tx_amount) + float(customer_amounts[inside].sum())
-        values += [count, total / count]
-        if window == longest:
-            prior_total = float(customer_amounts[inside].sum())
-            usable = count > 1 and prior_total > MIN_PRIOR_SPEND
-            ratio = float(tx_amount) * (count - 1) / prior_total if usable else float("nan")
+        first = bisect_right(times, t - window * DAY_MS)
+        prior_total = running[n] - running[first]
+        count = 1.0 + (n - first)
+        values += [count, (amount + prior_total) / count]
+        if window == longest and count > 1 and prior_total > MIN_PRIOR_SPEND:
+            ratio = amount * (count - 1) / prior_total
     values.append(ratio)
     if settings.large_amount_ratios:
-        recent = customer_times_ms > t - settings.large_amount_window_days * DAY_MS
-        earlier = _amount_ratios(customer_times_ms, customer_amounts, longest * DAY_MS)[recent]
-        earlier = np.nan_to_num(earlier, nan=0.0)
-        for threshold in settings.large_amount_ratios:
-            values.append(float(np.count_nonzero(earlier > threshold + RATIO_MARGIN)))
+        hits = [0.0] * len(settings.large_amount_ratios)
+        limits = [threshold + RATIO_MARGIN for threshold in settings.large_amount_ratios]
+        window_ms = longest * DAY_MS
+        for j in range(bisect_right(times, t - settings.large_amount_window_days * DAY_MS), n):
+            # the earlier row's own amount_to_customer_avg, from the rows before it
+            first = bisect_right(times, times[j] - window_ms, 0, j)
+            total = running[j] - running[first]
+            if j > first and total > MIN_PRIOR_SPEND:
+                earlier = customer_amounts[j] * (j - first) / total
+                for k, limit in enumerate(limits):
+                    if earlier > limit:
+                        hits[k] += 1.0
+        values += hits
+
+    # the terminal's rows in time order: a window is a slice, its sums prefix-sum differences
+    known, frauds = [0], [0.0]
+    for label in terminal_labels:
+        if label is None or label != label:  # unknown (NaN != NaN)
+            known.append(known[-1])
+            frauds.append(frauds[-1])
+        else:
+            known.append(known[-1] + 1)
+            frauds.append(frauds[-1] + float(label))
     matured_end = t - settings.label_delay_days * DAY_MS
-    matured = terminal_times_ms <= matured_end
+    last = bisect_right(terminal_times_ms, matured_end)
     for window in settings.terminal_windows_days:
-        inside = matured & (terminal_times_ms > matured_end - window * DAY_MS)
-        labels = terminal_labels[inside]
-        known = np.count_nonzero(~np.isnan(labels))
-        fraud = float(np.nansum(labels)) if known else 0.0
-        values += [float(np.count_nonzero(inside)), fraud / known if known else 0.0]
+        first = bisect_right(terminal_times_ms, matured_end - window * DAY_MS, 0, last)
+        labelled = known[last] - known[first]
+        fraud = frauds[last] - frauds[first] if labelled else 0.0
+        values += [float(last - first), fraud / labelled if labelled else 0.0]
     return np.array(values, dtype=np.float64)

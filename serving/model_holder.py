@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.features import feature_names
-from pipelines.model import FraudScorer, load_scorer
+from pipelines.model import FraudScorer, SingleRowContributions, load_scorer
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class ServedModel:
     loaded_at: str
     # binary-objective boosters: sigmoid(sum of contributions) is the probability itself
     probability_from_contributions: bool = False
+    # LightGBM's single-row fast path, when probed equal to the matrix path (else None)
+    row_contributions: SingleRowContributions | None = None
 
     def describe(self) -> dict[str, object]:
         return {
@@ -139,6 +141,7 @@ class ModelHolder:
                 scorer=scorer,
                 loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 probability_from_contributions=_contributions_sum_to_probability(scorer),
+                row_contributions=_single_row_contributions(scorer),
             )
             self.status.reloads += 1
             log.info("serving %s v%s", target.name, target.version)
@@ -176,3 +179,19 @@ def _contributions_sum_to_probability(scorer: FraudScorer) -> bool:
     contributions = scorer.contribution_rows(probe)
     derived = 1.0 / (1.0 + np.exp(-contributions.sum(axis=1)))
     return bool(np.allclose(derived, scorer.predict_rows(probe), rtol=0, atol=1e-12))
+
+
+def _single_row_contributions(scorer: FraudScorer) -> SingleRowContributions | None:
+    """The fast single-row path, only if it gives exactly the matrix path's numbers."""
+    try:
+        fast = SingleRowContributions(scorer)
+    except Exception as exc:  # an older/newer LightGBM without the fast C API
+        log.warning("single-row contributions unavailable, using the matrix path: %s", exc)
+        return None
+    probes = np.random.default_rng(0).uniform(0, 100, size=(64, len(scorer.features)))
+    probes[::7, ::3] = np.nan
+    expected = scorer.contribution_rows(probes)
+    same = all(np.array_equal(fast(row), want) for row, want in zip(probes, expected))
+    if not same:
+        log.warning("single-row contributions differ from the matrix path; not used")
+    return fast if same else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,36 +19,53 @@ import pandas as pd
 
 DAY_MS = 86_400_000
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS transactions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    transaction_id TEXT NOT NULL UNIQUE,
-    customer_id TEXT NOT NULL,
-    terminal_id TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    amount REAL NOT NULL
-);
--- covering indexes: a history read never touches the table itself
-CREATE INDEX IF NOT EXISTS transactions_customer_history
-    ON transactions (customer_id, ts_ms, seq, amount);
-CREATE INDEX IF NOT EXISTS transactions_terminal_history
-    ON transactions (terminal_id, ts_ms, seq, transaction_id);
-CREATE TABLE IF NOT EXISTS labels (
-    transaction_id TEXT PRIMARY KEY,
-    label INTEGER NOT NULL CHECK (label IN (0, 1)),
-    received_ms INTEGER NOT NULL
-);
-"""
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS transactions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        transaction_id TEXT NOT NULL UNIQUE,
+        customer_id TEXT NOT NULL,
+        terminal_id TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        amount REAL NOT NULL,
+        -- a copy of labels.label (NULL: unknown), so a terminal's history needs no join
+        label INTEGER
+    )""",
+    """CREATE TABLE IF NOT EXISTS labels (
+        transaction_id TEXT PRIMARY KEY,
+        label INTEGER NOT NULL CHECK (label IN (0, 1)),
+        received_ms INTEGER NOT NULL
+    )""",
+)
+# covering indexes: a history read never touches the table itself
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS transactions_customer_history "
+    "ON transactions (customer_id, ts_ms, seq, amount)",
+    "CREATE INDEX IF NOT EXISTS transactions_terminal_labels "
+    "ON transactions (terminal_id, ts_ms, seq, label)",
+)
+# files written before the label column: add it, fill it from the labels table, swap the index
+MIGRATE_LABEL_COLUMN = (
+    "ALTER TABLE transactions ADD COLUMN label INTEGER",
+    "UPDATE transactions SET label = (SELECT l.label FROM labels l "
+    "WHERE l.transaction_id = transactions.transaction_id) "
+    "WHERE transaction_id IN (SELECT transaction_id FROM labels)",
+    "DROP INDEX IF EXISTS transactions_terminal_history",
+)
+INSERT_TRANSACTION = (
+    "INSERT OR IGNORE INTO transactions "
+    "(transaction_id, customer_id, terminal_id, ts_ms, amount, label) VALUES "
+    "(?1, ?2, ?3, ?4, ?5, (SELECT label FROM labels WHERE transaction_id = ?1))"
+)
 
 
 @dataclass(frozen=True)
 class History:
     """What one transaction's features need: its card's and its terminal's earlier rows."""
 
-    customer_times_ms: np.ndarray
-    customer_amounts: np.ndarray
-    terminal_times_ms: np.ndarray
-    terminal_labels: np.ndarray
+    customer_times_ms: Sequence[int]
+    customer_amounts: Sequence[float]
+    terminal_times_ms: Sequence[int]
+    terminal_labels: Sequence[int | None]
     already_seen: bool
 
 
@@ -67,23 +85,51 @@ class SqliteOnlineState:
     """SQLite implementation; one connection per thread, safe across processes."""
 
     def __init__(
-        self, path: Path, customer_window_days: int, terminal_span_days: int, timeout_s: float = 10
+        self,
+        path: Path,
+        customer_window_days: int,
+        terminal_span_days: int,
+        timeout_s: float = 10,
+        terminal_delay_days: int = 0,
     ) -> None:
         self.path = Path(path)
         self.customer_window_ms = customer_window_days * DAY_MS
         self.terminal_span_ms = terminal_span_days * DAY_MS
+        # a terminal's rows newer than the label delay never enter a feature: not read
+        self.terminal_delay_ms = terminal_delay_days * DAY_MS
         self.timeout_s = timeout_s
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(self.path, timeout=timeout_s) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.executescript(SCHEMA)
+        self._create_or_migrate()
+
+    def _create_or_migrate(self) -> None:
+        """Create the schema, or bring a file from before the label column up to date."""
+        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN IMMEDIATE")  # one worker migrates, the others wait and see it done
+            try:
+                for statement in SCHEMA:
+                    db.execute(statement)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(transactions)")}
+                if "label" not in columns:
+                    for statement in MIGRATE_LABEL_COLUMN:
+                        db.execute(statement)
+                for statement in INDEXES:
+                    db.execute(statement)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.close()
 
     @property
     def connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+            # in WAL mode NORMAL loses nothing when a process is killed (only on power loss)
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=10000")
             self._local.connection = connection
@@ -104,31 +150,29 @@ class SqliteOnlineState:
             (customer_id, ts_ms - self.customer_window_ms, ts_ms, before_seq),
         ).fetchall()
         terminal = db.execute(
-            "SELECT t.ts_ms, l.label FROM transactions t LEFT JOIN labels l "
-            "ON l.transaction_id = t.transaction_id WHERE t.terminal_id = ? AND t.ts_ms > ? "
-            "AND t.ts_ms <= ? AND t.seq < ?",
-            (terminal_id, ts_ms - self.terminal_span_ms, ts_ms, before_seq),
+            "SELECT ts_ms, label FROM transactions WHERE terminal_id = ? AND ts_ms > ? "
+            "AND ts_ms <= ? AND seq < ? ORDER BY ts_ms, seq",
+            (
+                terminal_id,
+                ts_ms - self.terminal_span_ms,
+                ts_ms - self.terminal_delay_ms,
+                before_seq,
+            ),
         ).fetchall()
-        customer_arr = np.array(customer, dtype=np.float64).reshape(-1, 2)
-        terminal_arr = np.array(
-            [(t, np.nan if label is None else label) for t, label in terminal], dtype=np.float64
-        ).reshape(-1, 2)
+        customer_times, customer_amounts = zip(*customer) if customer else ((), ())
+        terminal_times, terminal_labels = zip(*terminal) if terminal else ((), ())
         return History(
-            customer_arr[:, 0].astype(np.int64),
-            customer_arr[:, 1],
-            terminal_arr[:, 0].astype(np.int64),
-            terminal_arr[:, 1],
-            seen is not None,
+            customer_times, customer_amounts, terminal_times, terminal_labels, seen is not None
         )
 
     def record(
         self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
     ) -> bool:
-        """Store a scored transaction; False when its id was already stored (not counted twice)."""
+        """Store a scored transaction; False when its id was already stored (not counted twice).
+
+        A label that arrived before its transaction is copied onto the row as it is stored."""
         cursor = self.connection.execute(
-            "INSERT OR IGNORE INTO transactions "
-            "(transaction_id, customer_id, terminal_id, ts_ms, amount) VALUES (?, ?, ?, ?, ?)",
-            (transaction_id, customer_id, terminal_id, ts_ms, amount),
+            INSERT_TRANSACTION, (transaction_id, customer_id, terminal_id, ts_ms, amount)
         )
         return cursor.rowcount == 1
 
@@ -144,6 +188,10 @@ class SqliteOnlineState:
                 "ON CONFLICT (transaction_id) DO UPDATE SET label = excluded.label, "
                 "received_ms = excluded.received_ms WHERE labels.label != excluded.label",
                 [(tid, int(label), received_ms) for tid, label in labels],
+            )
+            db.executemany(
+                "UPDATE transactions SET label = ?1 WHERE transaction_id = ?2 AND label IS NOT ?1",
+                [(int(label), tid) for tid, label in labels],
             )
             known = db.execute(
                 f"SELECT COUNT(*) FROM transactions WHERE transaction_id IN "
@@ -168,31 +216,31 @@ class SqliteOnlineState:
                 transactions["tx_amount"].astype(float).tolist(),
             )
         )
+        labels: list[tuple[str, int, int]] = []
+        if "tx_fraud" in transactions:
+            labelled = transactions.dropna(subset=["tx_fraud"])
+            labels = [
+                (tid, int(label), int(t))
+                for tid, label, t in zip(
+                    labelled["transaction_id"].astype(str),
+                    labelled["tx_fraud"],
+                    labelled["tx_datetime"].to_numpy(dtype="datetime64[ms]").astype(np.int64),
+                )
+            ]
         db = self.connection
         before = db.execute("SELECT COUNT(*) FROM transactions").fetchone()[0]
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT OR IGNORE INTO transactions "
-                "(transaction_id, customer_id, terminal_id, ts_ms, amount) VALUES (?, ?, ?, ?, ?)",
-                rows,
+                "INSERT OR REPLACE INTO labels (transaction_id, label, received_ms) "
+                "VALUES (?, ?, ?)",
+                labels,
             )
-            if "tx_fraud" in transactions:
-                labelled = transactions.dropna(subset=["tx_fraud"])
-                db.executemany(
-                    "INSERT OR REPLACE INTO labels (transaction_id, label, received_ms) "
-                    "VALUES (?, ?, ?)",
-                    [
-                        (tid, int(label), int(t))
-                        for tid, label, t in zip(
-                            labelled["transaction_id"].astype(str),
-                            labelled["tx_fraud"],
-                            labelled["tx_datetime"]
-                            .to_numpy(dtype="datetime64[ms]")
-                            .astype(np.int64),
-                        )
-                    ],
-                )
+            db.executemany(INSERT_TRANSACTION, rows)
+            db.executemany(  # rows stored before this warm take the new labels too
+                "UPDATE transactions SET label = ?1 WHERE transaction_id = ?2 AND label IS NOT ?1",
+                [(label, tid) for tid, label, _ in labels],
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

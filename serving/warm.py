@@ -24,6 +24,7 @@ def open_state(settings: Settings) -> SqliteOnlineState:
         settings.under_workdir(settings.serving.state_path),
         customer_window_days=features.customer_history_days,
         terminal_span_days=features.terminal_history_days,
+        terminal_delay_days=features.label_delay_days,
     )
 
 

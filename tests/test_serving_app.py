@@ -360,3 +360,19 @@ def test_probability_from_contributions_equals_the_model_probability(app) -> Non
     matrix = np.random.default_rng(0).uniform(0, 50, size=(200, len(model.scorer.features)))
     derived, _ = svc.predictor.score(model, matrix, explain=True)
     np.testing.assert_allclose(derived, model.scorer.predict_rows(matrix), rtol=0, atol=1e-12)
+
+
+def test_single_row_contributions_equal_the_matrix_path(app) -> None:
+    """The fast one-row LightGBM call gives exactly the batch numbers, so reasons don't move."""
+    svc = app.extensions["fraudflow"]
+    model = svc.holder.model
+    assert model.row_contributions is not None
+    matrix = np.random.default_rng(1).uniform(0, 500, size=(200, len(model.scorer.features)))
+    matrix[::5, 3] = np.nan
+    expected = model.scorer.contribution_rows(matrix)
+    probabilities = model.scorer.predict_rows(matrix)
+    for row, want, probability in zip(matrix, expected, probabilities):
+        np.testing.assert_array_equal(model.row_contributions(row), want)
+        derived, contributions = svc.predictor.score_row(model, row)
+        assert derived == pytest.approx(probability, abs=1e-12)
+        np.testing.assert_array_equal(contributions, want[:-1])

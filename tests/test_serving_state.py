@@ -1,0 +1,133 @@
+"""The online state's label copy on each transaction row stays equal to the labels table."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from serving.state import SqliteOnlineState
+
+DAY_MS = 86_400_000
+
+
+def open_state(path: Path) -> SqliteOnlineState:
+    return SqliteOnlineState(
+        path, customer_window_days=44, terminal_span_days=37, terminal_delay_days=7
+    )
+
+
+def label_copies_disagree(path: Path) -> int:
+    """Transactions whose copied label differs from the labels table (NULL: no label)."""
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            "SELECT COUNT(*) FROM transactions t LEFT JOIN labels l "
+            "ON l.transaction_id = t.transaction_id WHERE t.label IS NOT l.label"
+        ).fetchone()[0]
+
+
+def terminal_labels(state: SqliteOnlineState, terminal: str, at_ms: int) -> dict[int, object]:
+    history = state.history("probe", "nobody", terminal, at_ms)
+    return dict(zip(history.terminal_times_ms, history.terminal_labels))
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> SqliteOnlineState:
+    return open_state(tmp_path / "state.sqlite")
+
+
+def test_labels_reach_the_terminal_history_whatever_the_order(state, tmp_path) -> None:
+    later = 20 * DAY_MS
+    assert state.add_labels([("early", 1)], received_ms=0) == 0  # label before its transaction
+    assert state.record("early", "c1", "m1", 1 * DAY_MS, 10.0)
+    assert state.record("late", "c1", "m1", 2 * DAY_MS, 20.0)
+    assert state.record("never", "c2", "m1", 3 * DAY_MS, 30.0)
+    assert state.add_labels([("late", 0)], received_ms=0) == 1  # label after its transaction
+    assert terminal_labels(state, "m1", later) == {DAY_MS: 1, 2 * DAY_MS: 0, 3 * DAY_MS: None}
+    assert state.add_labels([("late", 1), ("early", 0)], received_ms=1) == 2  # corrections
+    assert terminal_labels(state, "m1", later) == {DAY_MS: 0, 2 * DAY_MS: 1, 3 * DAY_MS: None}
+    assert label_copies_disagree(state.path) == 0
+
+
+def test_a_resent_transaction_keeps_its_row_and_its_label(state) -> None:
+    assert state.record("t1", "c1", "m1", DAY_MS, 10.0)
+    state.add_labels([("t1", 1)], received_ms=0)
+    assert not state.record("t1", "c1", "m1", DAY_MS, 10.0)
+    assert terminal_labels(state, "m1", 20 * DAY_MS) == {DAY_MS: 1}
+    assert label_copies_disagree(state.path) == 0
+
+
+def test_only_matured_terminal_rows_are_read(state) -> None:
+    for day in (1, 5, 9):
+        state.record(f"t{day}", "c1", "m1", day * DAY_MS, 10.0)
+    assert set(terminal_labels(state, "m1", 12 * DAY_MS)) == {DAY_MS, 5 * DAY_MS}
+    history = state.history("probe", "c1", "m1", 12 * DAY_MS)
+    assert history.customer_times_ms == (DAY_MS, 5 * DAY_MS, 9 * DAY_MS)  # cards: all of them
+
+
+def test_warm_labels_rows_it_adds_and_rows_already_there(state) -> None:
+    state.record("old", "c1", "m1", DAY_MS, 10.0)
+    warm = pd.DataFrame(
+        {
+            "transaction_id": ["old", "new", "unlabelled"],
+            "tx_datetime": pd.to_datetime(["1970-01-02", "1970-01-03", "1970-01-04"]),
+            "customer_id": ["c1", "c1", "c2"],
+            "terminal_id": ["m1", "m1", "m1"],
+            "tx_amount": [10.0, 20.0, 30.0],
+            "tx_fraud": [1, 0, None],
+        }
+    )
+    assert state.warm(warm) == 2
+    assert terminal_labels(state, "m1", 20 * DAY_MS) == {DAY_MS: 1, 2 * DAY_MS: 0, 3 * DAY_MS: None}
+    assert label_copies_disagree(state.path) == 0
+
+
+def test_labels_survive_a_restart(tmp_path) -> None:
+    path = tmp_path / "state.sqlite"
+    first = open_state(path)
+    first.record("t1", "c1", "m1", DAY_MS, 10.0)
+    first.add_labels([("t1", 1)], received_ms=0)
+    first.connection.close()
+    again = open_state(path)
+    assert terminal_labels(again, "m1", 20 * DAY_MS) == {DAY_MS: 1}
+
+
+def test_a_state_file_from_before_the_label_column_is_migrated(tmp_path) -> None:
+    """Files written by the previous schema (labels only in their own table) keep working."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE transactions (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                transaction_id TEXT NOT NULL UNIQUE,
+                customer_id TEXT NOT NULL,
+                terminal_id TEXT NOT NULL,
+                ts_ms INTEGER NOT NULL,
+                amount REAL NOT NULL
+            );
+            CREATE INDEX transactions_terminal_history
+                ON transactions (terminal_id, ts_ms, seq, transaction_id);
+            CREATE TABLE labels (
+                transaction_id TEXT PRIMARY KEY,
+                label INTEGER NOT NULL CHECK (label IN (0, 1)),
+                received_ms INTEGER NOT NULL
+            );
+            INSERT INTO transactions (transaction_id, customer_id, terminal_id, ts_ms, amount)
+                VALUES ('a', 'c1', 'm1', 86400000, 1.0), ('b', 'c1', 'm1', 172800000, 2.0);
+            INSERT INTO labels VALUES ('a', 1, 0), ('not-yet-seen', 0, 0);
+            """)
+    state = open_state(path)
+    assert terminal_labels(state, "m1", 20 * DAY_MS) == {DAY_MS: 1, 2 * DAY_MS: None}
+    assert label_copies_disagree(path) == 0
+    state.record("not-yet-seen", "c2", "m1", 3 * DAY_MS, 3.0)
+    assert terminal_labels(state, "m1", 20 * DAY_MS)[3 * DAY_MS] == 0
+    with sqlite3.connect(path) as db:
+        indexes = {
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")
+        }
+    assert "transactions_terminal_history" not in indexes
+    assert "transactions_terminal_labels" in indexes
+    open_state(path)  # opening a migrated file again changes nothing
+    assert label_copies_disagree(path) == 0
