@@ -116,7 +116,7 @@ def test_compose_stack_has_every_service_wired_as_documented() -> None:
     )
     mlflow = services["mlflow"]
     assert mlflow["entrypoint"] == ["mlflow", "server"] and "--serve-artifacts" in mlflow["command"]
-    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert "@postgres:5432/" in mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
     api = services["api"]
     assert api["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
