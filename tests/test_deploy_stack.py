@@ -30,7 +30,7 @@ from tests.stack_servers import (
     prometheus_and_alertmanager,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.stack]
+pytestmark = [pytest.mark.integration, pytest.mark.deploy, pytest.mark.stack]
 
 DASHBOARD = ROOT / "conf" / "grafana" / "dashboards" / "fraudflow.json"
 RULES = ROOT / "conf" / "prometheus" / "rules" / "fraudflow.yml"
