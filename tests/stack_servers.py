@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import BIN, free_port, kill_group, wait_for
+from tests.servers import BIN, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -43,9 +44,21 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def stop_group(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to the group, SIGKILL after `grace` seconds: a uvicorn server otherwise waits
+    for every keep-alive connection a client (MLflow's pooled session) still holds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
 @contextmanager
 def background(
-    command: list[str], log: Path, env: dict[str, str] | None = None
+    command: list[str], log: Path, env: dict[str, str] | None = None, grace: float = 20.0
 ) -> Iterator[subprocess.Popen]:
     """A server in its own process group, its output in `log`, stopped with its children."""
     with open(log, "ab") as out:
@@ -59,7 +72,7 @@ def background(
     try:
         yield process
     finally:
-        kill_group(process)
+        stop_group(process, grace)
 
 
 def _as_postgres_user() -> tuple[list[str], str | None]:
@@ -134,7 +147,7 @@ def compose_mlflow_server(root: Path, backend_uri: str) -> Iterator[str]:
     assert "MLFLOW_BACKEND_STORE_URI" in service["environment"]
     env = clean_env({"MLFLOW_BACKEND_STORE_URI": backend_uri})
     command = mlflow_server_command(port, root / "artifacts")
-    with background(command, root / "mlflow-server.log", env) as process:
+    with background(command, root / "mlflow-server.log", env, grace=5.0) as process:
         url = f"http://127.0.0.1:{port}"
         wait_for(f"{url}/health", process=process, timeout=120)
         yield url

@@ -33,20 +33,6 @@ from tests.stack_servers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy, pytest.mark.stack]
 
-MONITOR_METRICS = (
-    "fraudflow_drift_share",
-    "fraudflow_prediction_drift_score",
-    "fraudflow_monitor_verdict",
-    "fraudflow_monitor_last_run_timestamp_seconds",
-)
-# TODO(serving): under gunicorn the monitor's gauges do not reach /metrics yet:
-# prometheus-flask-exporter builds a fresh registry per scrape in multiprocess mode (only the
-# MultiProcessCollector), so the MonitorCollector registered on exporter.registry is never
-# asked. Until serving/metrics.py registers it in that per-scrape registry, the queries on
-# these metrics must evaluate without error but cannot return data. The test below fails as
-# soon as the gauges appear, so that this switch is turned on with the fix.
-MONITOR_GAUGES_SERVED = False
-
 DASHBOARD = ROOT / "conf" / "grafana" / "dashboards" / "fraudflow.json"
 RULES = ROOT / "conf" / "prometheus" / "rules" / "fraudflow.yml"
 SELECTOR = re.compile(r"\b((?:fraudflow|flask)_[a-z_]+|up)\b\s*(\{[^}]*\})?")
@@ -158,9 +144,11 @@ def served(stack, small_data_dir):
     assert monitor.returncode in (0, 1, 2), monitor.stdout + monitor.stderr
     prometheus = stack["prometheus"]
     deadline = time.monotonic() + 60
-    wanted = ["sum(fraudflow_predictions_total) >= 200", "fraudflow_model_version > 0"]
-    if MONITOR_GAUGES_SERVED:
-        wanted.append("fraudflow_drift_share")
+    wanted = [
+        "sum(fraudflow_predictions_total) >= 200",
+        "fraudflow_model_version > 0",
+        "fraudflow_drift_share",
+    ]
     while not all(prom_query(prometheus, expr) for expr in wanted):
         assert time.monotonic() < deadline, f"Prometheus never saw {wanted}"
         time.sleep(1)
@@ -198,8 +186,6 @@ def test_every_dashboard_query_returns_data(stack, served) -> None:
     empty = []
     for expr in dashboard_expressions():
         result = prom_query(stack["prometheus"], expr, start=stack["started"])
-        if not MONITOR_GAUGES_SERVED and any(name in expr for name in MONITOR_METRICS):
-            continue  # evaluated without error (prom_query checks); no data yet, see the TODO
         if not any(series["values"] for series in result):
             empty.append(expr)
     assert not empty, "queries without data:\n" + "\n".join(empty)
@@ -222,38 +208,24 @@ def test_every_alert_rule_evaluates_and_its_selectors_match_exported_series(stac
     for rule in alert_rules():
         prom_query(prometheus, rule["expr"])  # evaluates without error right now too
         for name, matchers in SELECTOR.findall(rule["expr"]):
-            if not MONITOR_GAUGES_SERVED and name in MONITOR_METRICS:
-                continue  # see the TODO above
             if not prom_query(prometheus, f"count({name}{matchers})"):
                 unmatched.append(f"{rule['alert']}: {name}{matchers}")
     assert not unmatched, unmatched
 
 
-def test_monitor_gauges_on_the_gunicorn_api_are_in_the_known_state(stack, served) -> None:
-    """The monitor wrote its latest summary; whether the API exports it must match the switch."""
-    latest = stack["settings"].monitor_latest
-    assert json.loads(latest.read_text())["verdict"] == served["verdict"]
-    exported = requests.get(f"{stack['api']}/metrics", timeout=5).text
-    served_now = all(name in exported for name in MONITOR_METRICS)
-    assert served_now == MONITOR_GAUGES_SERVED, (
-        "the API now exports the monitor's gauges: set MONITOR_GAUGES_SERVED = True"
-        if served_now
-        else "the API stopped exporting the monitor's gauges"
-    )
-    if MONITOR_GAUGES_SERVED:
-        prometheus = stack["prometheus"]
-        current = prom_query(prometheus, "max by (verdict) (fraudflow_monitor_verdict) == 1")
-        assert [series["metric"]["verdict"] for series in current] == [served["verdict"]]
-        share = prom_query(prometheus, "max(fraudflow_drift_share)")
-        assert float(share[0]["value"][1]) == pytest.approx(served["drift"]["drifted_share"])
+def test_the_monitors_verdict_reaches_prometheus_through_the_api(stack, served) -> None:
+    prometheus = stack["prometheus"]
+    current = prom_query(prometheus, "max by (verdict) (fraudflow_monitor_verdict) == 1")
+    assert [series["metric"]["verdict"] for series in current] == [served["verdict"]]
+    share = prom_query(prometheus, "max(fraudflow_drift_share)")
+    assert float(share[0]["value"][1]) == pytest.approx(served["drift"]["drifted_share"])
 
 
 def test_a_healthy_stack_fires_no_alert_but_the_monitors_verdict(stack, served) -> None:
     alerts = requests.get(f"{stack['prometheus']}/api/v1/alerts", timeout=5).json()
     active = {a["labels"]["alertname"] for a in alerts["data"]["alerts"]}
     expected = {"drift": {"FraudflowDataDrift"}, "degraded": {"FraudflowModelDegraded"}}
-    verdict_alerts = expected.get(served["verdict"], set()) if MONITOR_GAUGES_SERVED else set()
-    assert active == verdict_alerts, active
+    assert active == expected.get(served["verdict"], set()), active
 
 
 def test_deploy_verification_script_checks_ready_and_model(stack, served, tmp_path) -> None:
