@@ -35,9 +35,16 @@ loglevel = "info"
 
 
 def on_starting(server):
-    """A fresh multiprocess directory: files of earlier runs would be summed in."""
+    """A fresh multiprocess directory: files of earlier runs would be summed in. The embedded
+    SQLite store is created here, once: workers creating it together race on its schema."""
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
+    if _settings.tracking_uri.startswith("sqlite:"):
+        from pipelines.tracking import configure_tracking
+
+        client = configure_tracking(_settings)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
 
 
 def child_exit(server, worker):

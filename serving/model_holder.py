@@ -106,6 +106,7 @@ class ModelHolder:
                 target = self._resolve()
                 self.status.reachable = True
                 self.status.last_error = None
+                self._notify("registry_ok", self._model)
             except Exception as exc:  # network, HTTP 5xx, database: keep serving what we have
                 self.status.reachable = False
                 self.status.last_error = f"{type(exc).__name__}: {exc}"[:500]

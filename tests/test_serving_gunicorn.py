@@ -166,6 +166,22 @@ def test_promotion_swaps_the_model_with_no_failed_request(api, two_versions) -> 
     assert seen[-1][1] == v2
 
 
+def test_a_new_embedded_store_is_created_once_before_the_workers_start(tmp_path) -> None:
+    """`fraudflow serve` before anything else ran: the master creates the SQLite store, so the
+    two workers do not race on its schema (one of them used to die at boot)."""
+    settings = serving_settings(tmp_path)
+    assert not (settings.workdir / "mlflow.db").exists()
+    config = write_config(tmp_path / "serve.yaml", settings)
+    log = tmp_path / "gunicorn.log"
+    with gunicorn_api(config, log) as url:
+        for _ in range(4):  # requests land on both workers
+            assert requests.get(f"{url}/ready", timeout=5).status_code == 503
+        assert (settings.workdir / "mlflow.db").exists()
+    text = log.read_text()
+    assert text.count("Booting worker") == 2, text[-3000:]
+    assert "Traceback" not in text and "Worker failed to boot" not in text, text[-3000:]
+
+
 def test_no_production_model_starts_unready_then_serves_once_promoted(tmp_path, small_transactions):
     settings = serving_settings(tmp_path)
     version = register(small_transactions, settings)
@@ -202,8 +218,22 @@ def test_registry_outage_keeps_serving_and_reports_degraded(tmp_path, small_tran
                 assert response.status_code == 200
                 assert response.json()["model"]["version"] == version
             assert requests.get(f"{url}/ready", timeout=5).status_code == 200
-            metrics = requests.get(f"{url}/metrics", timeout=5).text
-            assert any(
-                line.startswith("fraudflow_registry_up{") and line.endswith(" 0.0")
-                for line in metrics.splitlines()
-            )
+            assert registry_up(url) == {0.0}
+            # the registry comes back on the same address: every worker reports it up again
+            port = int(tracking.rsplit(":", 1)[1])
+            with mlflow_server(tmp_path / "mlflow", port=port):
+                deadline = time.monotonic() + POLL_S + 30
+                while time.monotonic() < deadline and registry_up(url) != {1.0}:
+                    time.sleep(0.5)
+                assert registry_up(url) == {1.0}
+                assert requests.get(f"{url}/health", timeout=5).json()["registry"] == "ok"
+
+
+def registry_up(url: str) -> set[float]:
+    """The value of fraudflow_registry_up of every live worker."""
+    metrics = requests.get(f"{url}/metrics", timeout=5).text
+    return {
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("fraudflow_registry_up{")
+    }
