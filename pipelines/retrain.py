@@ -88,7 +88,10 @@ def assemble(history: pd.DataFrame, production: pd.DataFrame) -> pd.DataFrame:
     """History plus labelled production rows it does not hold yet, in time order."""
     columns = [*RAW_COLUMNS, "tx_fraud"]
     new = production.loc[~production["transaction_id"].isin(history["transaction_id"])]
-    combined = pd.concat([history[columns], new[columns]], ignore_index=True)
+    if new.empty:  # an empty frame's object columns would turn the labels into objects
+        return history[columns].sort_values("tx_datetime", kind="stable").reset_index(drop=True)
+    new = new[columns].astype(history[columns].dtypes.to_dict())
+    combined = pd.concat([history[columns], new], ignore_index=True)
     return combined.sort_values("tx_datetime", kind="stable").reset_index(drop=True)
 
 
@@ -128,7 +131,7 @@ def with_lightgbm(settings: Settings, overlay: Mapping[str, Any]) -> Settings:
 
 
 def _search(
-    data: pd.DataFrame, features: pd.DataFrame, base: Settings
+    data: pd.DataFrame, features: pd.DataFrame, base: Settings, experiment_id: str
 ) -> tuple[TrainingResult, Settings, list[dict[str, Any]]]:
     """Train the base configuration and each configured overlay as nested runs; the best on
     validation average precision wins (the test period stays untouched by the choice)."""
@@ -139,7 +142,7 @@ def _search(
         settings = with_lightgbm(base, overlay)
         result = train_model(data, settings, features)
         score = result.validation_metrics["average_precision"]
-        with mlflow.start_run(run_name=f"trial-{number}", nested=True):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{number}", nested=True):
             mlflow.set_tags({"fraudflow.step": "retrain-trial"})
             mlflow.log_params({f"lgbm_{k}": v for k, v in result.params.items()})
             mlflow.log_metrics(
@@ -178,7 +181,7 @@ def retrain(
             {**rows, "data_path": data_path, "search_size": len(base.retraining.search)}
         )
         features = build_features(data, base.features)
-        result, chosen, trials = _search(data, features, base)
+        result, chosen, trials = _search(data, features, base, experiment_id)
         description = {
             "data_path": data_path,
             "data_rows": len(data),

@@ -19,6 +19,7 @@ from drift.monitor import main as monitor_main
 from drift.performance import Performance, assess_performance
 from drift.report import drift_report
 from drift.summary import ReportFormatError, is_drifted, parse
+from pipelines.cli import main as cli_main
 from pipelines.production import (
     MonitoringInputError,
     Window,
@@ -397,3 +398,40 @@ def test_no_champion_and_too_little_traffic_are_errors_with_exit_code_3(
     code, _ = _monitor(settings, tmp_path)
     assert code == 3
     assert "min_rows" in json.loads(settings.monitor_latest.read_text())["error"]
+
+
+def test_retrain_by_hand_with_a_search_logs_nested_trials(world, tmp_path: Path) -> None:
+    """`fraudflow retrain` (what the `retrain` entry point runs), with a configured search:
+    one nested run per tried configuration, the challenger registered and judged."""
+    settings, _, _, _, version, data = world
+    searching = settings.model_copy(
+        update={
+            "retraining": settings.retraining.model_copy(
+                update={"search": ({"num_leaves": 4, "min_child_samples": 200},)}
+            )
+        }
+    )
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    config = write_config(tmp_path / "search.yaml", searching)
+    output = tmp_path / "retrain.json"
+    code = cli_main(
+        ["retrain", "--config", str(config), "--data", str(data), "--output", str(output)]
+    )
+    assert code == 0
+    result = json.loads(output.read_text())
+    assert result["trigger"]["fraudflow.trigger"] == "manual"
+    assert [t["overlay"] for t in result["trials"]] == [
+        {},
+        {"num_leaves": 4, "min_child_samples": 200},
+    ]
+    assert result["champion_before"] == version and result["challenger_metrics"]
+    client = configure_tracking(settings)
+    children = client.search_runs(
+        [client.get_run(result["run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{result['run_id']}'",
+    )
+    steps = sorted(run.data.tags["fraudflow.step"] for run in children)
+    assert steps == ["retrain-trial", "retrain-trial", "train"]
+    challenger = client.get_model_version(NAME, result["challenger_version"])
+    assert challenger.run_id == result["training_run_id"]
+    assert challenger.current_stage == ("Production" if result["promoted"] else "Staging")
