@@ -191,8 +191,14 @@ def test_no_production_model_starts_unready_then_serves_once_promoted(tmp_path, 
         response = requests.post(f"{url}/predict", json=tx(0), timeout=5)
         assert response.status_code == 503 and "promote" in response.json()["error"]
         set_stage(settings, version, "Production", "now")
-        wait_for(f"{url}/ready", timeout=POLL_S + 10)
-        assert requests.post(f"{url}/predict", json=tx(0), timeout=5).status_code == 200
+        # each worker polls on its own: within the poll interval plus a few seconds, all serve
+        deadline = time.monotonic() + POLL_S + 20
+        statuses: list[int] = []
+        while time.monotonic() < deadline and statuses[-6:] != [200] * 6:
+            statuses.append(requests.post(f"{url}/predict", json=tx(0), timeout=5).status_code)
+            time.sleep(0.1)
+        assert statuses[-6:] == [200] * 6, statuses
+        assert requests.get(f"{url}/ready", timeout=5).status_code == 200
 
 
 def test_registry_outage_keeps_serving_and_reports_degraded(tmp_path, small_transactions) -> None:
