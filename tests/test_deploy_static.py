@@ -220,7 +220,7 @@ def test_workflows_take_secrets_only_from_secrets_and_no_event_data_in_run() -> 
         assert not re.search(r"(?i)(password|token|kubeconfig)\w*:\s*['\"]?[A-Za-z0-9/+]{12}", text)
     monitor = (ROOT / ".github" / "workflows" / "monitor.yml").read_text()
     assert "schedule:" in monitor and "fraudflow monitor" in monitor
-    assert "fraudflow retrain" in monitor and "actions/upload-artifact" in monitor
+    assert "fraudflow monitor --retrain" in monitor and "actions/upload-artifact" in monitor
     assert "scripts/record_promotion.py" in monitor and "gh pr create" in monitor
 
 
