@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.model import FraudScorer, load_scorer
+from pipelines.registry import served_version
 from pipelines.settings import Settings
 from pipelines.tracking import REFERENCE_ARTIFACT, configure_tracking
 
@@ -32,21 +33,19 @@ class Champion:
     training_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def served_version(client: MlflowClient, settings: Settings) -> ModelVersion:
-    """The version the API serves: the Production stage or the champion alias, as configured."""
+def version_in_service(client: MlflowClient, settings: Settings) -> ModelVersion:
+    """The version the API serves (stage or alias, as configured), or why there is none."""
     name = settings.mlflow.model_name
     try:
-        if settings.serving.model_source == "alias":
-            return client.get_model_version_by_alias(name, settings.mlflow.champion_alias)
-        for version in client.search_model_versions(f"name = '{name}'"):
-            if version.current_stage == "Production":
-                return version
+        version = served_version(client, settings)
     except MlflowException as exc:
         raise NoChampionError(f"cannot read model {name!r} from the registry: {exc}") from exc
-    raise NoChampionError(
-        f"model {name!r} has no version in service at {settings.tracking_uri}: train and promote "
-        "one first"
-    )
+    if version is None:
+        raise NoChampionError(
+            f"model {name!r} has no version in service at {settings.tracking_uri}: train and "
+            "promote one first"
+        )
+    return version
 
 
 def training_metrics(version: ModelVersion) -> dict[str, float]:
@@ -63,7 +62,7 @@ def training_metrics(version: ModelVersion) -> dict[str, float]:
 
 def load_champion(settings: Settings) -> Champion:
     client = configure_tracking(settings)
-    version = served_version(client, settings)
+    version = version_in_service(client, settings)
     with tempfile.TemporaryDirectory() as folder:
         try:
             path = mlflow.artifacts.download_artifacts(

@@ -60,6 +60,21 @@ def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersio
         return None
 
 
+def served_version(client: MlflowClient, settings: Settings) -> ModelVersion | None:
+    """The version the API serves: the Production stage or the champion alias, as
+    `serving.model_source` says; None when there is none. Registry outages raise."""
+    name = settings.mlflow.model_name
+    try:
+        if settings.serving.model_source == "alias":
+            return client.get_model_version_by_alias(name, settings.mlflow.champion_alias)
+        latest = client.get_latest_versions(name, stages=["Production"])
+        return latest[0] if latest else None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
 def newest_version(client: MlflowClient, name: str) -> ModelVersion:
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
@@ -175,8 +190,11 @@ class EvaluationPeriod:
     window: dict[str, str]
 
 
-def recent_period(transactions: pd.DataFrame, settings: Settings) -> EvaluationPeriod:
-    """The last `eval_days` of labelled data, with their point-in-time features.
+def recent_period(
+    transactions: pd.DataFrame, settings: Settings, features: pd.DataFrame | None = None
+) -> EvaluationPeriod:
+    """The last `eval_days` of labelled data, with their point-in-time features (`features`:
+    already computed for all of `transactions`, index-aligned).
 
     Cards with a fraud label matured within `known_cards_lookback_days` before a day are taken
     as already blocked and left out, as the handbook does for its test weeks.
@@ -194,7 +212,9 @@ def recent_period(transactions: pd.DataFrame, settings: Settings) -> EvaluationP
     raw = transactions.loc[recent].loc[~known]
     if raw["tx_fraud"].sum() == 0:
         raise PromotionError(f"no fraud in the evaluation period {start.date()}..{end.date()}")
-    features = build_features(transactions, settings.features).loc[raw.index]
+    if features is None:
+        features = build_features(transactions, settings.features)
+    features = features.loc[raw.index]
     window = {"eval_start": start.date().isoformat(), "eval_end": end.date().isoformat()}
     return EvaluationPeriod(raw, features, window)
 
@@ -224,6 +244,7 @@ def promote_if_better(
     actor: str | None = None,
     candidate_version: str | None = None,
     auto_promote: bool = True,
+    features: pd.DataFrame | None = None,
 ) -> PromotionDecision:
     """Promote a candidate (default: the newest version) only if it passes the gates and beats
     the champion on the same recent labelled period. With `auto_promote` off, a candidate that
@@ -243,7 +264,7 @@ def promote_if_better(
             "already the champion",
             str(champion.version),
         )
-    period = recent_period(transactions, settings)
+    period = recent_period(transactions, settings, features)
     window = period.window
     candidate_metrics = evaluate_on(f"models:/{name}/{candidate.version}", period, settings)
     failures = gate_failures(candidate_metrics, settings.promotion.gates)

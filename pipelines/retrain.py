@@ -133,26 +133,31 @@ def with_lightgbm(settings: Settings, overlay: Mapping[str, Any]) -> Settings:
 def _search(
     data: pd.DataFrame, features: pd.DataFrame, base: Settings, experiment_id: str
 ) -> tuple[TrainingResult, Settings, list[dict[str, Any]]]:
-    """Train the base configuration and each configured overlay as nested runs; the best on
-    validation average precision wins (the test period stays untouched by the choice)."""
-    candidates = [{}, *base.retraining.search]
-    best: tuple[TrainingResult, Settings] | None = None
-    trials = []
-    for number, overlay in enumerate(candidates):
+    """With `retraining.search`, train the base configuration and each overlay as nested runs;
+    the best on validation average precision wins (the test period stays untouched by the
+    choice). Without it, the base configuration alone, with no trial runs."""
+    if not base.retraining.search:
+        return train_model(data, base, features), base, []
+    tried = []
+    for number, overlay in enumerate([{}, *base.retraining.search]):
         settings = with_lightgbm(base, overlay)
         result = train_model(data, settings, features)
-        score = result.validation_metrics["average_precision"]
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{number}", nested=True):
             mlflow.set_tags({"fraudflow.step": "retrain-trial"})
             mlflow.log_params({f"lgbm_{k}": v for k, v in result.params.items()})
             mlflow.log_metrics(
                 {f"validation_{k}": float(v) for k, v in result.validation_metrics.items()}
             )
-        trials.append({"overlay": dict(overlay), "validation_average_precision": score})
-        if best is None or score > best[0].validation_metrics["average_precision"]:
-            best = (result, settings)
-    assert best is not None
-    return best[0], best[1], trials
+        tried.append((overlay, result, settings))
+    trials = [
+        {
+            "overlay": dict(o),
+            "validation_average_precision": r.validation_metrics["average_precision"],
+        }
+        for o, r, _ in tried
+    ]
+    _, result, settings = max(tried, key=lambda t: t[1].validation_metrics["average_precision"])
+    return result, settings, trials
 
 
 def retrain(
@@ -198,6 +203,7 @@ def retrain(
         actor="fraudflow retrain",
         candidate_version=str(version.version),
         auto_promote=settings.retraining.auto_promote,
+        features=features,
     )
     client.set_tag(parent.info.run_id, "challenger_version", str(version.version))
     client.set_tag(parent.info.run_id, "promoted", str(decision.promoted).lower())

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.features import feature_names
 from pipelines.model import FraudScorer, SingleRowContributions, load_scorer
+from pipelines.registry import served_version
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,18 +86,7 @@ class ModelHolder:
 
     def _resolve(self):
         """The registry's current version for our pointer, or None when there is none."""
-        name = self.settings.mlflow.model_name
-        try:
-            if self.settings.serving.model_source == "alias":
-                return self.client.get_model_version_by_alias(
-                    name, self.settings.mlflow.champion_alias
-                )
-            latest = self.client.get_latest_versions(name, stages=["Production"])
-            return latest[0] if latest else None
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
+        return served_version(self.client, self.settings)
 
     def refresh(self) -> bool:
         """Check the registry once; load and swap in a new version. True if it swapped."""
