@@ -93,24 +93,25 @@ class SingleRowContributions:
                 ctypes.byref(self._handle),
             )
         )
+        # the input and output buffers and their C pointers are made once, not per call
+        self._in = np.empty(width)
+        self._in_pointer = self._in.ctypes.data_as(ctypes.c_void_p)
         self._out = np.empty(width + 1)
         self._out_pointer = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._out_len = ctypes.c_int64()
+        self._out_len_ref = ctypes.byref(self._out_len)
         self._lock = threading.Lock()
         self._width = width
 
     def __call__(self, row: np.ndarray) -> np.ndarray:
         """Contributions (log-odds) of one row in feature order, bias last."""
-        data = np.ascontiguousarray(row, dtype=np.float64)
-        if data.shape != (self._width,):
-            raise ValueError(f"expected {self._width} feature values, got shape {data.shape}")
+        if np.shape(row) != (self._width,):
+            raise ValueError(f"expected {self._width} feature values, got shape {np.shape(row)}")
         with self._lock:
+            self._in[:] = row
             _safe_call(
                 _LIB.LGBM_BoosterPredictForMatSingleRowFast(
-                    self._handle,
-                    data.ctypes.data_as(ctypes.c_void_p),
-                    ctypes.byref(self._out_len),
-                    self._out_pointer,
+                    self._handle, self._in_pointer, self._out_len_ref, self._out_pointer
                 )
             )
             return self._out.copy()

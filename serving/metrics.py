@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import Flask
@@ -39,6 +39,15 @@ class ServiceMetrics:
     reloads: Counter
     reload_failures: Counter
     feedback: Counter
+    # one child per decision, resolved once: `.labels()` on every prediction costs a lock and a
+    # lookup
+    by_decision: dict[str, Counter] = field(default_factory=dict)
+
+    def scored(self, decision: str, probability: float, lookup_seconds: float) -> None:
+        """One scored transaction: its decision, its probability, its feature lookup time."""
+        self.by_decision[decision].inc()
+        self.probability.observe(probability)
+        self.lookup.observe(lookup_seconds)
 
     def on_model_event(self, event: str, model: ServedModel | None) -> None:
         """ModelHolder listener: reloads, failures and registry health."""
@@ -101,7 +110,7 @@ def create_metrics(app: Flask, monitor_summary: Path | None = None) -> ServiceMe
         ),
         lookup=Histogram(
             "fraudflow_feature_lookup_seconds",
-            "Online-feature state lookup and computation",
+            "Online features: storing the transaction, reading its history, computing them",
             buckets=LOOKUP_BUCKETS,
             registry=registry,
         ),
@@ -140,7 +149,7 @@ def create_metrics(app: Flask, monitor_summary: Path | None = None) -> ServiceMe
         else:
             exporter.registry.register(collector)
     for decision in DECISIONS:
-        metrics.predictions.labels(decision=decision)
+        metrics.by_decision[decision] = metrics.predictions.labels(decision=decision)
     for label in ("0", "1"):
         metrics.feedback.labels(label=label)
     return metrics

@@ -131,9 +131,9 @@ def predict() -> Response:
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     records = []
     for tx, prediction in zip(transactions, predictions):
-        svc.metrics.predictions.labels(decision=prediction.decision).inc()
-        svc.metrics.probability.observe(prediction.fraud_probability)
-        svc.metrics.lookup.observe(prediction.lookup_seconds)
+        svc.metrics.scored(
+            prediction.decision, prediction.fraud_probability, prediction.lookup_seconds
+        )
         records.append(
             {
                 "logged_at": now,

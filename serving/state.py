@@ -20,8 +20,10 @@ import pandas as pd
 DAY_MS = 86_400_000
 
 SCHEMA = (
+    # seq is the arrival order: rows are never deleted, so a plain INTEGER PRIMARY KEY only grows
+    # (files created before this kept AUTOINCREMENT, which costs a sqlite_sequence write per row)
     """CREATE TABLE IF NOT EXISTS transactions (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         transaction_id TEXT NOT NULL UNIQUE,
         customer_id TEXT NOT NULL,
         terminal_id TEXT NOT NULL,
@@ -57,6 +59,16 @@ INSERT_TRANSACTION = (
     "(?1, ?2, ?3, ?4, ?5, (SELECT label FROM labels WHERE transaction_id = ?1))"
 )
 
+SELECT_SEQ = "SELECT seq FROM transactions WHERE transaction_id = ?"
+SELECT_CUSTOMER = (
+    "SELECT ts_ms, amount FROM transactions WHERE customer_id = ? AND ts_ms > ? "
+    "AND ts_ms <= ? AND seq < ? ORDER BY ts_ms, seq"
+)
+SELECT_TERMINAL = (
+    "SELECT ts_ms, label FROM transactions WHERE terminal_id = ? AND ts_ms > ? "
+    "AND ts_ms <= ? AND seq < ? ORDER BY ts_ms, seq"
+)
+
 
 @dataclass(frozen=True)
 class History:
@@ -77,6 +89,10 @@ class OnlineState(Protocol):
     def record(
         self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
     ) -> bool: ...
+
+    def observe(
+        self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
+    ) -> History: ...
 
     def add_labels(self, labels: list[tuple[str, int]], received_ms: int) -> int: ...
 
@@ -138,32 +154,12 @@ class SqliteOnlineState:
     def history(
         self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int
     ) -> History:
-        """Earlier rows only: a re-sent transaction sees exactly what it saw the first time."""
+        """Earlier rows only, storing nothing: a re-sent transaction sees exactly what it saw
+        the first time."""
         db = self.connection
-        seen = db.execute(
-            "SELECT seq FROM transactions WHERE transaction_id = ?", (transaction_id,)
-        ).fetchone()
+        seen = db.execute(SELECT_SEQ, (transaction_id,)).fetchone()
         before_seq = seen[0] if seen else 2**62
-        customer = db.execute(
-            "SELECT ts_ms, amount FROM transactions WHERE customer_id = ? AND ts_ms > ? "
-            "AND ts_ms <= ? AND seq < ? ORDER BY ts_ms, seq",
-            (customer_id, ts_ms - self.customer_window_ms, ts_ms, before_seq),
-        ).fetchall()
-        terminal = db.execute(
-            "SELECT ts_ms, label FROM transactions WHERE terminal_id = ? AND ts_ms > ? "
-            "AND ts_ms <= ? AND seq < ? ORDER BY ts_ms, seq",
-            (
-                terminal_id,
-                ts_ms - self.terminal_span_ms,
-                ts_ms - self.terminal_delay_ms,
-                before_seq,
-            ),
-        ).fetchall()
-        customer_times, customer_amounts = zip(*customer) if customer else ((), ())
-        terminal_times, terminal_labels = zip(*terminal) if terminal else ((), ())
-        return History(
-            customer_times, customer_amounts, terminal_times, terminal_labels, seen is not None
-        )
+        return self._earlier(db, customer_id, terminal_id, ts_ms, before_seq, seen is not None)
 
     def record(
         self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
@@ -175,6 +171,49 @@ class SqliteOnlineState:
             INSERT_TRANSACTION, (transaction_id, customer_id, terminal_id, ts_ms, amount)
         )
         return cursor.rowcount == 1
+
+    def observe(
+        self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
+    ) -> History:
+        """Store a transaction (once) and return its history: the rows stored before it.
+
+        What `history` then `record` give, in one insert and two reads: the new row's own `seq`
+        bounds the reads, so rows another worker stores meanwhile are never seen, and a re-sent
+        id is not stored again and sees exactly what it saw the first time."""
+        db = self.connection
+        cursor = db.execute(
+            INSERT_TRANSACTION, (transaction_id, customer_id, terminal_id, ts_ms, amount)
+        )
+        if cursor.rowcount == 1:
+            return self._earlier(db, customer_id, terminal_id, ts_ms, cursor.lastrowid, False)
+        (seq,) = db.execute(SELECT_SEQ, (transaction_id,)).fetchone()
+        return self._earlier(db, customer_id, terminal_id, ts_ms, seq, True)
+
+    def _earlier(
+        self,
+        db: sqlite3.Connection,
+        customer_id: str,
+        terminal_id: str,
+        ts_ms: int,
+        before_seq: int,
+        seen: bool,
+    ) -> History:
+        """The card's and the terminal's rows stored before `before_seq`, in time order."""
+        customer = db.execute(
+            SELECT_CUSTOMER, (customer_id, ts_ms - self.customer_window_ms, ts_ms, before_seq)
+        ).fetchall()
+        terminal = db.execute(
+            SELECT_TERMINAL,
+            (
+                terminal_id,
+                ts_ms - self.terminal_span_ms,
+                ts_ms - self.terminal_delay_ms,
+                before_seq,
+            ),
+        ).fetchall()
+        customer_times, customer_amounts = zip(*customer) if customer else ((), ())
+        terminal_times, terminal_labels = zip(*terminal) if terminal else ((), ())
+        return History(customer_times, customer_amounts, terminal_times, terminal_labels, seen)
 
     def add_labels(self, labels: list[tuple[str, int]], received_ms: int) -> int:
         """Record late fraud labels (idempotent; a corrected label replaces the old one).

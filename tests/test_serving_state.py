@@ -123,6 +123,8 @@ def test_a_state_file_from_before_the_label_column_is_migrated(tmp_path) -> None
     assert label_copies_disagree(path) == 0
     state.record("not-yet-seen", "c2", "m1", 3 * DAY_MS, 3.0)
     assert terminal_labels(state, "m1", 20 * DAY_MS)[3 * DAY_MS] == 0
+    history = state.observe("c", "c1", "m1", 2 * DAY_MS, 4.0)  # scoring on the old file
+    assert history.customer_amounts == (1.0, 2.0) and not history.already_seen
     with sqlite3.connect(path) as db:
         indexes = {
             row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")
@@ -131,3 +133,44 @@ def test_a_state_file_from_before_the_label_column_is_migrated(tmp_path) -> None
     assert "transactions_terminal_labels" in indexes
     open_state(path)  # opening a migrated file again changes nothing
     assert label_copies_disagree(path) == 0
+
+
+def test_observe_stores_once_and_returns_what_history_then_record_would(tmp_path) -> None:
+    """The /predict path: one call stores the row and reads the rows stored before it."""
+    state, reference = open_state(tmp_path / "a.sqlite"), open_state(tmp_path / "b.sqlite")
+    stream = [("t1", 1, 10.0), ("t2", 2, 20.0), ("t3", 2, 30.0), ("t4", 3, 40.0)]
+    for tid, day, amount in stream:
+        expected = reference.history(tid, "c1", "m1", day * DAY_MS)
+        assert reference.record(tid, "c1", "m1", day * DAY_MS, amount)
+        assert state.observe(tid, "c1", "m1", day * DAY_MS, amount) == expected
+    # the same time as t2 and t3, arrived later: sees both (arrival order breaks the tie)
+    assert state.observe("t5", "c1", "m1", 2 * DAY_MS, 50.0).customer_amounts == (10.0, 20.0, 30.0)
+    # re-sent after later rows: not stored again, and it sees exactly what it saw the first time
+    again = state.observe("t2", "c1", "m1", 2 * DAY_MS, 20.0)
+    assert again.already_seen and again.customer_amounts == (10.0,)
+    with sqlite3.connect(state.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM transactions").fetchone()[0] == 5
+
+
+def test_observe_never_sees_rows_stored_after_it(tmp_path) -> None:
+    """Another worker's row stored after this one (a higher seq) stays out of its history,
+    even with an earlier time, so a re-sent id sees what it saw first."""
+    first = open_state(tmp_path / "state.sqlite")
+    other = open_state(tmp_path / "state.sqlite")  # a second connection, as another worker
+    first.observe("mine", "c1", "m1", 5 * DAY_MS, 10.0)
+    other.observe("theirs", "c1", "m1", 4 * DAY_MS, 99.0)
+    assert first.observe("mine", "c1", "m1", 5 * DAY_MS, 10.0).customer_amounts == ()
+    assert other.observe("later", "c1", "m1", 6 * DAY_MS, 1.0).customer_amounts == (99.0, 10.0)
+
+
+def test_new_state_files_number_rows_in_arrival_order(tmp_path) -> None:
+    """seq is a plain INTEGER PRIMARY KEY now (no sqlite_sequence write per row): it still
+    grows with every stored row."""
+    state = open_state(tmp_path / "state.sqlite")
+    for i in range(5):
+        state.observe(f"t{i}", "c1", "m1", (10 - i) * DAY_MS, 1.0)
+    with sqlite3.connect(state.path) as db:
+        ids = [row[0] for row in db.execute("SELECT transaction_id FROM transactions ORDER BY seq")]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert ids == [f"t{i}" for i in range(5)]
+    assert "sqlite_sequence" not in tables
