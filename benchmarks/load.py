@@ -592,9 +592,8 @@ PROFILE_FRAMES = (
     ("  body read + json.loads", "_json_body (serving/routes.py"),
     ("  pydantic validation", "_validate (serving/routes.py"),
     ("  Predictor.predict", "Predictor.predict (serving/predictor.py"),
-    ("    state.history (SQLite reads)", "SqliteOnlineState.history (serving/state.py"),
+    ("    state.observe (SQLite insert + history reads)", "SqliteOnlineState.observe (serving"),
     ("    features_from_history", "features_from_history (pipelines/features.py"),
-    ("    state.record (SQLite insert)", "SqliteOnlineState.record (serving/state.py"),
     ("    LightGBM pred_contrib, one row", "SingleRowContributions.__call__ (pipelines/model.py"),
     ("    formatting the reasons", "Predictor.reasons (serving/predictor.py"),
     ("  prediction log write", "PredictionLog.write (serving/prediction_log.py"),
@@ -663,16 +662,28 @@ def aggregate_profile(files: list[Path], rate: int, requests: int) -> dict[str, 
 def profile_predict(
     spy: str, api: Server, run_once: Callable[[int], dict[str, Any]], seconds: int, root: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """py-spy on every API worker during one more /predict run; returns the run and the shares."""
+    """py-spy (and perf, when installed) on every API worker during one more /predict run;
+    returns the run and the shares."""
     rate = 200
+    workers = children(api.process.pid)
     outputs, spies = [], []
-    for pid in children(api.process.pid):
+    for pid in workers:
         out = root / f"py-spy-{pid}.txt"
         outputs.append(out)
         spies.append(
             subprocess.Popen(
                 [spy, "record", "-p", str(pid), "-d", str(seconds + 1), "-r", str(rate)]
                 + ["-f", "raw", "-o", str(out), "--nonblocking"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    perf, perf_data = shutil.which("perf"), root / "perf.data"
+    if perf:
+        spies.append(
+            subprocess.Popen(
+                [perf, "record", "-F", "499", "-o", str(perf_data)]
+                + ["-p", ",".join(map(str, workers)), "--", "sleep", str(seconds + 1)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -684,26 +695,72 @@ def profile_predict(
             process.wait(seconds + 30)
         except subprocess.TimeoutExpired:
             process.kill()
-    return run, aggregate_profile(outputs, rate, run["requests"])
+    shares = aggregate_profile(outputs, rate, run["requests"])
+    shares["libraries"] = perf_libraries(perf, perf_data) if perf else []
+    return run, shares
+
+
+LIBRARY_NAMES = (
+    ("libpython", "Python interpreter (Flask, gunicorn, our code)"),
+    ("kernel", "kernel (sockets, files, scheduling)"),
+    ("lib_lightgbm", "LightGBM (TreeSHAP contributions)"),
+    ("libsqlite3", "SQLite"),
+    ("libc.so", "C library (malloc, memcpy, ...)"),
+)
+
+
+def perf_libraries(perf: str, data: Path) -> list[tuple[str, float]]:
+    """CPU samples of the workers by shared object (`perf report --sort dso`), largest first."""
+    result = subprocess.run(
+        [perf, "report", "-i", str(data), "--sort", "dso", "--stdio", "-g", "none"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    rows = []
+    for line in result.stdout.splitlines():
+        match = re.match(r"\s*([\d.]+)%\s+(\S.*?)\s*$", line)
+        if match:
+            name = match.group(2)
+            label = next((text for key, text in LIBRARY_NAMES if key in name), name)
+            rows.append((label, float(match.group(1)) / 100))
+    return rows
 
 
 def render_profile(run: dict[str, Any], shares: dict[str, Any]) -> str:
-    """The profile as Markdown: inclusive shares and the hottest frames (self time)."""
+    """The profile as Markdown: CPU by library, inclusive shares, the hottest frames."""
+    cpu_ms = run.get("cpu_us", 0.0) / 1000
     lines = [
         "",
-        f"Profile of /predict under the same load (py-spy, 200 Hz, both workers, one extra "
-        f"run: {describe(run).strip()}): {shares['samples']} samples, "
-        f"{shares['busy_ms_per_request']:.2f} worker-ms per request (wall time on the "
-        f"worker, including time spent waiting for a CPU).",
+        f"Profile of /predict under the same load (both workers, one extra run: "
+        f"{describe(run).strip()}). The CPU column spreads the run's measured server CPU per "
+        "request by each share.",
+    ]
+    if shares.get("libraries"):
+        lines += [
+            "",
+            "By library (perf, CPU samples of the workers):",
+            "",
+            "| library | share of CPU | ≈ CPU ms per request |",
+            "|---|---:|---:|",
+        ]
+        for label, share in shares["libraries"]:
+            if share >= 0.005:
+                lines.append(f"| {label} | {share:.1%} | {share * cpu_ms:.3f} |")
+    lines += [
         "",
-        "| where (inclusive) | share | worker-ms per request |",
+        f"By Python function (py-spy, 200 Hz, {shares['samples']} samples of threads not idle; "
+        "native code is counted in the Python function that called it):",
+        "",
+        "| where (inclusive) | share | ≈ CPU ms per request |",
         "|---|---:|---:|",
     ]
-    for label, share, ms in shares["frames"]:
-        lines.append(f"| {label.replace('  ', '&nbsp;&nbsp;')} | {share:.1%} | {ms:.3f} |")
-    lines += ["", "| hottest frames (self) | share | worker-ms per request |", "|---|---:|---:|"]
-    for frame, share, ms in shares["self"]:
-        lines.append(f"| `{frame}` | {share:.1%} | {ms:.3f} |")
+    for label, share, _ in shares["frames"]:
+        name = label.replace("  ", "&nbsp;&nbsp;")
+        lines.append(f"| {name} | {share:.1%} | {share * cpu_ms:.3f} |")
+    lines += ["", "| hottest frames (self) | share | ≈ CPU ms per request |", "|---|---:|---:|"]
+    for frame, share, _ in shares["self"]:
+        lines.append(f"| `{frame}` | {share:.1%} | {share * cpu_ms:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -726,7 +783,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="after the measurements, one more /predict run with py-spy on the API workers",
+        help="after the measurements, one more /predict run with py-spy (and perf, if installed) "
+        "on the API workers",
     )
     return parser.parse_args(argv)
 
