@@ -628,7 +628,7 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def aggregate_profile(files: list[Path], rate: int, requests: int) -> dict[str, Any]:
+def aggregate_profile(files: list[Path]) -> dict[str, Any]:
     """Inclusive shares of PROFILE_FRAMES and the top self-time frames from py-spy raw files."""
     stacks: dict[str, int] = {}
     for path in files:
@@ -647,14 +647,11 @@ def aggregate_profile(files: list[Path], rate: int, requests: int) -> dict[str, 
             if any(needle in f for f in frames):
                 inclusive[label] += count
         own[frames[-1]] = own.get(frames[-1], 0) + count
-    per_request_ms = 1000 / rate / max(requests, 1)
     return {
         "samples": total,
-        "busy_ms_per_request": total * per_request_ms,
-        "frames": [(k, v / max(total, 1), v * per_request_ms) for k, v in inclusive.items()],
+        "frames": [(k, v / max(total, 1)) for k, v in inclusive.items()],
         "self": [
-            (k, v / max(total, 1), v * per_request_ms)
-            for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:12]
+            (k, v / max(total, 1)) for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:12]
         ],
     }
 
@@ -695,7 +692,7 @@ def profile_predict(
             process.wait(seconds + 30)
         except subprocess.TimeoutExpired:
             process.kill()
-    shares = aggregate_profile(outputs, rate, run["requests"])
+    shares = aggregate_profile(outputs)
     shares["libraries"] = perf_libraries(perf, perf_data) if perf else []
     return run, shares
 
@@ -755,11 +752,11 @@ def render_profile(run: dict[str, Any], shares: dict[str, Any]) -> str:
         "| where (inclusive) | share | ≈ CPU ms per request |",
         "|---|---:|---:|",
     ]
-    for label, share, _ in shares["frames"]:
+    for label, share in shares["frames"]:
         name = label.replace("  ", "&nbsp;&nbsp;")
         lines.append(f"| {name} | {share:.1%} | {share * cpu_ms:.3f} |")
     lines += ["", "| hottest frames (self) | share | ≈ CPU ms per request |", "|---|---:|---:|"]
-    for frame, share, _ in shares["self"]:
+    for frame, share in shares["self"]:
         lines.append(f"| `{frame}` | {share:.1%} | {share * cpu_ms:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -194,8 +194,7 @@ def run_monitor(
         "reference": len(champion.reference),
     }
     summary = _summary(champion, window, rows, drift, performance, verdict, settings, files)
-    _write_json(folder / files["summary_json"], summary)
-    (folder / files["index_html"]).write_text(render(summary))
+    _write_pages(summary, folder)
     summary["run_id"] = _log_run(summary, folder, settings)
     summary["report"] = str(folder / files["index_html"])
 
@@ -203,11 +202,16 @@ def run_monitor(
     return MonitorResult(verdict, summary, folder)
 
 
+def _write_pages(summary: dict[str, Any], folder: Path) -> None:
+    """The report folder's summary.json and index.html, from the summary."""
+    _write_json(folder / summary["files"]["summary_json"], summary)
+    (folder / summary["files"]["index_html"]).write_text(render(summary))
+
+
 def _update(result: MonitorResult, settings: Settings) -> None:
     """Rewrite the report files, their MLflow copy and latest.json after a retraining."""
     summary = result.summary
-    _write_json(result.folder / summary["files"]["summary_json"], summary)
-    result.index.write_text(render(summary))
+    _write_pages(summary, result.folder)
     mlflow.log_artifacts(str(result.folder), artifact_path="report", run_id=summary["run_id"])
     _write_json(settings.monitor_latest, summary)
 

@@ -25,6 +25,12 @@ MIN_PRIOR_SPEND = 1e-6
 EPOCH = datetime(1970, 1, 1)
 
 
+def epoch_ms(stamp: datetime) -> int:
+    """Milliseconds since the epoch of a naive (UTC) date-time, as the online state stores it."""
+    delta = stamp - EPOCH
+    return delta.days * DAY_MS + delta.seconds * 1000 + delta.microseconds // 1000
+
+
 def feature_names(settings: FeatureSettings) -> list[str]:
     """The model's input columns, in order."""
     names = ["tx_amount", "tx_during_weekend", "tx_during_night"]
@@ -206,8 +212,7 @@ def features_from_history(
     stamp = tx_datetime
     if stamp.tzinfo is not None:
         stamp = stamp.astimezone(timezone.utc).replace(tzinfo=None)
-    delta = stamp - EPOCH
-    t = delta.days * DAY_MS + delta.seconds * 1000 + delta.microseconds // 1000
+    t = epoch_ms(stamp)
     amount = float(tx_amount)
     values = [amount, float(stamp.weekday() >= 5), float(stamp.hour <= settings.night_last_hour)]
 

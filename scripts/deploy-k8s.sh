@@ -9,7 +9,10 @@ export KUBECONFIG="${RUNNER_TEMP:-/tmp}/kubeconfig"
 umask 077
 printf '%s\n' "$KUBECONFIG_DATA" > "$KUBECONFIG"
 kubectl apply -f deploy/k8s/namespace.yaml
-kubectl apply -f deploy/k8s/
-kubectl -n fraudflow set image deployment/fraudflow-api "api=$image"
-kubectl -n fraudflow set image cronjob/fraudflow-monitor "monitor=$image"
+# the manifests name the image ghcr.io/fraudflow/fraudflow:main; apply them with IMAGE in its
+# place, so that each deploy is one rollout, straight to IMAGE
+for manifest in deploy/k8s/*.yaml; do
+  sed "s#image: ghcr.io/fraudflow/fraudflow:main#image: ${image}#" "$manifest"
+  echo "---"
+done | kubectl apply -f -
 kubectl -n fraudflow rollout status deployment/fraudflow-api --timeout=10m

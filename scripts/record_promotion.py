@@ -1,7 +1,7 @@
-"""Write the registry's champion to a small JSON file that a pull request can record.
+"""Write the version the API serves to a small JSON file that a pull request can record.
 
-The daily monitoring workflow runs it after `fraudflow retrain`: when the file changes, a new
-version was promoted, and the pull request leaves a reviewed trace in git of what serves.
+The daily monitoring workflow runs it after `fraudflow monitor --retrain`: when the file changes,
+a new version was promoted, and the pull request leaves a reviewed trace in git of what serves.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.registry import served_version
 from pipelines.settings import Settings, load_settings
 from pipelines.tracking import configure_tracking
 
@@ -20,10 +21,13 @@ RECORDED_TAGS = ("threshold", "promotion.at", "promotion.by", "promotion.reason"
 
 
 def champion_record(settings: Settings) -> dict[str, Any]:
-    """The champion version's identity and promotion tags and test metrics."""
+    """The served version's identity, promotion tags and test metrics (stage or alias, as
+    `serving.model_source` says)."""
     client = configure_tracking(settings)
     name = settings.mlflow.model_name
-    version = client.get_model_version_by_alias(name, settings.mlflow.champion_alias)
+    version = served_version(client, settings)
+    if version is None:
+        raise SystemExit(f"no version of {name!r} is in service: nothing to record")
     tags = dict(version.tags or {})
     return {
         "name": name,

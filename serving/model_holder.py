@@ -84,15 +84,11 @@ class ModelHolder:
             return f"models:/{name}@{self.settings.mlflow.champion_alias}"
         return f"models:/{name}/Production"
 
-    def _resolve(self):
-        """The registry's current version for our pointer, or None when there is none."""
-        return served_version(self.client, self.settings)
-
     def refresh(self) -> bool:
         """Check the registry once; load and swap in a new version. True if it swapped."""
         with self._lock:
             try:
-                target = self._resolve()
+                target = served_version(self.client, self.settings)
                 self.status.reachable = True
                 self.status.last_error = None
                 self._notify("registry_ok", self._model)

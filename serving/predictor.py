@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 
-from pipelines.features import features_from_history
+from pipelines.features import epoch_ms, features_from_history
 from pipelines.settings import Settings
 from serving.model_holder import ServedModel
 from serving.schemas import TransactionIn
@@ -117,7 +116,7 @@ class Predictor:
         """Score in order; each transaction is stored before the next one's features are read."""
         rows, seen, lookups = [], [], []
         for tx in transactions:
-            row, already, seconds = self.features(tx, _naive_ms(tx))
+            row, already, seconds = self.features(tx, epoch_ms(tx.tx_datetime))
             rows.append(row)
             seen.append(already)
             lookups.append(seconds)
@@ -151,18 +150,9 @@ class Predictor:
         return predictions
 
 
-EPOCH = datetime(1970, 1, 1)
-
-
 def _sigmoid(z: float) -> float:
     """1 / (1 + e^-z) without overflow for large |z| (LightGBM's binary objective)."""
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
-
-
-def _naive_ms(tx: TransactionIn) -> int:
-    """Milliseconds since the epoch of the (naive, UTC) transaction time."""
-    delta = tx.tx_datetime - EPOCH
-    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000

@@ -58,7 +58,8 @@ INSERT_TRANSACTION = (
     "(transaction_id, customer_id, terminal_id, ts_ms, amount, label) VALUES "
     "(?1, ?2, ?3, ?4, ?5, (SELECT label FROM labels WHERE transaction_id = ?1))"
 )
-
+# a label (first parameter) copied onto its transaction's row (second), when it differs
+COPY_LABEL = "UPDATE transactions SET label = ?1 WHERE transaction_id = ?2 AND label IS NOT ?1"
 SELECT_SEQ = "SELECT seq FROM transactions WHERE transaction_id = ?"
 SELECT_CUSTOMER = (
     "SELECT ts_ms, amount FROM transactions WHERE customer_id = ? AND ts_ms > ? "
@@ -82,13 +83,7 @@ class History:
 
 
 class OnlineState(Protocol):
-    def history(
-        self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int
-    ) -> History: ...
-
-    def record(
-        self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
-    ) -> bool: ...
+    """What the service needs of a state: `observe` on /predict, `add_labels` on /feedback."""
 
     def observe(
         self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
@@ -229,7 +224,7 @@ class SqliteOnlineState:
                 [(tid, int(label), received_ms) for tid, label in labels],
             )
             db.executemany(
-                "UPDATE transactions SET label = ?1 WHERE transaction_id = ?2 AND label IS NOT ?1",
+                COPY_LABEL,
                 [(int(label), tid) for tid, label in labels],
             )
             known = db.execute(
@@ -277,7 +272,7 @@ class SqliteOnlineState:
             )
             db.executemany(INSERT_TRANSACTION, rows)
             db.executemany(  # rows stored before this warm take the new labels too
-                "UPDATE transactions SET label = ?1 WHERE transaction_id = ?2 AND label IS NOT ?1",
+                COPY_LABEL,
                 [(label, tid) for tid, label, _ in labels],
             )
             db.execute("COMMIT")
