@@ -26,7 +26,12 @@ from pipelines.production import (
 )
 from pipelines.registry import PromotionDecision, champion_version, promote_if_better
 from pipelines.settings import RAW_COLUMNS, Settings
-from pipelines.tracking import configure_tracking, ensure_experiment, log_training_run
+from pipelines.tracking import (
+    configure_tracking,
+    data_description,
+    ensure_experiment,
+    log_training_run,
+)
 from pipelines.train import TrainingResult, train_model
 
 # params that train.lightgbm_params adds itself; everything else logged as lgbm_* is config
@@ -187,12 +192,7 @@ def retrain(
         )
         features = build_features(data, base.features)
         result, chosen, trials = _search(data, features, base, experiment_id)
-        description = {
-            "data_path": data_path,
-            "data_rows": len(data),
-            "data_start": data["tx_datetime"].min().isoformat(),
-            "data_end": data["tx_datetime"].max().isoformat(),
-        }
+        description = data_description(data_path, data)
         version_tags = {**trigger, "retrain_run_id": parent.info.run_id}
         training_run_id, version = log_training_run(result, chosen, description, version_tags)
     name = settings.mlflow.model_name

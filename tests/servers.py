@@ -40,11 +40,12 @@ def wait_for(url: str, status: int = 200, timeout: float = 90.0, process=None) -
     raise TimeoutError(f"{url} did not answer {status} in {timeout}s (last: {last})")
 
 
-def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment without MLflow/fraudflow settings that would leak in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAUDFLOW"))}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra)
+    env.update(extra or {})
     return env
 
 
@@ -76,7 +77,7 @@ def gunicorn_api(
     ]
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            command, env=_clean_env(env or {}), stdout=out, stderr=subprocess.STDOUT
+            command, env=clean_env(env), stdout=out, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -106,28 +107,44 @@ def mlflow_server(root: Path, port: int | None = None) -> Iterator[tuple[str, su
         "--workers",
         "1",
     ]
-    with open(root / "mlflow-server.log", "ab") as out:
-        process = subprocess.Popen(
-            command,
-            env=_clean_env({}),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
+    with background(command, root / "mlflow-server.log") as process:
         wait_for(f"{url}/health", process=process, timeout=120)
         yield url, process
-    finally:
-        kill_group(process)
 
 
-def kill_group(process: subprocess.Popen) -> None:
-    """Stop a server and every process it started (mlflow server runs uvicorn/gunicorn)."""
+def kill_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """Stop a server and every process it started (mlflow server runs uvicorn/gunicorn):
+    SIGTERM to its group, SIGKILL after `grace` seconds (a uvicorn server otherwise waits for
+    every keep-alive connection a client, such as MLflow's pooled session, still holds)."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(20)
+            process.wait(grace)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
+
+
+@contextmanager
+def background(
+    command: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    grace: float = 20.0,
+    cwd: Path | None = None,
+) -> Iterator[subprocess.Popen]:
+    """A server in its own process group, its output in `log`, stopped with its children."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command,
+            env=env if env is not None else clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=cwd,
+        )
+    try:
+        yield process
+    finally:
+        kill_group(process, grace)

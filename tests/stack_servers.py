@@ -6,10 +6,10 @@ Every server runs in its own process group on a free port and is stopped with it
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,11 +19,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import BIN, free_port, wait_for
+from tests.servers import BIN, background, clean_env, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PROMETHEUS_CONF = ROOT / "conf" / "prometheus" / "prometheus.yml"
+RULES = ROOT / "conf" / "prometheus" / "rules" / "fraudflow.yml"
+DASHBOARD = ROOT / "conf" / "grafana" / "dashboards" / "fraudflow.json"
+
+
+def alert_rules() -> list[dict]:
+    """Every alerting rule of conf/prometheus/rules."""
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+def dashboard_expressions() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard (panels and annotations)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    return exprs + [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
 
 
 def system_tool(*names: str) -> str:
@@ -33,46 +47,6 @@ def system_tool(*names: str) -> str:
         if found:
             return found
     pytest.fail(f"{' or '.join(names)} not found: run scripts/install-system-deps.sh")
-
-
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment without MLflow/fraudflow settings that would leak in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAUDFLOW"))}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra or {})
-    return env
-
-
-def stop_group(process: subprocess.Popen, grace: float) -> None:
-    """SIGTERM to the group, SIGKILL after `grace` seconds: a uvicorn server otherwise waits
-    for every keep-alive connection a client (MLflow's pooled session) still holds."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
-@contextmanager
-def background(
-    command: list[str], log: Path, env: dict[str, str] | None = None, grace: float = 20.0
-) -> Iterator[subprocess.Popen]:
-    """A server in its own process group, its output in `log`, stopped with its children."""
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            command,
-            env=env if env is not None else clean_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        stop_group(process, grace)
 
 
 def _as_postgres_user() -> tuple[list[str], str | None]:
@@ -147,7 +121,8 @@ def compose_mlflow_server(root: Path, backend_uri: str) -> Iterator[str]:
     assert "MLFLOW_BACKEND_STORE_URI" in service["environment"]
     env = clean_env({"MLFLOW_BACKEND_STORE_URI": backend_uri})
     command = mlflow_server_command(port, root / "artifacts")
-    with background(command, root / "mlflow-server.log", env, grace=5.0) as process:
+    # run in its folder: with no database reachable it would otherwise fall back to ./mlruns
+    with background(command, root / "mlflow-server.log", env, grace=5.0, cwd=root) as process:
         url = f"http://127.0.0.1:{port}"
         wait_for(f"{url}/health", process=process, timeout=120)
         yield url

@@ -15,26 +15,25 @@ import re
 import subprocess
 import time
 
+import psycopg2
 import pytest
 import requests
-import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines.features import feature_names
 from tests.conftest import make_settings, write_config
-from tests.servers import BIN, gunicorn_api, wait_for
+from tests.servers import BIN, clean_env, gunicorn_api, wait_for
 from tests.stack_servers import (
     ROOT,
-    clean_env,
+    alert_rules,
     compose_mlflow_server,
+    dashboard_expressions,
     postgres_server,
     prometheus_and_alertmanager,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy, pytest.mark.stack]
 
-DASHBOARD = ROOT / "conf" / "grafana" / "dashboards" / "fraudflow.json"
-RULES = ROOT / "conf" / "prometheus" / "rules" / "fraudflow.yml"
 SELECTOR = re.compile(r"\b((?:fraudflow|flask)_[a-z_]+|up)\b\s*(\{[^}]*\})?")
 
 
@@ -70,16 +69,6 @@ def prom_query(prometheus: str, expr: str, start: float | None = None) -> list[d
     return body["data"]["result"]
 
 
-def alert_rules() -> list[dict]:
-    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
-
-
-def dashboard_expressions() -> list[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    return exprs + [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, small_data_dir):
     """The whole stack, with a model trained but not yet promoted and the API unready."""
@@ -107,6 +96,7 @@ def stack(tmp_path_factory, small_data_dir):
                     "settings": settings,
                     "config": config,
                     "tracking": tracking,
+                    "backend": backend,
                     "api": api,
                     "prometheus": prom,
                     "alertmanager": am,
@@ -168,6 +158,9 @@ def test_the_api_serves_the_model_promoted_through_the_tracking_server(stack, se
     assert stored and not (stack["settings"].workdir / "mlartifacts").exists()
     # the registry lives in PostgreSQL: the server was given no other store
     assert "sqlite" not in (stack["root"] / "mlflow" / "mlflow-server.log").read_text().lower()
+    with psycopg2.connect(stack["backend"].replace("+psycopg2", "")) as db, db.cursor() as cur:
+        cur.execute("SELECT version FROM model_versions WHERE name = %s", (name,))
+        assert str(production.version) in {str(row[0]) for row in cur.fetchall()}
 
 
 def test_prometheus_scrapes_every_target_and_reaches_alertmanager(stack, served) -> None:

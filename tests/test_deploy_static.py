@@ -21,26 +21,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from check_model_gates import check as check_gates  # noqa: E402
 
+from tests.servers import BIN  # noqa: E402
+from tests.stack_servers import (  # noqa: E402
+    DASHBOARD,
+    ROOT,
+    RULES,
+    alert_rules,
+    dashboard_expressions,
+    system_tool,
+)
+
 pytestmark = pytest.mark.deploy
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
-RULES = ROOT / "conf" / "prometheus" / "rules" / "fraudflow.yml"
 RULE_TESTS = sorted((ROOT / "conf" / "prometheus" / "tests").glob("*.yml"))
 MINUTE_RULE_TESTS = ROOT / "conf" / "prometheus" / "tests" / "fraudflow_test.yml"
 ALERTMANAGER = ROOT / "conf" / "alertmanager" / "alertmanager.yml"
-DASHBOARD = ROOT / "conf" / "grafana" / "dashboards" / "fraudflow.json"
-
-
-def system_tool(*names: str) -> str:
-    """A system binary the suite needs; missing means the machine was not set up."""
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail(f"{' or '.join(names)} not found: run scripts/install-system-deps.sh")
 
 
 def run(*command: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -318,15 +315,8 @@ def test_alertmanager_config_and_routes() -> None:
         )
         assert_ok(done)
         assert done.stdout.strip() == receivers, (alert, done.stdout)
-    rules = [r for g in load_yaml(RULES)["groups"] for r in g["rules"]]
+    rules = alert_rules()
     assert all(r["labels"]["severity"] in ("critical", "warning") for r in rules)
-
-
-def dashboard_expressions() -> list[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    exprs += [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
-    return exprs
 
 
 def test_grafana_dashboard_covers_what_fraud_operations_watch() -> None:

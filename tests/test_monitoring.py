@@ -342,8 +342,11 @@ def test_a_worse_challenger_is_never_promoted_whatever_the_drift(world, tmp_path
     data = tmp_path / "scrambled.parquet"
     scrambled.to_parquet(data)
     # a retraining that cannot even start is an error, and changes nothing in the registry
+    client = configure_tracking(settings)
+    versions_before = len(client.search_model_versions(f"name='{NAME}'"))
     code, failed = _monitor(settings, tmp_path, "--retrain", "--data", str(tmp_path / "none"))
     assert code == 3 and failed["verdict"] == "drift" and "none" in failed["retrain_error"]
+    assert len(client.search_model_versions(f"name='{NAME}'")) == versions_before
     assert json.loads(settings.monitor_latest.read_text())["retrain_error"]
     code, summary = _monitor(settings, tmp_path, "--retrain", "--data", str(data))
     assert code == 1 and summary["verdict"] == "drift"
@@ -353,7 +356,6 @@ def test_a_worse_challenger_is_never_promoted_whatever_the_drift(world, tmp_path
         retrain["champion_metrics"]["average_precision"]
     )
     assert "does not beat champion" in retrain["reason"]
-    client = configure_tracking(settings)
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == version
     assert client.get_model_version(NAME, version).current_stage == "Production"
     assert client.get_model_version(NAME, retrain["challenger_version"]).current_stage == "Staging"

@@ -52,13 +52,16 @@ def tx(i: int) -> dict:
     }
 
 
-def predictions_total(url: str) -> float:
+def metric_values(url: str, name: str) -> list[float]:
+    """Every sample of metric NAME (with labels) in one scrape of /metrics."""
     text = requests.get(f"{url}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("fraudflow_predictions_total{")
-    )
+    return [
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}{{")
+    ]
+
+
+def predictions_total(url: str) -> float:
+    return sum(metric_values(url, "fraudflow_predictions_total"))
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +120,12 @@ def test_the_monitor_verdict_is_exported_by_every_worker(api, two_versions) -> N
     """The monitor's last summary reaches /metrics in multiprocess mode, errors included."""
     settings = two_versions[1]
     record_error(settings, "no predictions logged")
-    text = requests.get(f"{api}/metrics", timeout=5).text
-    assert 'fraudflow_monitor_verdict{verdict="error"} 1.0' in text
-    assert 'fraudflow_monitor_verdict{verdict="no_drift"} 0.0' in text
-    assert "fraudflow_monitor_last_run_timestamp_seconds " in text
-    assert "fraudflow_drift_share" not in text  # an error carries no drift figures
+    for _ in range(8):  # each scrape is answered by whichever worker accepts it
+        text = requests.get(f"{api}/metrics", timeout=5).text
+        assert 'fraudflow_monitor_verdict{verdict="error"} 1.0' in text
+        assert 'fraudflow_monitor_verdict{verdict="no_drift"} 0.0' in text
+        assert "fraudflow_monitor_last_run_timestamp_seconds " in text
+        assert "fraudflow_drift_share" not in text  # an error carries no drift figures
 
 
 def test_promotion_swaps_the_model_with_no_failed_request(api, two_versions) -> None:
@@ -199,6 +203,13 @@ def test_no_production_model_starts_unready_then_serves_once_promoted(tmp_path, 
             time.sleep(0.1)
         assert statuses[-6:] == [200] * 6, statuses
         assert requests.get(f"{url}/ready", timeout=5).status_code == 200
+        # and not only the worker that answered: each worker's version gauge shows the model
+        while (
+            time.monotonic() < deadline
+            and metric_values(url, "fraudflow_model_version") != [float(version)] * 2
+        ):
+            time.sleep(0.25)
+        assert metric_values(url, "fraudflow_model_version") == [float(version)] * 2
 
 
 def test_registry_outage_keeps_serving_and_reports_degraded(tmp_path, small_transactions) -> None:
@@ -237,9 +248,4 @@ def test_registry_outage_keeps_serving_and_reports_degraded(tmp_path, small_tran
 
 def registry_up(url: str) -> set[float]:
     """The value of fraudflow_registry_up of every live worker."""
-    metrics = requests.get(f"{url}/metrics", timeout=5).text
-    return {
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("fraudflow_registry_up{")
-    }
+    return set(metric_values(url, "fraudflow_registry_up"))
