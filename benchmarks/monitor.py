@@ -26,7 +26,7 @@ import pandas as pd
 from drift.monitor import run_monitor
 from pipelines.features import build_features
 from pipelines.production import Window, read_predictions
-from pipelines.registry import set_stage
+from pipelines.promotion import set_stage
 from pipelines.settings import RAW_COLUMNS, Settings, load_settings
 from pipelines.simulate import simulate_transactions
 from pipelines.tracking import log_training_run

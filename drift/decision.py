@@ -1,26 +1,11 @@
-"""The monitor's verdict and the exit code a scheduler acts on."""
+"""The monitor's decision: from drift and performance figures to a verdict."""
 
 from __future__ import annotations
 
-from enum import Enum
-
 from drift.performance import Performance
 from drift.summary import DriftSummary
+from pipelines.monitor_summary import Verdict
 from pipelines.settings import MonitoringSettings
-
-
-class Verdict(str, Enum):
-    NO_DRIFT = "no_drift"
-    DRIFT = "drift"
-    DEGRADED = "degraded"
-    ERROR = "error"
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self]
-
-
-EXIT_CODES = {Verdict.NO_DRIFT: 0, Verdict.DRIFT: 1, Verdict.DEGRADED: 2, Verdict.ERROR: 3}
 
 
 def drift_detected(drift: DriftSummary, settings: MonitoringSettings) -> bool:

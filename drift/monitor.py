@@ -2,45 +2,46 @@
 
 Reads: the registry (champion, reference sample, training-time metrics), the prediction log,
 late labels. Produces: `<reports_dir>/<time>-v<version>/` with index.html (verdict and reasons),
-drift.html and performance.html (Evidently), summary.json; `<reports_dir>/latest.json` (read by
-the API's /metrics); a run in the monitoring experiment; with --retrain, a retraining run.
-Exit code: 0 no drift, 1 drift, 2 degraded, 3 error.
+drift.html and performance.html (Evidently), summary.json; the latest summary (read by the
+API's /metrics); a run in the monitoring experiment; on request, a retraining run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 
-from drift.decision import Verdict, decide, should_retrain
+from drift.decision import decide
 from drift.page import render
 from drift.performance import Performance, assess_performance
-from drift.reference import Champion, NoChampionError, load_champion
+from drift.reference import Champion, load_champion
 from drift.report import drift_report, performance_report
 from drift.summary import DriftSummary, parse
-from pipelines.production import MonitoringInputError, Window, attach_labels, read_predictions
-from pipelines.settings import Settings, SettingsError, load_settings
-from pipelines.tracking import configure_tracking, ensure_experiment
+from pipelines import tracking
+from pipelines.data import load_transactions
+from pipelines.monitor_summary import MonitorSummary, Verdict, write_summary
+from pipelines.prediction_log import MonitoringInputError, Window, read_predictions
+from pipelines.production import attach_labels, label_sources, production_transactions
+from pipelines.retrain import retrain
+from pipelines.settings import Settings
 
 log = logging.getLogger("fraudflow.monitor")
 
 
 @dataclass(frozen=True)
 class MonitorResult:
-    verdict: Verdict
-    summary: dict[str, Any]
+    summary: MonitorSummary
     folder: Path
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.summary.verdict
 
     @property
     def index(self) -> Path:
@@ -67,12 +68,6 @@ def comparison_sample(current: pd.DataFrame, max_rows: int) -> pd.DataFrame:
     return current.sample(max_rows, random_state=0)
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def reports_dir(settings: Settings) -> Path:
     return settings.under_workdir(settings.monitoring.reports_dir)
 
@@ -86,65 +81,53 @@ def _summary(
     verdict: Verdict,
     settings: Settings,
     files: dict[str, str],
-) -> dict[str, Any]:
-    return {
-        "verdict": verdict.value,
-        "exit_code": verdict.exit_code,
-        "checked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": champion.name, "version": champion.version, "run_id": champion.run_id},
-        "window": window.as_dict(),
-        "rows": rows,
-        "drift": drift.as_dict(),
-        "performance": performance.as_dict(),
-        "thresholds": {
+) -> MonitorSummary:
+    return MonitorSummary(
+        verdict=verdict,
+        model={"name": champion.name, "version": champion.version, "run_id": champion.run_id},
+        window=window.as_dict(),
+        rows=rows,
+        drift=drift.as_dict(),
+        performance=performance.as_dict(),
+        thresholds={
             "drift_share": settings.monitoring.drift_share,
             "score_drift": settings.monitoring.score_drift,
             "tolerance": settings.monitoring.tolerance,
         },
-        "files": files,
+        files=files,
+    )
+
+
+def _log_run(summary: MonitorSummary, folder: Path, settings: Settings) -> str:
+    drift, performance, model = summary.drift, summary.performance, summary.model
+    tags = {
+        "verdict": summary.verdict.value,
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "model_run_id": model["run_id"],
+        "window_start": summary.window["start"],
+        "window_end": summary.window["end"],
+        "drifted_features": ",".join(drift["drifted_features"])[:4000],
     }
-
-
-def _log_run(summary: dict[str, Any], folder: Path, settings: Settings) -> str:
-    experiment_id = ensure_experiment(settings, settings.mlflow.monitoring_experiment)
-    drift, performance, model = summary["drift"], summary["performance"], summary["model"]
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-v{model['version']}"):
-        mlflow.set_tags(
-            {
-                "fraudflow.step": "monitor",
-                "verdict": summary["verdict"],
-                "model_name": model["name"],
-                "model_version": model["version"],
-                "model_run_id": model["run_id"],
-                "window_start": summary["window"]["start"],
-                "window_end": summary["window"]["end"],
-                "drifted_features": ",".join(drift["drifted_features"])[:4000],
-            }
-        )
-        metrics = {
-            "drifted_share": drift["drifted_share"],
-            "drifted_count": drift["drifted_count"],
-            "rows_current": summary["rows"]["current"],
-            "rows_compared": summary["rows"]["compared"],
-            "labelled_rows": performance["labelled_rows"],
-            "labelled_frauds": performance["labelled_frauds"],
-            **{f"drift_{c['column']}": c["score"] for c in drift["columns"]},
-        }
-        if drift["score"]:
-            metrics["drift_fraud_probability"] = drift["score"]["score"]
-        metrics.update({f"production_{k}": v for k, v in performance["production"].items()})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if pd.notna(v)})
-        mlflow.log_artifacts(str(folder), artifact_path="report")
-        return mlflow.active_run().info.run_id
+    metrics = {
+        "drifted_share": drift["drifted_share"],
+        "drifted_count": drift["drifted_count"],
+        "rows_current": summary.rows["current"],
+        "rows_compared": summary.rows["compared"],
+        "labelled_rows": performance["labelled_rows"],
+        "labelled_frauds": performance["labelled_frauds"],
+        **{f"drift_{c['column']}": c["score"] for c in drift["columns"]},
+    }
+    if drift["score"]:
+        metrics["drift_fraud_probability"] = drift["score"]["score"]
+    metrics.update({f"production_{k}": v for k, v in performance["production"].items()})
+    return tracking.log_monitor_run(settings, f"monitor-v{model['version']}", tags, metrics, folder)
 
 
 def run_monitor(
     settings: Settings, window: Window, label_files: Sequence[Path] = ()
 ) -> MonitorResult:
     """Check one window: reports, summary, a monitoring run and the verdict."""
-    from pipelines.retrain import label_sources
-
-    configure_tracking(settings)
     champion = load_champion(settings)
     monitoring = settings.monitoring
     log_dir = settings.under_workdir(settings.serving.prediction_log_dir)
@@ -195,25 +178,24 @@ def run_monitor(
     }
     summary = _summary(champion, window, rows, drift, performance, verdict, settings, files)
     _write_pages(summary, folder)
-    summary["run_id"] = _log_run(summary, folder, settings)
-    summary["report"] = str(folder / files["index_html"])
+    summary.run_id = _log_run(summary, folder, settings)
+    summary.report = str(folder / files["index_html"])
 
-    _write_json(settings.monitor_latest, summary)
-    return MonitorResult(verdict, summary, folder)
+    write_summary(settings.monitor_latest, summary)
+    return MonitorResult(summary, folder)
 
 
-def _write_pages(summary: dict[str, Any], folder: Path) -> None:
+def _write_pages(summary: MonitorSummary, folder: Path) -> None:
     """The report folder's summary.json and index.html, from the summary."""
-    _write_json(folder / summary["files"]["summary_json"], summary)
-    (folder / summary["files"]["index_html"]).write_text(render(summary))
+    write_summary(folder / summary.files["summary_json"], summary)
+    (folder / summary.files["index_html"]).write_text(render(summary.as_dict()))
 
 
 def _update(result: MonitorResult, settings: Settings) -> None:
-    """Rewrite the report files, their MLflow copy and latest.json after a retraining."""
-    summary = result.summary
-    _write_pages(summary, result.folder)
-    mlflow.log_artifacts(str(result.folder), artifact_path="report", run_id=summary["run_id"])
-    _write_json(settings.monitor_latest, summary)
+    """Rewrite the report files, their MLflow copy and the latest summary after a retraining."""
+    _write_pages(result.summary, result.folder)
+    tracking.log_report(settings, result.summary.run_id, result.folder)
+    write_summary(settings.monitor_latest, result.summary)
 
 
 def retrain_after(
@@ -225,9 +207,9 @@ def retrain_after(
     """Retrain because of this monitor run; the runs link up by tags. A failed retraining is
     recorded in the summary (and re-raised): the verdict stays, serving is untouched."""
     try:
-        result.summary["retrain"] = _retrain(settings, result.summary, label_files, data)
+        result.summary.retrain = _retrain(settings, result.summary, label_files, data)
     except Exception as exc:
-        result.summary["retrain_error"] = f"{type(exc).__name__}: {exc}"
+        result.summary.retrain_error = f"{type(exc).__name__}: {exc}"
         _update(result, settings)
         raise
     _update(result, settings)
@@ -235,131 +217,65 @@ def retrain_after(
 
 
 def _retrain(
-    settings: Settings, summary: dict[str, Any], label_files: Sequence[Path], data: Path | None
+    settings: Settings, summary: MonitorSummary, label_files: Sequence[Path], data: Path | None
 ) -> dict[str, Any]:
-    from pipelines.data import load_transactions
-    from pipelines.retrain import production_transactions, retrain
-
     path = data or settings.data_path
     history = load_transactions(path, settings.data.columns, require_labels=True)
     production = production_transactions(settings, label_files)
     trigger = {
-        "fraudflow.trigger": f"monitor:{summary['verdict']}",
-        "monitor_run_id": summary["run_id"],
-        "monitor_report": summary["report"],
+        "fraudflow.trigger": f"monitor:{summary.verdict.value}",
+        "monitor_run_id": summary.run_id,
+        "monitor_report": summary.report,
     }
     result = retrain(settings, history, production, trigger, data_path=str(path))
-    client = configure_tracking(settings)
-    for key, value in (
-        ("retrain_run_id", result.run_id),
-        ("challenger_version", result.version),
-        ("challenger_promoted", str(result.decision.promoted).lower()),
-    ):
-        client.set_tag(summary["run_id"], key, value)
+    tracking.tag_run(
+        settings,
+        summary.run_id,
+        {
+            "retrain_run_id": result.run_id,
+            "challenger_version": result.version,
+            "challenger_promoted": str(result.decision.promoted).lower(),
+        },
+    )
     return result.as_dict()
 
 
-def record_error(settings: Settings, message: str) -> None:
+def record_error(settings: Settings, message: str) -> MonitorSummary:
     """An error is a verdict too: /metrics shows it, so an alert can fire on a broken monitor."""
-    folder = reports_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "verdict": Verdict.ERROR.value,
-        "exit_code": Verdict.ERROR.exit_code,
-        "checked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "error": message,
-    }
-    _write_json(settings.monitor_latest, payload)
+    summary = MonitorSummary(verdict=Verdict.ERROR, error=message)
+    write_summary(settings.monitor_latest, summary)
+    return summary
 
 
-def window_from(args: argparse.Namespace, settings: Settings) -> Window:
-    if args.day:
-        return Window.day(args.day)
-    if args.since or args.until:
+def window_from(
+    settings: Settings, day: str | None = None, since: str | None = None, until: str | None = None
+) -> Window:
+    """The window to check: a UTC day, a --since/--until range, or the last `window_hours`."""
+    if day:
+        return Window.day(day)
+    if since or until:
         try:
-            until = pd.Timestamp(args.until or datetime.now(timezone.utc))
-            since = (
-                pd.Timestamp(args.since)
-                if args.since
-                else until - pd.Timedelta(hours=settings.monitoring.window_hours)
+            end = pd.Timestamp(until or datetime.now(timezone.utc))
+            start = (
+                pd.Timestamp(since)
+                if since
+                else end - pd.Timedelta(hours=settings.monitoring.window_hours)
             )
         except ValueError as exc:
             raise MonitoringInputError(f"--since/--until must be ISO times: {exc}") from exc
-        since = since.tz_localize("UTC") if since.tzinfo is None else since
-        until = until.tz_localize("UTC") if until.tzinfo is None else until
-        if since >= until:
-            raise MonitoringInputError(f"empty window: --since {since} is not before {until}")
-        return Window(since.to_pydatetime(), until.to_pydatetime())
+        start = start.tz_localize("UTC") if start.tzinfo is None else start
+        end = end.tz_localize("UTC") if end.tzinfo is None else end
+        if start >= end:
+            raise MonitoringInputError(f"empty window: --since {start} is not before {end}")
+        return Window(start.to_pydatetime(), end.to_pydatetime())
     return Window.last_hours(settings.monitoring.window_hours)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fraudflow monitor", description=__doc__)
-    parser.add_argument("--config", help="YAML overlay on conf/default.yaml")
-    parser.add_argument("--data", help="history for a retraining (default: data.path)")
-    parser.add_argument("--output", help="also write the JSON summary here")
-    parser.add_argument("--day", help="a UTC day YYYY-MM-DD (default: the last window_hours)")
-    parser.add_argument("--since", help="window start, ISO time (UTC unless given)")
-    parser.add_argument("--until", help="window end, ISO time (default: now)")
-    parser.add_argument("--labels", action="append", default=[], help="labelled file(s)")
-    parser.add_argument("--retrain", action="store_true", help="retrain if the verdict says so")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("config", "data", "output", "day", "since", "until"):
-        if getattr(args, name) == "":
-            setattr(args, name, None)  # MLproject passes unset optional parameters as ""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("alembic", "mlflow.store", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        settings = load_settings(args.config)
-    except SettingsError as exc:
-        print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
-        return Verdict.ERROR.exit_code
-    started = time.perf_counter()
-    labels = [Path(p) for p in args.labels]
-    try:
-        result = run_monitor(settings, window_from(args, settings), labels)
-    except (MonitoringInputError, NoChampionError, FileNotFoundError) as exc:
-        record_error(settings, str(exc))
-        print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
-        return Verdict.ERROR.exit_code
-    except Exception as exc:  # a crash must not exit 1, which a scheduler reads as "drift"
-        log.exception("monitor failed")
-        record_error(settings, f"{type(exc).__name__}: {exc}")
-        print(f"fraudflow monitor: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return Verdict.ERROR.exit_code
-    print(verdict_line(result.summary, time.perf_counter() - started))
-    print(f"report: {result.index}", flush=True)
-    code = result.verdict.exit_code
-    if args.retrain and should_retrain(result.verdict, settings.monitoring):
-        print("retraining on the latest labelled data ...", flush=True)
-        try:
-            retrain_after(settings, result, labels, Path(args.data) if args.data else None)
-            r = result.summary["retrain"]
-            print(
-                f"retraining: challenger v{r['challenger_version']} -> {r['stage']}: {r['reason']}"
-            )
-        except Exception as exc:
-            log.exception("retraining failed")
-            print(f"fraudflow monitor: retraining failed: {exc}", file=sys.stderr)
-            code = Verdict.ERROR.exit_code
-    elif args.retrain:
-        print(f"no retraining: the verdict is {result.verdict.value}")
-    if args.output:
-        _write_json(Path(args.output), result.summary)
-    return code
-
-
-def verdict_line(summary: dict[str, Any], seconds: float) -> str:
-    drift, performance = summary["drift"], summary["performance"]
+def verdict_line(summary: MonitorSummary, seconds: float) -> str:
+    """The one line a person or a scheduler's log reads."""
+    drift, performance = summary.drift, summary.performance
     parts = [
-        f"verdict {summary['verdict'].upper()}:",
+        f"verdict {summary.verdict.value.upper()}:",
         f"{drift['drifted_count']}/{len(drift['columns'])} features drifted",
         f"({', '.join(drift['drifted_features'][:5]) or 'none'})",
     ]
@@ -373,13 +289,7 @@ def verdict_line(summary: dict[str, Any], seconds: float) -> str:
             parts.append(f"degraded: {', '.join(performance['degraded_metrics'])}")
     else:
         parts.append(f"performance not assessed ({performance['labelled_frauds']} labelled frauds)")
-    model = summary["model"]
-    parts.append(
-        f"- {model['name']} v{model['version']}, {summary['rows']['current']:,} predictions"
-    )
+    model = summary.model
+    parts.append(f"- {model['name']} v{model['version']}, {summary.rows['current']:,} predictions")
     parts.append(f"in {seconds:.1f}s")
     return " ".join(parts)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import mlflow
 import numpy as np
 import pandas as pd
 
+from pipelines import tracking
 from pipelines.settings import Settings
 from pipelines.split import day_after_last
-from pipelines.tracking import configure_tracking, ensure_experiment
 from pipelines.train import TrainingResult, featurize, train_model
 
 HEADLINE = ("roc_auc", "average_precision")
@@ -70,44 +69,16 @@ def run_backtest(
 ) -> dict[str, object]:
     """Train and test every fold; log a parent run with one nested run per fold."""
     k = settings.training.card_precision_k
-    folds: list[FoldResult] = []
-    parent = None
-    experiment_id = None
-    if log_to_mlflow:
-        configure_tracking(settings)
-        experiment_id = ensure_experiment(settings, settings.mlflow.experiment)
-        parent = mlflow.start_run(experiment_id=experiment_id, run_name="backtest")
-        mlflow.set_tag("fraudflow.step", "backtest")
-        mlflow.log_params(
-            {f"backtest_{key}": value for key, value in settings.backtest.model_dump().items()}
-        )
     features = featurize(transactions, settings.features)
-    try:
-        for index, end in enumerate(fold_ends(transactions, settings)):
-            result = train_model(transactions, fold_settings(settings, end), features)
-            fold = FoldResult(
-                index, result.windows.as_dict(), _headline(result, k), result.row_counts
-            )
-            folds.append(fold)
-            if log_to_mlflow:
-                with mlflow.start_run(
-                    experiment_id=experiment_id, run_name=f"fold-{index}", nested=True
-                ):
-                    mlflow.set_tag("fraudflow.step", "backtest-fold")
-                    mlflow.log_params({**fold.windows, "best_iteration": result.best_iteration})
-                    mlflow.log_metrics({**fold.metrics, **fold.row_counts})
-        summary = summarize(folds, k)
-        if log_to_mlflow:
-            mlflow.log_metrics(
-                {
-                    f"{metric}_{stat}": value
-                    for metric, stats in summary.items()
-                    for stat, value in stats.items()
-                }
-            )
-    finally:
-        if parent is not None:
-            mlflow.end_run()
+    folds: list[FoldResult] = []
+    iterations: list[int] = []
+    for index, end in enumerate(fold_ends(transactions, settings)):
+        result = train_model(transactions, fold_settings(settings, end), features)
+        folds.append(
+            FoldResult(index, result.windows.as_dict(), _headline(result, k), result.row_counts)
+        )
+        iterations.append(result.best_iteration)
+    summary = summarize(folds, k)
     report: dict[str, object] = {
         "folds": [f.__dict__ for f in folds],
         "summary": summary,
@@ -117,6 +88,21 @@ def run_backtest(
             "validation_days": settings.training.validation_days,
         },
     }
-    if parent is not None:
-        report["run_id"] = parent.info.run_id
+    if log_to_mlflow:
+        report["run_id"] = tracking.log_backtest(
+            settings,
+            {f"backtest_{key}": value for key, value in settings.backtest.model_dump().items()},
+            [
+                {
+                    "params": {**fold.windows, "best_iteration": iteration},
+                    "metrics": {**fold.metrics, **fold.row_counts},
+                }
+                for fold, iteration in zip(folds, iterations)
+            ],
+            {
+                f"{metric}_{stat}": value
+                for metric, stats in summary.items()
+                for stat, value in stats.items()
+            },
+        )
     return report

@@ -7,9 +7,7 @@ so every front end scores the same way.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,6 @@ import lightgbm as lgb
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-from lightgbm.basic import _LIB, _c_str, _safe_call
 
 BOOSTER_ARTIFACT = "booster"
 META_ARTIFACT = "meta"
@@ -66,63 +63,6 @@ class FraudScorer:
         return cls(booster, tuple(meta["features"]), float(meta["threshold"]))
 
 
-class SingleRowContributions:
-    """`pred_contrib` for one row through LightGBM's single-row fast C API.
-
-    The same numbers as `FraudScorer.contribution_rows` on a one-row matrix, without the ~0.1 ms
-    the Python wrapper spends per call building a predictor; online scoring is one row at a time.
-    A FastConfig is not safe for concurrent calls, hence the lock.
-    """
-
-    PREDICT_CONTRIB = 3  # C_API_PREDICT_CONTRIB
-    DTYPE_FLOAT64 = 1  # C_API_DTYPE_FLOAT64
-
-    def __init__(self, scorer: FraudScorer) -> None:
-        self._booster = scorer.booster  # the FastConfig points into it: keep it alive
-        width = len(scorer.features)
-        self._handle = ctypes.c_void_p()
-        _safe_call(
-            _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-                self._booster._handle,
-                ctypes.c_int(self.PREDICT_CONTRIB),
-                ctypes.c_int(0),
-                ctypes.c_int(self._booster.best_iteration),  # as Booster.predict's default
-                ctypes.c_int(self.DTYPE_FLOAT64),
-                ctypes.c_int32(width),
-                _c_str("num_threads=1"),
-                ctypes.byref(self._handle),
-            )
-        )
-        # the input and output buffers and their C pointers are made once, not per call
-        self._in = np.empty(width)
-        self._in_pointer = self._in.ctypes.data_as(ctypes.c_void_p)
-        self._out = np.empty(width + 1)
-        self._out_pointer = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
-        self._out_len = ctypes.c_int64()
-        self._out_len_ref = ctypes.byref(self._out_len)
-        self._lock = threading.Lock()
-        self._width = width
-
-    def __call__(self, row: np.ndarray) -> np.ndarray:
-        """Contributions (log-odds) of one row in feature order, bias last."""
-        if np.shape(row) != (self._width,):
-            raise ValueError(f"expected {self._width} feature values, got shape {np.shape(row)}")
-        with self._lock:
-            self._in[:] = row
-            _safe_call(
-                _LIB.LGBM_BoosterPredictForMatSingleRowFast(
-                    self._handle, self._in_pointer, self._out_len_ref, self._out_pointer
-                )
-            )
-            return self._out.copy()
-
-    def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None and handle.value:
-            _LIB.LGBM_FastConfigFree(handle)
-            self._handle = None
-
-
 class FraudModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc whose predict returns fraud probabilities (not 0/1 labels)."""
 
@@ -140,12 +80,3 @@ class FraudModel(mlflow.pyfunc.PythonModel):
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         return self.scorer.predict_proba(model_input)
-
-
-def load_scorer(model_uri: str) -> FraudScorer:
-    """Load a registered/logged fraudflow model and reach its booster directly."""
-    model = mlflow.pyfunc.load_model(model_uri)
-    python_model = model.unwrap_python_model()
-    if not isinstance(python_model, FraudModel) or python_model.scorer is None:
-        raise ValueError(f"{model_uri} is not a fraudflow model")
-    return python_model.scorer

@@ -8,35 +8,18 @@ configuration). The gated decision is recorded in the promotion experiment as us
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
-import yaml
 
+from pipelines import tracking
 from pipelines.features import build_features
-from pipelines.production import (
-    attach_labels,
-    labels_from_file,
-    labels_from_state,
-    read_predictions,
-)
-from pipelines.registry import PromotionDecision, champion_version, promote_if_better
+from pipelines.promotion import PromotionDecision, promote_if_better
+from pipelines.registry import place, served_version
 from pipelines.settings import RAW_COLUMNS, Settings
-from pipelines.tracking import (
-    configure_tracking,
-    data_description,
-    ensure_experiment,
-    log_training_run,
-)
 from pipelines.train import TrainingResult, train_model
-
-# params that train.lightgbm_params adds itself; everything else logged as lgbm_* is config
-_FIXED_PARAMS = {"objective", "metric", "verbosity"}
-_TRAINING_PARAMS = ("imbalance_power", "max_rounds", "early_stopping_rounds")
 
 
 @dataclass(frozen=True)
@@ -67,28 +50,6 @@ class RetrainResult:
         }
 
 
-def label_sources(settings: Settings, extra_files: Sequence[Path] = ()) -> list[pd.DataFrame]:
-    """Late labels: /feedback's (in the online state), then the configured label files, then
-    `extra_files` (a later source corrects an earlier one)."""
-    sources = [labels_from_state(settings.under_workdir(settings.serving.state_path))]
-    files = [settings.under_workdir(f) for f in settings.monitoring.label_files]
-    files += [Path(f) for f in extra_files]
-    return sources + [labels_from_file(f, settings.data.columns) for f in files]
-
-
-def production_transactions(
-    settings: Settings, extra_label_files: Sequence[Path] = ()
-) -> pd.DataFrame:
-    """Every logged production transaction whose label has arrived, in the raw schema."""
-    logged = read_predictions(settings.under_workdir(settings.serving.prediction_log_dir), None, ())
-    if logged.empty:
-        return pd.DataFrame(columns=[*RAW_COLUMNS, "tx_fraud"])
-    sources = label_sources(settings, extra_label_files)
-    labelled = attach_labels(logged, sources)
-    labelled = labelled.loc[labelled["tx_fraud"].notna().to_numpy(), [*RAW_COLUMNS, "tx_fraud"]]
-    return labelled.astype({"tx_fraud": int})
-
-
 def assemble(history: pd.DataFrame, production: pd.DataFrame) -> pd.DataFrame:
     """History plus labelled production rows it does not hold yet, in time order."""
     columns = [*RAW_COLUMNS, "tx_fraud"]
@@ -100,32 +61,16 @@ def assemble(history: pd.DataFrame, production: pd.DataFrame) -> pd.DataFrame:
     return combined.sort_values("tx_datetime", kind="stable").reset_index(drop=True)
 
 
-def _parse(value: str) -> Any:
-    return yaml.safe_load(value)
-
-
 def champion_configuration(settings: Settings) -> tuple[Settings, str | None]:
-    """The settings with the champion run's LightGBM and training parameters (the configured
-    ones when there is no champion yet)."""
-    client = configure_tracking(settings)
-    champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)
+    """The settings with the training configuration the served version's run logged (the
+    configured one when nothing is served yet, or its run logged none)."""
+    champion = served_version(tracking.client(settings), settings)
     if champion is None:
         return settings, None
-    params = client.get_run(champion.run_id).data.params
-    lightgbm = {
-        key.removeprefix("lgbm_"): _parse(value)
-        for key, value in params.items()
-        if key.startswith("lgbm_") and key.removeprefix("lgbm_") not in _FIXED_PARAMS
-    }
-    training = {name: _parse(params[name]) for name in _TRAINING_PARAMS if name in params}
-    if "threshold_rule" in params:
-        training["threshold"] = settings.training.threshold.model_copy(
-            update={"rule": params["threshold_rule"]}
-        )
-    updated = settings.training.model_copy(
-        update={"lightgbm": lightgbm or settings.training.lightgbm, **training}
-    )
-    return settings.model_copy(update={"training": updated}), str(champion.version)
+    training = tracking.training_configuration(settings, champion.run_id)
+    if training is None:
+        return settings, str(champion.version)
+    return settings.model_copy(update={"training": training}), str(champion.version)
 
 
 def with_lightgbm(settings: Settings, overlay: Mapping[str, Any]) -> Settings:
@@ -136,7 +81,7 @@ def with_lightgbm(settings: Settings, overlay: Mapping[str, Any]) -> Settings:
 
 
 def _search(
-    data: pd.DataFrame, features: pd.DataFrame, base: Settings, experiment_id: str
+    data: pd.DataFrame, features: pd.DataFrame, base: Settings
 ) -> tuple[TrainingResult, Settings, list[dict[str, Any]]]:
     """With `retraining.search`, train the base configuration and each overlay as nested runs;
     the best on validation average precision wins (the test period stays untouched by the
@@ -147,12 +92,7 @@ def _search(
     for number, overlay in enumerate([{}, *base.retraining.search]):
         settings = with_lightgbm(base, overlay)
         result = train_model(data, settings, features)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{number}", nested=True):
-            mlflow.set_tags({"fraudflow.step": "retrain-trial"})
-            mlflow.log_params({f"lgbm_{k}": v for k, v in result.params.items()})
-            mlflow.log_metrics(
-                {f"validation_{k}": float(v) for k, v in result.validation_metrics.items()}
-            )
+        tracking.log_trial(base, number, result.params, result.validation_metrics)
         tried.append((overlay, result, settings))
     trials = [
         {
@@ -174,7 +114,6 @@ def retrain(
 ) -> RetrainResult:
     """Retrain on history + labelled production data, register the challenger (Staging), and
     promote it only if it passes the gates and beats the champion by the configured margin."""
-    client = configure_tracking(settings)
     data = assemble(history, production)
     base, champion = champion_configuration(settings)
     rows = {
@@ -184,19 +123,17 @@ def retrain(
         "training_data_rows": len(data),
     }
     trigger = {k: str(v) for k, v in trigger.items()}
-    experiment_id = ensure_experiment(settings, settings.mlflow.experiment)
     tags = {"fraudflow.step": "retrain", "champion_version": champion or "", **trigger}
-    with mlflow.start_run(experiment_id=experiment_id, run_name="retrain", tags=tags) as parent:
-        mlflow.log_params(
-            {**rows, "data_path": data_path, "search_size": len(base.retraining.search)}
-        )
+    params = {**rows, "data_path": data_path, "search_size": len(base.retraining.search)}
+    with tracking.retraining_run(settings, tags, params) as run_id:
         features = build_features(data, base.features)
-        result, chosen, trials = _search(data, features, base, experiment_id)
-        description = data_description(data_path, data)
-        version_tags = {**trigger, "retrain_run_id": parent.info.run_id}
-        training_run_id, version = log_training_run(result, chosen, description, version_tags)
-    name = settings.mlflow.model_name
-    client.transition_model_version_stage(name, version.version, "Staging")
+        result, chosen, trials = _search(data, features, base)
+        description = tracking.data_description(data_path, data)
+        version_tags = {**trigger, "retrain_run_id": run_id}
+        training_run_id, version = tracking.log_training_run(
+            result, chosen, description, version_tags
+        )
+    place(tracking.client(settings), settings, str(version.version), "Staging", False)
     decision = promote_if_better(
         settings,
         data,
@@ -205,11 +142,17 @@ def retrain(
         auto_promote=settings.retraining.auto_promote,
         features=features,
     )
-    client.set_tag(parent.info.run_id, "challenger_version", str(version.version))
-    client.set_tag(parent.info.run_id, "promoted", str(decision.promoted).lower())
-    client.set_tag(parent.info.run_id, "decision", decision.reason[:4000])
+    tracking.tag_run(
+        settings,
+        run_id,
+        {
+            "challenger_version": str(version.version),
+            "promoted": str(decision.promoted).lower(),
+            "decision": decision.reason[:4000],
+        },
+    )
     return RetrainResult(
-        run_id=parent.info.run_id,
+        run_id=run_id,
         training_run_id=training_run_id,
         version=str(version.version),
         decision=decision,

@@ -1,25 +1,47 @@
-"""The MLflow edge: tracking store set-up, training-run logging and model registration."""
+"""The MLflow edge: the one module that points MLflow at the store, starts runs and logs to
+them, loads logged models and reads back what training logged.
+
+Everything else reaches MLflow through the functions here (runs, artifacts, models) or through
+`client(settings)` (registry reads and writes with an explicit store, no global state).
+"""
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from pipelines.model import FraudModel
+from pipelines.model import FraudModel, FraudScorer
 from pipelines.plots import evaluation_figures
-from pipelines.settings import Settings
+from pipelines.settings import Settings, TrainingSettings
 from pipelines.train import TrainingResult
 
+log = logging.getLogger(__name__)
+
 REFERENCE_ARTIFACT = "reference/reference.parquet"
+TRAINING_CONFIG_ARTIFACT = "config/training.json"
 MODEL_DEPENDENCIES = ("mlflow", "lightgbm", "pandas", "numpy")
+# the training configuration a retraining takes over from the champion's run
+MODEL_CONFIGURATION = (
+    "lightgbm",
+    "imbalance_power",
+    "max_rounds",
+    "early_stopping_rounds",
+    "threshold",
+)
+TEST_METRIC_TAG = "test_"
 
 
 def pip_requirements() -> list[str]:
@@ -27,21 +49,33 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={package_version(name)}" for name in MODEL_DEPENDENCIES]
 
 
-def configure_tracking(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured store; the embedded default is created on first use."""
+def client(settings: Settings) -> MlflowClient:
+    """A client of the configured tracking and registry store; the embedded default is created
+    on first use."""
     settings.workdir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
-def ensure_experiment(settings: Settings, name: str) -> str:
+def use_store(settings: Settings) -> MlflowClient:
+    """Point MLflow's fluent API (runs, model logging and loading) at the configured store:
+    process-wide state, set here before every fluent call and by nothing else in fraudflow."""
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return client(settings)
+
+
+def _experiment(settings: Settings, name: str) -> str:
     """Experiment id by name, created with artifacts under the workdir for the embedded store."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = None if settings.mlflow.tracking_uri else settings.artifact_root.as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v is not None and pd.notna(v)}
 
 
 def data_description(path: str | Path, transactions: pd.DataFrame) -> dict[str, str | int]:
@@ -54,8 +88,7 @@ def data_description(path: str | Path, transactions: pd.DataFrame) -> dict[str, 
     }
 
 
-def _flat_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    return {f"{prefix}{k}": float(v) for k, v in metrics.items() if pd.notna(v)}
+# --- training ------------------------------------------------------------------------------
 
 
 def log_training_run(
@@ -64,13 +97,14 @@ def log_training_run(
     data: dict[str, str | int],
     tags: dict[str, str] | None = None,
 ) -> tuple[str, ModelVersion]:
-    """Log params, metrics, figures, the reference sample and the model; register a version.
+    """Log params, the resolved training configuration, metrics, figures, the reference sample
+    and the model; register a version.
 
     `tags` (e.g. what triggered a retraining) go on the run and on the model version; inside an
     active run (a retraining) the training run is nested under it.
     """
-    client = configure_tracking(settings)
-    experiment_id = ensure_experiment(settings, settings.mlflow.experiment)
+    mlflow_client = use_store(settings)
+    experiment_id = _experiment(settings, settings.mlflow.experiment)
     nested = mlflow.active_run() is not None
     with mlflow.start_run(experiment_id=experiment_id, run_name="train", nested=nested) as run:
         mlflow.set_tags({"fraudflow.step": "train", **(tags or {})})
@@ -87,11 +121,12 @@ def log_training_run(
                 "features": ",".join(result.scorer.features),
             }
         )
+        mlflow.log_dict(settings.training.model_dump(mode="json"), TRAINING_CONFIG_ARTIFACT)
         mlflow.log_metrics(
             {
-                **_flat_metrics(result.test_metrics, "test_"),
-                **_flat_metrics(result.validation_metrics, "validation_"),
-                **{k: float(v) for k, v in result.row_counts.items()},
+                **_finite({f"test_{k}": v for k, v in result.test_metrics.items()}),
+                **_finite({f"validation_{k}": v for k, v in result.validation_metrics.items()}),
+                **_finite(result.row_counts),
                 "best_iteration": float(result.best_iteration),
                 "threshold": result.scorer.threshold,
             }
@@ -101,13 +136,13 @@ def log_training_run(
         ).items():
             mlflow.log_figure(figure, f"plots/{name}")
             plt.close(figure)
-        version = _log_model(result, settings)
+        version = _log_model(result, settings, mlflow_client)
         _log_reference(result.reference)
-    _tag_version(client, version, result, settings, tags or {})
-    return run.info.run_id, client.get_model_version(version.name, version.version)
+    _tag_version(mlflow_client, version, result, settings, tags or {})
+    return run.info.run_id, mlflow_client.get_model_version(version.name, version.version)
 
 
-def _log_model(result: TrainingResult, settings: Settings) -> ModelVersion:
+def _log_model(result: TrainingResult, settings: Settings, mlflow_client: MlflowClient):
     example = result.test.features.dropna().head(5)
     if example.empty:
         example = result.test.features.head(5).fillna(0.0)
@@ -123,8 +158,9 @@ def _log_model(result: TrainingResult, settings: Settings) -> ModelVersion:
             pip_requirements=pip_requirements(),
             registered_model_name=settings.mlflow.model_name,
         )
-    client = MlflowClient()
-    return client.get_model_version(settings.mlflow.model_name, str(info.registered_model_version))
+    return mlflow_client.get_model_version(
+        settings.mlflow.model_name, str(info.registered_model_version)
+    )
 
 
 def _log_reference(reference: pd.DataFrame) -> None:
@@ -135,7 +171,7 @@ def _log_reference(reference: pd.DataFrame) -> None:
 
 
 def _tag_version(
-    client: MlflowClient,
+    mlflow_client: MlflowClient,
     version: ModelVersion,
     result: TrainingResult,
     settings: Settings,
@@ -145,13 +181,17 @@ def _tag_version(
         **extra,
         "threshold": f"{result.scorer.threshold:.6f}",
         **result.windows.as_dict(),
-        **{f"test_{k}": f"{v:.6f}" for k, v in result.test_metrics.items() if pd.notna(v)},
+        **{
+            f"{TEST_METRIC_TAG}{k}": f"{v:.6f}"
+            for k, v in result.test_metrics.items()
+            if pd.notna(v)
+        },
         "label_delay_days": str(settings.features.label_delay_days),
     }
     for key, value in tags.items():
-        client.set_model_version_tag(version.name, version.version, key, value)
+        mlflow_client.set_model_version_tag(version.name, version.version, key, value)
     metrics = result.test_metrics
-    client.update_model_version(
+    mlflow_client.update_model_version(
         version.name,
         version.version,
         description=(
@@ -161,3 +201,156 @@ def _tag_version(
             f"threshold {result.scorer.threshold:.4f}."
         ),
     )
+
+
+def version_test_metrics(version: ModelVersion) -> dict[str, float]:
+    """The held-out test metrics a version was registered with (its `test_*` tags; the test
+    window's `test_start`/`test_end` are not metrics)."""
+    metrics = {}
+    for key, value in (version.tags or {}).items():
+        if key.startswith(TEST_METRIC_TAG):
+            try:
+                metrics[key.removeprefix(TEST_METRIC_TAG)] = float(value)
+            except ValueError:
+                continue
+    return metrics
+
+
+def training_configuration(settings: Settings, run_id: str) -> TrainingSettings | None:
+    """`settings.training` with the model configuration a training run logged (LightGBM
+    parameters, weighting, rounds, threshold rule); None for a run that logged none."""
+    use_store(settings)
+    try:
+        logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAINING_CONFIG_ARTIFACT}")
+    except (MlflowException, OSError) as exc:
+        log.warning("run %s logged no training configuration: %s", run_id, exc)
+        return None
+    update = {k: logged[k] for k in MODEL_CONFIGURATION if k in logged}
+    return TrainingSettings.model_validate({**settings.training.model_dump(), **update})
+
+
+# --- models and what was logged with them --------------------------------------------------
+
+
+def load_scorer(settings: Settings, model_uri: str) -> FraudScorer:
+    """Load a registered/logged fraudflow model and reach its booster directly."""
+    use_store(settings)
+    model = mlflow.pyfunc.load_model(model_uri)
+    python_model = model.unwrap_python_model()
+    if not isinstance(python_model, FraudModel) or python_model.scorer is None:
+        raise ValueError(f"{model_uri} is not a fraudflow model")
+    return python_model.scorer
+
+
+def load_reference(settings: Settings, run_id: str) -> pd.DataFrame:
+    """The reference sample a training run logged (validation features, scores, labels)."""
+    use_store(settings)
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=folder
+        )
+        return pd.read_parquet(Path(path))
+
+
+# --- other runs: backtest, retraining, promotion, monitoring -------------------------------
+
+
+def log_backtest(
+    settings: Settings,
+    params: dict[str, Any],
+    folds: list[dict[str, Any]],
+    summary: dict[str, float],
+) -> str:
+    """A parent `backtest` run with one nested run per fold (`windows`, `params`, `metrics`)."""
+    use_store(settings)
+    experiment_id = _experiment(settings, settings.mlflow.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="backtest") as parent:
+        mlflow.set_tag("fraudflow.step", "backtest")
+        mlflow.log_params(params)
+        for index, fold in enumerate(folds):
+            with mlflow.start_run(
+                experiment_id=experiment_id, run_name=f"fold-{index}", nested=True
+            ):
+                mlflow.set_tag("fraudflow.step", "backtest-fold")
+                mlflow.log_params(fold["params"])
+                mlflow.log_metrics(_finite(fold["metrics"]))
+        mlflow.log_metrics(_finite(summary))
+    return parent.info.run_id
+
+
+@contextmanager
+def retraining_run(
+    settings: Settings, tags: dict[str, str], params: dict[str, Any]
+) -> Iterator[str]:
+    """The parent `retrain` run: trials and the challenger's training run nest under it."""
+    use_store(settings)
+    experiment_id = _experiment(settings, settings.mlflow.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="retrain", tags=tags) as parent:
+        mlflow.log_params(params)
+        yield parent.info.run_id
+
+
+def log_trial(
+    settings: Settings, number: int, params: dict[str, Any], metrics: dict[str, float]
+) -> None:
+    """One tried configuration of a retraining search, nested under the retraining run."""
+    experiment_id = _experiment(settings, settings.mlflow.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{number}", nested=True):
+        mlflow.set_tags({"fraudflow.step": "retrain-trial"})
+        mlflow.log_params({f"lgbm_{k}": v for k, v in params.items()})
+        mlflow.log_metrics(_finite({f"validation_{k}": v for k, v in metrics.items()}))
+
+
+def log_promotion(
+    settings: Settings,
+    version: str,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    decision: dict[str, Any],
+) -> str:
+    """A run in the promotion experiment: the history aliases do not keep."""
+    use_store(settings)
+    experiment_id = _experiment(settings, settings.mlflow.promotion_experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"v{version}") as run:
+        mlflow.set_tags({"fraudflow.step": "promote", **tags})
+        mlflow.log_metrics(_finite(metrics))
+        mlflow.log_dict(decision, "decision.json")
+    return run.info.run_id
+
+
+def promotion_runs(settings: Settings) -> pd.DataFrame:
+    """Every run of the promotion experiment, newest first (empty when there is none)."""
+    use_store(settings)
+    experiment = mlflow.get_experiment_by_name(settings.mlflow.promotion_experiment)
+    if experiment is None:
+        return pd.DataFrame()
+    return mlflow.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
+
+
+def log_monitor_run(
+    settings: Settings,
+    run_name: str,
+    tags: dict[str, str],
+    metrics: dict[str, Any],
+    report: Path,
+) -> str:
+    """A run in the monitoring experiment holding the report folder."""
+    use_store(settings)
+    experiment_id = _experiment(settings, settings.mlflow.monitoring_experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags({"fraudflow.step": "monitor", **tags})
+        mlflow.log_metrics(_finite(metrics))
+        mlflow.log_artifacts(str(report), artifact_path="report")
+    return run.info.run_id
+
+
+def log_report(settings: Settings, run_id: str, report: Path) -> None:
+    """Replace a finished monitor run's copy of its report folder."""
+    use_store(settings)
+    mlflow.log_artifacts(str(report), artifact_path="report", run_id=run_id)
+
+
+def tag_run(settings: Settings, run_id: str, tags: dict[str, str]) -> None:
+    mlflow_client = client(settings)
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, value)

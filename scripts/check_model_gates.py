@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.registry import gate_failures
+from pipelines.promotion import gate_failures
 from pipelines.settings import load_settings
 
 

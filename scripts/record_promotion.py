@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines import tracking
 from pipelines.registry import served_version
 from pipelines.settings import Settings, load_settings
-from pipelines.tracking import configure_tracking
 
 RECORDED_TAGS = ("threshold", "promotion.at", "promotion.by", "promotion.reason")
 
@@ -23,7 +23,7 @@ RECORDED_TAGS = ("threshold", "promotion.at", "promotion.by", "promotion.reason"
 def champion_record(settings: Settings) -> dict[str, Any]:
     """The served version's identity, promotion tags and test metrics (stage or alias, as
     `serving.model_source` says)."""
-    client = configure_tracking(settings)
+    client = tracking.client(settings)
     name = settings.mlflow.model_name
     version = served_version(client, settings)
     if version is None:
@@ -39,7 +39,7 @@ def champion_record(settings: Settings) -> dict[str, Any]:
         "tags": {
             key: tags[key]
             for key in sorted(tags)
-            if key in RECORDED_TAGS or key.startswith("test_")
+            if key in RECORDED_TAGS or key.startswith(tracking.TEST_METRIC_TAG)
         },
     }
 

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import numpy as np
 from mlflow.tracking import MlflowClient
 
+from pipelines import tracking
 from pipelines.features import feature_names
-from pipelines.model import FraudScorer, SingleRowContributions, load_scorer
-from pipelines.registry import served_version
+from pipelines.model import FraudScorer
+from pipelines.registry import served_uri, served_version
 from pipelines.settings import Settings
+from serving.online_scorer import OnlineScorer
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,8 @@ class ServedModel:
     aliases: tuple[str, ...]
     run_id: str
     scorer: FraudScorer
+    online: OnlineScorer
     loaded_at: str
-    # binary-objective boosters: sigmoid(sum of contributions) is the probability itself
-    probability_from_contributions: bool = False
-    # LightGBM's single-row fast path, when probed equal to the matrix path (else None)
-    row_contributions: SingleRowContributions | None = None
 
     def describe(self) -> dict[str, object]:
         return {
@@ -66,7 +64,7 @@ class ModelHolder:
 
     def __init__(self, settings: Settings, client: MlflowClient | None = None) -> None:
         self.settings = settings
-        self.client = client or MlflowClient(settings.tracking_uri, settings.tracking_uri)
+        self.client = client or tracking.client(settings)
         self.status = RegistryStatus()
         self._model: ServedModel | None = None
         self._lock = threading.Lock()
@@ -79,10 +77,7 @@ class ModelHolder:
 
     @property
     def target_uri(self) -> str:
-        name = self.settings.mlflow.model_name
-        if self.settings.serving.model_source == "alias":
-            return f"models:/{name}@{self.settings.mlflow.champion_alias}"
-        return f"models:/{name}/Production"
+        return served_uri(self.settings)
 
     def refresh(self) -> bool:
         """Check the registry once; load and swap in a new version. True if it swapped."""
@@ -103,7 +98,9 @@ class ModelHolder:
             if target is None or (self._model and self._model.version == str(target.version)):
                 return False
             try:
-                scorer = load_scorer(f"models:/{target.name}/{target.version}")
+                scorer = tracking.load_scorer(
+                    self.settings, f"models:/{target.name}/{target.version}"
+                )
                 expected = tuple(feature_names(self.settings.features))
                 if scorer.features != expected:
                     missing = sorted(set(expected) - set(scorer.features))
@@ -125,9 +122,8 @@ class ModelHolder:
                 aliases=tuple(target.aliases or ()),
                 run_id=target.run_id,
                 scorer=scorer,
+                online=OnlineScorer(scorer),
                 loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                probability_from_contributions=_contributions_sum_to_probability(scorer),
-                row_contributions=_single_row_contributions(scorer),
             )
             self.status.reloads += 1
             log.info("serving %s v%s", target.name, target.version)
@@ -157,27 +153,3 @@ class ModelHolder:
                 self.refresh()
             except Exception:  # never let the poller die
                 log.exception("model refresh failed")
-
-
-def _contributions_sum_to_probability(scorer: FraudScorer) -> bool:
-    """Probe: does sigmoid(sum of contributions) reproduce predict() for this booster?"""
-    probe = np.zeros((1, len(scorer.features)))
-    contributions = scorer.contribution_rows(probe)
-    derived = 1.0 / (1.0 + np.exp(-contributions.sum(axis=1)))
-    return bool(np.allclose(derived, scorer.predict_rows(probe), rtol=0, atol=1e-12))
-
-
-def _single_row_contributions(scorer: FraudScorer) -> SingleRowContributions | None:
-    """The fast single-row path, only if it gives exactly the matrix path's numbers."""
-    try:
-        fast = SingleRowContributions(scorer)
-    except Exception as exc:  # an older/newer LightGBM without the fast C API
-        log.warning("single-row contributions unavailable, using the matrix path: %s", exc)
-        return None
-    probes = np.random.default_rng(0).uniform(0, 100, size=(64, len(scorer.features)))
-    probes[::7, ::3] = np.nan
-    expected = scorer.contribution_rows(probes)
-    same = all(np.array_equal(fast(row), want) for row, want in zip(probes, expected))
-    if not same:
-        log.warning("single-row contributions differ from the matrix path; not used")
-    return fast if same else None

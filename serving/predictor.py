@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipelines.features import epoch_ms, features_from_history
+from pipelines.online_state import OnlineState
 from pipelines.settings import Settings
 from serving.model_holder import ServedModel
 from serving.schemas import TransactionIn
-from serving.state import OnlineState
 
 
 @dataclass(frozen=True)
@@ -70,30 +69,6 @@ class Predictor:
             if contributions[i] > 0
         ]
 
-    @staticmethod
-    def score(
-        model: ServedModel, matrix: np.ndarray, explain: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities, and per-feature contributions when explaining.
-
-        For the binary objective the contributions (bias included) add up to the raw score, so
-        one `pred_contrib` pass gives both: probability = sigmoid(sum of contributions).
-        """
-        if not explain:
-            return model.scorer.predict_rows(matrix), np.empty((len(matrix), 0))
-        contributions = model.scorer.contribution_rows(matrix)
-        if model.probability_from_contributions:
-            probabilities = 1.0 / (1.0 + np.exp(-contributions.sum(axis=1)))
-        else:
-            probabilities = model.scorer.predict_rows(matrix)
-        return probabilities, contributions[:, :-1]
-
-    @staticmethod
-    def score_row(model: ServedModel, row: np.ndarray) -> tuple[float, list[float]]:
-        """One row's probability and contributions in one fast LightGBM call (see `score`)."""
-        contributions = model.row_contributions(row).tolist()
-        return _sigmoid(sum(contributions)), contributions[:-1]
-
     def features(self, tx: TransactionIn, ts_ms: int) -> tuple[np.ndarray, bool, float]:
         """Store the transaction in the online state and compute its features from the rows
         stored before it; returns the features, whether it was re-sent, and the time taken."""
@@ -121,14 +96,7 @@ class Predictor:
             seen.append(already)
             lookups.append(seconds)
         explain = self.settings.serving.reasons > 0
-        one_by_one = (
-            explain and model.row_contributions is not None and model.probability_from_contributions
-        )
-        if one_by_one:
-            probabilities, contributions = zip(*(self.score_row(model, row) for row in rows))
-        else:
-            probabilities, matrix = self.score(model, np.vstack(rows), explain)
-            contributions = matrix.tolist()
+        probabilities, contributions = model.online.score(rows, explain)
         predictions = []
         for tx, row, probability, row_contributions, already, seconds in zip(
             transactions, rows, probabilities, contributions, seen, lookups
@@ -148,11 +116,3 @@ class Predictor:
                 )
             )
         return predictions
-
-
-def _sigmoid(z: float) -> float:
-    """1 / (1 + e^-z) without overflow for large |z| (LightGBM's binary objective)."""
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)

@@ -14,9 +14,10 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from serving.app import service
+from pipelines import prediction_log
 from serving.openapi import openapi_document
 from serving.schemas import LabelIn, TransactionIn
+from serving.service import service
 
 api = Blueprint("api", __name__)
 PROTECTED = {"api.predict", "api.feedback", "api.invocations"}
@@ -135,26 +136,21 @@ def predict() -> Response:
             prediction.decision, prediction.fraud_probability, prediction.lookup_seconds
         )
         records.append(
-            {
-                "logged_at": now,
-                "transaction_id": tx.transaction_id,
-                "tx_datetime": tx.tx_datetime.isoformat(),
-                "customer_id": tx.customer_id,
-                "terminal_id": tx.terminal_id,
-                "tx_amount": tx.tx_amount,
-                "features": dict(
-                    zip(
-                        model.scorer.features,
-                        [None if math.isnan(v) else v for v in prediction.features.tolist()],
-                    )
-                ),
-                "fraud_probability": prediction.fraud_probability,
-                "decision": prediction.decision,
-                "model_name": model.name,
-                "model_version": model.version,
-                "latency_ms": round(latency_ms, 3),
-                "resent": prediction.already_seen,
-            }
+            prediction_log.record(
+                logged_at=now,
+                transaction_id=tx.transaction_id,
+                tx_datetime=tx.tx_datetime,
+                customer_id=tx.customer_id,
+                terminal_id=tx.terminal_id,
+                tx_amount=tx.tx_amount,
+                features=dict(zip(model.scorer.features, prediction.features.tolist())),
+                fraud_probability=prediction.fraud_probability,
+                decision=prediction.decision,
+                model_name=model.name,
+                model_version=model.version,
+                latency_ms=latency_ms,
+                resent=prediction.already_seen,
+            )
         )
     svc.log.write(records)
     responses = [p.response() for p in predictions]

@@ -23,7 +23,7 @@ Identifier = Annotated[
 
 
 class TransactionIn(BaseModel):
-    """One raw transaction, the DESIGN.md schema."""
+    """One raw transaction (the raw transaction contract: id, time, card, terminal, amount)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,11 +62,3 @@ class LabelIn(BaseModel):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("must be the integer 0 or 1")
         return value
-
-
-class TransactionBatch(BaseModel):
-    items: list[TransactionIn]
-
-
-class LabelBatch(BaseModel):
-    items: list[LabelIn]

@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 
 from drift.decision import Verdict, decide
-from drift.monitor import main as monitor_main
 from drift.performance import Performance, assess_performance
 from drift.report import drift_report
 from drift.summary import ReportFormatError, is_drifted, parse
-from pipelines.cli import main as cli_main
+from fraudflow.cli import main as cli_main
+from pipelines import tracking
+from pipelines.online_state import open_state
 from pipelines.production import (
     MonitoringInputError,
     Window,
@@ -28,9 +29,7 @@ from pipelines.production import (
     read_predictions,
 )
 from pipelines.settings import load_settings
-from pipelines.tracking import configure_tracking
 from serving.app import create_app
-from serving.warm import open_state
 from tests.conftest import make_settings, write_config
 from tests.traffic import log_traffic, split_days, train_champion
 
@@ -238,7 +237,7 @@ def _monitor(settings, tmp_path: Path, *args: str) -> tuple[int, dict]:
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri exports it
     config = write_config(tmp_path / "overlay.yaml", settings)
     output = tmp_path / "monitor.json"
-    code = monitor_main(["--config", str(config), "--output", str(output), *args])
+    code = cli_main(["monitor", "--config", str(config), "--output", str(output), *args])
     summary = json.loads(output.read_text()) if output.exists() else {}
     return code, summary
 
@@ -251,7 +250,7 @@ def test_traffic_like_training_gives_no_drift_and_no_retraining(world, tmp_path:
     assert summary["drift"]["drifted_share"] < settings.monitoring.drift_share
     assert not summary["drift"]["score"]["drifted"]
     assert "retrain" not in summary
-    client = configure_tracking(settings)
+    client = tracking.client(settings)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
     run = client.get_run(summary["run_id"])
     assert run.data.tags["verdict"] == "no_drift" and run.data.tags["model_version"] == version
@@ -308,7 +307,7 @@ def test_shifted_amounts_drift_and_trigger_a_linked_retraining(world, tmp_path: 
     assert "amount_to_customer_avg_30d" in drift_html.read_text()
     assert drift_html.stat().st_size < 20_000_000
 
-    client = configure_tracking(settings)
+    client = tracking.client(settings)
     monitor_run = client.get_run(summary["run_id"])
     retrain_id = monitor_run.data.tags["retrain_run_id"]
     retrain_run = client.get_run(retrain_id)
@@ -342,7 +341,7 @@ def test_a_worse_challenger_is_never_promoted_whatever_the_drift(world, tmp_path
     data = tmp_path / "scrambled.parquet"
     scrambled.to_parquet(data)
     # a retraining that cannot even start is an error, and changes nothing in the registry
-    client = configure_tracking(settings)
+    client = tracking.client(settings)
     versions_before = len(client.search_model_versions(f"name='{NAME}'"))
     code, failed = _monitor(settings, tmp_path, "--retrain", "--data", str(tmp_path / "none"))
     assert code == 3 and failed["verdict"] == "drift" and "none" in failed["retrain_error"]
@@ -427,7 +426,7 @@ def test_retrain_by_hand_with_a_search_logs_nested_trials(world, tmp_path: Path)
         {"num_leaves": 4, "min_child_samples": 200},
     ]
     assert result["champion_before"] == version and result["challenger_metrics"]
-    client = configure_tracking(settings)
+    client = tracking.client(settings)
     children = client.search_runs(
         [client.get_run(result["run_id"]).info.experiment_id],
         f"tags.mlflow.parentRunId = '{result['run_id']}'",

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.features import build_features
-from pipelines.model import load_scorer
-from pipelines.registry import set_stage
-from pipelines.tracking import configure_tracking, log_training_run
+from pipelines import tracking
+from pipelines.features import build_features, feature_names
+from pipelines.promotion import set_stage
+from pipelines.tracking import log_training_run
 from pipelines.train import train_model
 from serving.app import create_app
-from serving.prediction_log import read_prediction_log
+from pipelines.prediction_log import read_predictions
 from tests.conftest import make_settings
 
 NAME = "fraud-detector"
@@ -134,10 +134,11 @@ def test_online_features_equal_offline_on_a_replayed_stream(
             for r in chunk.itertuples()
         ]
         assert client.post("/feedback", json=labels).status_code == 200
-    logged = read_prediction_log(svc.log.folder)
+    # read back as the monitor reads the log: the record the route built, through its reader
+    logged = read_predictions(svc.log.folder, features=feature_names(svc.settings.features))
     assert list(logged["transaction_id"]) == list(stream["transaction_id"])
-    online = pd.DataFrame(list(logged["features"])).astype(float)
     offline = build_features(small_transactions, svc.settings.features).iloc[split:]
+    online = logged[list(offline.columns)].astype(float)
     assert (offline["terminal_risk_30d"] > 0).sum() > 50  # matured labels are really used
     np.testing.assert_allclose(
         online.to_numpy(), offline.to_numpy(), rtol=0, atol=1e-9, equal_nan=True
@@ -233,7 +234,7 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_changes_nothing(
     assert response.status_code == status, (case, response.json)
     assert phrase in json.dumps(response.json), response.json
     assert stored_rows(app) == 0
-    assert read_prediction_log(app.extensions["fraudflow"].log.folder).empty
+    assert read_predictions(app.extensions["fraudflow"].log.folder).empty
 
 
 def test_bad_feedback_is_refused(client) -> None:
@@ -249,8 +250,8 @@ def test_bad_feedback_is_refused(client) -> None:
 def test_invocations_speaks_mlflows_payload_formats(client, trained) -> None:
     settings, result = trained
     features = result.test.features.head(5)
-    configure_tracking(settings)
-    expected = load_scorer(f"models:/{NAME}/1").predict_proba(features)
+    tracking.use_store(settings)
+    expected = tracking.load_scorer(settings, f"models:/{NAME}/1").predict_proba(features)
     split = json.loads(features.to_json(orient="split"))
     payloads = [
         {"dataframe_split": {"columns": split["columns"], "data": split["data"]}},
@@ -356,9 +357,9 @@ def test_probability_from_contributions_equals_the_model_probability(app) -> Non
     """The one-pass shortcut (sigmoid of the summed contributions) is exact for this model."""
     svc = app.extensions["fraudflow"]
     model = svc.holder.model
-    assert model.probability_from_contributions
+    assert model.online.probability_from_contributions
     matrix = np.random.default_rng(0).uniform(0, 50, size=(200, len(model.scorer.features)))
-    derived, _ = svc.predictor.score(model, matrix, explain=True)
+    derived, _ = model.online.score(list(matrix), explain=True)
     np.testing.assert_allclose(derived, model.scorer.predict_rows(matrix), rtol=0, atol=1e-12)
 
 
@@ -366,13 +367,13 @@ def test_single_row_contributions_equal_the_matrix_path(app) -> None:
     """The fast one-row LightGBM call gives exactly the batch numbers, so reasons don't move."""
     svc = app.extensions["fraudflow"]
     model = svc.holder.model
-    assert model.row_contributions is not None
+    assert model.online.row_contributions is not None
     matrix = np.random.default_rng(1).uniform(0, 500, size=(200, len(model.scorer.features)))
     matrix[::5, 3] = np.nan
     expected = model.scorer.contribution_rows(matrix)
     probabilities = model.scorer.predict_rows(matrix)
     for row, want, probability in zip(matrix, expected, probabilities):
-        np.testing.assert_array_equal(model.row_contributions(row), want)
-        derived, contributions = svc.predictor.score_row(model, row)
+        np.testing.assert_array_equal(model.online.row_contributions(row), want)
+        [derived], [contributions] = model.online.score([row], explain=True)
         assert derived == pytest.approx(probability, abs=1e-12)
         np.testing.assert_array_equal(contributions, want[:-1])

@@ -12,10 +12,10 @@ import pytest
 import requests
 
 from drift.monitor import record_error
-from pipelines.registry import set_stage
+from pipelines.promotion import set_stage
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
-from serving.prediction_log import read_prediction_log
+from pipelines.prediction_log import read_predictions
 from tests.conftest import make_settings, write_config
 from tests.servers import gunicorn_api, kill_group, mlflow_server, wait_for
 
@@ -113,7 +113,7 @@ def test_metrics_add_up_across_workers(api, two_versions) -> None:
             sent += 40
     assert len(list(folder.glob("predictions-*.jsonl"))) == 2  # both workers served and logged
     assert predictions_total(api) - before == sent
-    assert read_prediction_log(folder)["transaction_id"].str.startswith("g").sum() == sent + 1
+    assert read_predictions(folder)["transaction_id"].str.startswith("g").sum() == sent + 1
 
 
 def test_the_monitor_verdict_is_exported_by_every_worker(api, two_versions) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from serving.state import SqliteOnlineState
+from pipelines.online_state import SqliteOnlineState
 
 DAY_MS = 86_400_000
 
@@ -29,8 +29,17 @@ def label_copies_disagree(path: Path) -> int:
 
 
 def terminal_labels(state: SqliteOnlineState, terminal: str, at_ms: int) -> dict[int, object]:
-    history = state.history("probe", "nobody", terminal, at_ms)
+    """What a new transaction on the terminal at `at_ms` sees of its matured rows (the probe
+    is stored too, after every row the test cares about)."""
+    probes = getattr(state, "_probes", 0) + 1
+    state._probes = probes
+    history = state.observe(f"probe-{probes}", "nobody", terminal, at_ms, 0.0)
     return dict(zip(history.terminal_times_ms, history.terminal_labels))
+
+
+def record(state: SqliteOnlineState, tid: str, customer: str, terminal: str, ts_ms: int) -> bool:
+    """Store a transaction as /predict does; True if it was new."""
+    return not state.observe(tid, customer, terminal, ts_ms, 10.0).already_seen
 
 
 @pytest.fixture
@@ -41,9 +50,9 @@ def state(tmp_path: Path) -> SqliteOnlineState:
 def test_labels_reach_the_terminal_history_whatever_the_order(state, tmp_path) -> None:
     later = 20 * DAY_MS
     assert state.add_labels([("early", 1)], received_ms=0) == 0  # label before its transaction
-    assert state.record("early", "c1", "m1", 1 * DAY_MS, 10.0)
-    assert state.record("late", "c1", "m1", 2 * DAY_MS, 20.0)
-    assert state.record("never", "c2", "m1", 3 * DAY_MS, 30.0)
+    assert record(state, "early", "c1", "m1", 1 * DAY_MS)
+    assert record(state, "late", "c1", "m1", 2 * DAY_MS)
+    assert record(state, "never", "c2", "m1", 3 * DAY_MS)
     assert state.add_labels([("late", 0)], received_ms=0) == 1  # label after its transaction
     assert terminal_labels(state, "m1", later) == {DAY_MS: 1, 2 * DAY_MS: 0, 3 * DAY_MS: None}
     assert state.add_labels([("late", 1), ("early", 0)], received_ms=1) == 2  # corrections
@@ -52,23 +61,23 @@ def test_labels_reach_the_terminal_history_whatever_the_order(state, tmp_path) -
 
 
 def test_a_resent_transaction_keeps_its_row_and_its_label(state) -> None:
-    assert state.record("t1", "c1", "m1", DAY_MS, 10.0)
+    assert record(state, "t1", "c1", "m1", DAY_MS)
     state.add_labels([("t1", 1)], received_ms=0)
-    assert not state.record("t1", "c1", "m1", DAY_MS, 10.0)
+    assert not record(state, "t1", "c1", "m1", DAY_MS)
     assert terminal_labels(state, "m1", 20 * DAY_MS) == {DAY_MS: 1}
     assert label_copies_disagree(state.path) == 0
 
 
 def test_only_matured_terminal_rows_are_read(state) -> None:
     for day in (1, 5, 9):
-        state.record(f"t{day}", "c1", "m1", day * DAY_MS, 10.0)
+        record(state, f"t{day}", "c1", "m1", day * DAY_MS)
     assert set(terminal_labels(state, "m1", 12 * DAY_MS)) == {DAY_MS, 5 * DAY_MS}
-    history = state.history("probe", "c1", "m1", 12 * DAY_MS)
+    history = state.observe("probe", "c1", "m2", 12 * DAY_MS, 1.0)
     assert history.customer_times_ms == (DAY_MS, 5 * DAY_MS, 9 * DAY_MS)  # cards: all of them
 
 
 def test_warm_labels_rows_it_adds_and_rows_already_there(state) -> None:
-    state.record("old", "c1", "m1", DAY_MS, 10.0)
+    record(state, "old", "c1", "m1", DAY_MS)
     warm = pd.DataFrame(
         {
             "transaction_id": ["old", "new", "unlabelled"],
@@ -87,7 +96,7 @@ def test_warm_labels_rows_it_adds_and_rows_already_there(state) -> None:
 def test_labels_survive_a_restart(tmp_path) -> None:
     path = tmp_path / "state.sqlite"
     first = open_state(path)
-    first.record("t1", "c1", "m1", DAY_MS, 10.0)
+    record(first, "t1", "c1", "m1", DAY_MS)
     first.add_labels([("t1", 1)], received_ms=0)
     first.connection.close()
     again = open_state(path)
@@ -121,7 +130,7 @@ def test_a_state_file_from_before_the_label_column_is_migrated(tmp_path) -> None
     state = open_state(path)
     assert terminal_labels(state, "m1", 20 * DAY_MS) == {DAY_MS: 1, 2 * DAY_MS: None}
     assert label_copies_disagree(path) == 0
-    state.record("not-yet-seen", "c2", "m1", 3 * DAY_MS, 3.0)
+    record(state, "not-yet-seen", "c2", "m1", 3 * DAY_MS)
     assert terminal_labels(state, "m1", 20 * DAY_MS)[3 * DAY_MS] == 0
     history = state.observe("c", "c1", "m1", 2 * DAY_MS, 4.0)  # scoring on the old file
     assert history.customer_amounts == (1.0, 2.0) and not history.already_seen
@@ -135,14 +144,16 @@ def test_a_state_file_from_before_the_label_column_is_migrated(tmp_path) -> None
     assert label_copies_disagree(path) == 0
 
 
-def test_observe_stores_once_and_returns_what_history_then_record_would(tmp_path) -> None:
+def test_observe_stores_once_and_returns_the_rows_stored_before(tmp_path) -> None:
     """The /predict path: one call stores the row and reads the rows stored before it."""
-    state, reference = open_state(tmp_path / "a.sqlite"), open_state(tmp_path / "b.sqlite")
+    state = open_state(tmp_path / "a.sqlite")
     stream = [("t1", 1, 10.0), ("t2", 2, 20.0), ("t3", 2, 30.0), ("t4", 3, 40.0)]
+    seen: list[tuple[int, float]] = []
     for tid, day, amount in stream:
-        expected = reference.history(tid, "c1", "m1", day * DAY_MS)
-        assert reference.record(tid, "c1", "m1", day * DAY_MS, amount)
-        assert state.observe(tid, "c1", "m1", day * DAY_MS, amount) == expected
+        history = state.observe(tid, "c1", "m1", day * DAY_MS, amount)
+        assert not history.already_seen
+        assert list(zip(history.customer_times_ms, history.customer_amounts)) == seen
+        seen.append((day * DAY_MS, amount))
     # the same time as t2 and t3, arrived later: sees both (arrival order breaks the tie)
     assert state.observe("t5", "c1", "m1", 2 * DAY_MS, 50.0).customer_amounts == (10.0, 20.0, 30.0)
     # re-sent after later rows: not stored again, and it sees exactly what it saw the first time

@@ -1,21 +1,20 @@
 """Production traffic for monitoring tests: a champion in a temporary store, and prediction-log
-records exactly as the API writes them (same writer, same record fields), with features
+records exactly as the API writes them (the same record builder and writer), with features
 computed by the offline path (proven equal to the online one in test_serving_gunicorn)."""
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 
 import pandas as pd
 
 from pipelines.features import build_features
 from pipelines.model import FraudScorer
-from pipelines.registry import promote_if_better
+from pipelines.promotion import promote_if_better
 from pipelines.settings import RAW_COLUMNS, Settings
 from pipelines.tracking import data_description, log_training_run
 from pipelines.train import train_model
-from serving.prediction_log import PredictionLog
+from pipelines.prediction_log import PredictionLogWriter, record
 
 
 def train_champion(settings: Settings, history: pd.DataFrame) -> str:
@@ -42,28 +41,27 @@ def log_traffic(
     features.index = traffic.index
     probabilities = scorer.predict_proba(features)
     when = (logged_at or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
-    records = []
-    for (_, tx), (_, row), probability in zip(
-        traffic.iterrows(), features[list(scorer.features)].iterrows(), probabilities
-    ):
-        records.append(
-            {
-                "logged_at": when,
-                "transaction_id": str(tx["transaction_id"]),
-                "tx_datetime": tx["tx_datetime"].isoformat(),
-                "customer_id": str(tx["customer_id"]),
-                "terminal_id": str(tx["terminal_id"]),
-                "tx_amount": float(tx["tx_amount"]),
-                "features": {k: None if math.isnan(v) else float(v) for k, v in row.items()},
-                "fraud_probability": float(probability),
-                "decision": "review" if probability >= scorer.threshold else "approve",
-                "model_name": settings.mlflow.model_name,
-                "model_version": model_version,
-                "latency_ms": 1.0,
-                "resent": False,
-            }
+    records = [
+        record(
+            logged_at=when,
+            transaction_id=str(tx["transaction_id"]),
+            tx_datetime=tx["tx_datetime"].to_pydatetime(),
+            customer_id=str(tx["customer_id"]),
+            terminal_id=str(tx["terminal_id"]),
+            tx_amount=float(tx["tx_amount"]),
+            features={k: float(v) for k, v in row.items()},
+            fraud_probability=float(probability),
+            decision="review" if probability >= scorer.threshold else "approve",
+            model_name=settings.mlflow.model_name,
+            model_version=model_version,
+            latency_ms=1.0,
+            resent=False,
         )
-    log = PredictionLog(settings.under_workdir(settings.serving.prediction_log_dir))
+        for (_, tx), (_, row), probability in zip(
+            traffic.iterrows(), features[list(scorer.features)].iterrows(), probabilities
+        )
+    ]
+    log = PredictionLogWriter(settings.under_workdir(settings.serving.prediction_log_dir))
     log.write(records)
     log.close()
     return traffic.assign(fraud_probability=probabilities)

@@ -1,8 +1,10 @@
-"""Online feature state shared by every gunicorn worker: the card and terminal history.
+"""Online feature state shared by every gunicorn worker: the card and terminal history, and
+the late labels received on /feedback.
 
+The one owner of that state: the protocol every backend implements, the SQLite backend, the
+factory that opens the configured one, and the label reader monitoring and retraining use.
 The embedded default is one SQLite file in WAL mode (readers never block the writer, it survives
-restarts). `OnlineState` is the small interface a networked store would implement for several
-hosts.
+restarts); a networked backend for several hosts implements the same `OnlineState`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,7 +20,10 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from pipelines.settings import Settings
+
 DAY_MS = 86_400_000
+LABEL_COLUMNS = ["transaction_id", "tx_fraud"]
 
 SCHEMA = (
     # seq is the arrival order: rows are never deleted, so a plain INTEGER PRIMARY KEY only grows
@@ -83,13 +89,18 @@ class History:
 
 
 class OnlineState(Protocol):
-    """What the service needs of a state: `observe` on /predict, `add_labels` on /feedback."""
+    """What callers need of a state: `observe` on /predict, `add_labels` on /feedback, `warm`
+    for history loaded in bulk, `labels` for monitoring and retraining."""
 
     def observe(
         self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
     ) -> History: ...
 
     def add_labels(self, labels: list[tuple[str, int]], received_ms: int) -> int: ...
+
+    def warm(self, transactions: pd.DataFrame) -> int: ...
+
+    def labels(self) -> pd.DataFrame: ...
 
 
 class SqliteOnlineState:
@@ -146,35 +157,15 @@ class SqliteOnlineState:
             self._local.connection = connection
         return connection
 
-    def history(
-        self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int
-    ) -> History:
-        """Earlier rows only, storing nothing: a re-sent transaction sees exactly what it saw
-        the first time."""
-        db = self.connection
-        seen = db.execute(SELECT_SEQ, (transaction_id,)).fetchone()
-        before_seq = seen[0] if seen else 2**62
-        return self._earlier(db, customer_id, terminal_id, ts_ms, before_seq, seen is not None)
-
-    def record(
-        self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
-    ) -> bool:
-        """Store a scored transaction; False when its id was already stored (not counted twice).
-
-        A label that arrived before its transaction is copied onto the row as it is stored."""
-        cursor = self.connection.execute(
-            INSERT_TRANSACTION, (transaction_id, customer_id, terminal_id, ts_ms, amount)
-        )
-        return cursor.rowcount == 1
-
     def observe(
         self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
     ) -> History:
         """Store a transaction (once) and return its history: the rows stored before it.
 
-        What `history` then `record` give, in one insert and two reads: the new row's own `seq`
-        bounds the reads, so rows another worker stores meanwhile are never seen, and a re-sent
-        id is not stored again and sees exactly what it saw the first time."""
+        One insert and two reads: the new row's own `seq` bounds the reads, so rows another
+        worker stores meanwhile are never seen, and a re-sent id is not stored again and sees
+        exactly what it saw the first time. A label that arrived before its transaction is
+        copied onto the row as it is stored."""
         db = self.connection
         cursor = db.execute(
             INSERT_TRANSACTION, (transaction_id, customer_id, terminal_id, ts_ms, amount)
@@ -280,3 +271,31 @@ class SqliteOnlineState:
             db.execute("ROLLBACK")
             raise
         return db.execute("SELECT COUNT(*) FROM transactions").fetchone()[0] - before
+
+    def labels(self) -> pd.DataFrame:
+        """Every label received (`transaction_id`, `tx_fraud`), read without writing."""
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=self.timeout_s)) as db:
+            rows = db.execute("SELECT transaction_id, label FROM labels").fetchall()
+        return pd.DataFrame(rows, columns=LABEL_COLUMNS).astype(
+            {"transaction_id": str, "tx_fraud": int}
+        )
+
+
+def open_state(settings: Settings) -> OnlineState:
+    """The configured online state, with window spans taken from the feature settings."""
+    features = settings.features
+    return SqliteOnlineState(
+        settings.under_workdir(settings.serving.state_path),
+        customer_window_days=features.customer_history_days,
+        terminal_span_days=features.terminal_history_days,
+        terminal_delay_days=features.label_delay_days,
+    )
+
+
+def received_labels(settings: Settings) -> pd.DataFrame:
+    """The labels /feedback received, as monitoring and retraining read them; empty when the
+    API never ran here (no state is created just to be read)."""
+    if not settings.under_workdir(settings.serving.state_path).is_file():
+        return pd.DataFrame(columns=LABEL_COLUMNS)
+    return open_state(settings).labels()

@@ -1,32 +1,110 @@
-"""The serving half of `make demo`: start the API, replay traffic, hot-swap a new version, stop.
+"""`fraudflow demo`: the whole loop on the embedded store, in this process.
 
-Reads: the demo's store and simulated data. Runs: `fraudflow serve` on a free loopback port.
+The training half simulates (unless data exists), trains, registers, auto-promotes and prints a
+summary. The serving half starts the API (gunicorn, the only other process), replays traffic
+and labels, hot-swaps a second version, sends a drifted slice, runs the monitor with
+retraining while the API serves, and stops the API.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fraudflow.logs import logging_to
+from pipelines import tracking
 from pipelines.data import load_transactions
-from pipelines.registry import champion_version, set_stage
-from pipelines.settings import Settings, load_settings
-from pipelines.tracking import configure_tracking, log_training_run
+from pipelines.online_state import open_state
+from pipelines.prediction_log import Window, log_files
+from pipelines.promotion import promote_if_better, set_stage
+from pipelines.registry import champion_version
+from pipelines.settings import Settings
+from pipelines.simulate import fraud_summary, simulate_transactions, write_daily_parquet
 from pipelines.train import train_model
-from serving.warm import warm
+from serving.app import CONFIG_ENV
+from serving.server import gunicorn_command
+
+
+def _has_data(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("*.parquet"))
+
+
+def run_training_half(
+    settings: Settings, data: str | None = None, fresh: bool = False
+) -> dict[str, Any]:
+    """Run the training side end to end on the configured (by default embedded) store."""
+    path = Path(data) if data else settings.data_path
+    if data is None and (fresh or not _has_data(path)):
+        print(f"[1/11] simulating transactions into {path}")
+        simulated = simulate_transactions(settings.simulation, progress=True)
+        write_daily_parquet(simulated, path, progress=True, overwrite=True)
+        print(f"      {fraud_summary(simulated)}")
+    else:
+        print(f"[1/11] using transactions in {path}")
+    transactions = load_transactions(path, settings.data.columns, require_labels=True)
+
+    print(f"[2/11] training on {len(transactions):,} transactions (features, LightGBM)")
+    result = train_model(transactions, settings)
+    description = tracking.data_description(path, transactions)
+    print("[3/11] logging the run and registering the model in MLflow")
+    run_id, version = tracking.log_training_run(result, settings, description)
+
+    print("[4/11] gated promotion: newest version against the champion")
+    decision = promote_if_better(settings, transactions)
+    client = tracking.client(settings)
+    champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)
+    registered = client.get_model_version(settings.mlflow.model_name, version.version)
+    summary = {
+        "run_id": run_id,
+        "model": settings.mlflow.model_name,
+        "version": version.version,
+        "stage": registered.current_stage,
+        "aliases": list(registered.aliases or []),
+        "champion": champion.version if champion else None,
+        "decision": decision.reason,
+        "test_metrics": result.test_metrics,
+        "tracking_uri": settings.tracking_uri,
+    }
+    _print_summary(summary, result.windows.as_dict(), settings)
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], windows: dict[str, str], settings: Settings) -> None:
+    metrics = summary["test_metrics"]
+    k = settings.training.card_precision_k
+    rows = [
+        ("ROC-AUC", metrics["roc_auc"]),
+        ("average precision", metrics["average_precision"]),
+        (f"card precision@{k}", metrics[f"card_precision_at_{k}"]),
+        ("precision", metrics["precision"]),
+        ("recall", metrics["recall"]),
+        ("F1", metrics["f1"]),
+    ]
+    print()
+    print(f"test period {windows['test_start']} .. {windows['test_end']} (exclusive):")
+    print(pd.DataFrame(rows, columns=["metric", "value"]).to_string(index=False))
+    aliases = ", ".join("@" + a for a in summary["aliases"]) or "no alias"
+    print(
+        f"\nregistered {summary['model']} v{summary['version']}: stage {summary['stage']}, "
+        f"{aliases}; champion: v{summary['champion']}"
+    )
+    print(f"promotion: {summary['decision']}")
+    uri = summary["tracking_uri"]
+    ui = f"mlflow ui --backend-store-uri {uri}"
+    if not settings.mlflow.tracking_uri:
+        ui += f" --default-artifact-root {settings.artifact_root.as_uri()}"
+    print(f"\nopen the MLflow UI on this store:\n  .venv/bin/{ui}\n  then http://127.0.0.1:5000")
+
 
 REPLAYED = 2000
 DRIFTED = 1000
@@ -83,10 +161,9 @@ def _reset_state(settings: Settings, history: pd.DataFrame) -> None:
     path = settings.under_workdir(settings.serving.state_path)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    log_dir = settings.under_workdir(settings.serving.prediction_log_dir)
-    for file in log_dir.glob("predictions-*.jsonl"):
+    for file in log_files(settings.under_workdir(settings.serving.prediction_log_dir)):
         file.unlink()
-    added = warm(settings, history)
+    added = open_state(settings).warm(history)
     print(f"      online state warmed with {added:,} transactions of history")
 
 
@@ -138,7 +215,7 @@ def _swap(url: str, settings: Settings, transactions: pd.DataFrame, probe: pd.Da
     )
     print(f"[7/11] training a second version on data up to {end.date()} and promoting it")
     result = train_model(transactions, earlier)
-    _, version = log_training_run(result, earlier, {"data_path": "demo: one week earlier"})
+    _, version = tracking.log_training_run(result, earlier, {"data_path": "demo: one week earlier"})
     _, before = call(f"{url}/model")
     promoted_at = time.monotonic()
     set_stage(settings, str(version.version), "Production", "demo: show the hot swap", "demo")
@@ -178,29 +255,26 @@ def _score_only(url: str, frame: pd.DataFrame) -> None:
             raise RuntimeError(f"/predict answered {status}: {body}")
 
 
-def _monitor(url: str, settings: Settings, config: str | None, data: str | None) -> None:
-    """`fraudflow monitor --retrain` while the API runs: it picks up a promotion by itself."""
+def _monitor(url: str, settings: Settings, data: str | None) -> None:
+    """`fraudflow monitor --retrain` on the last day while the API runs: the API picks up a
+    promotion by itself. The monitor's log goes to a file beside the demo's store."""
+    from fraudflow.cli import monitor_job
+
     output = settings.workdir / "demo-monitor.json"
     output.unlink(missing_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "monitor",
-        "--retrain",
-        "--output",
-        str(output),
-    ]
-    for flag, value in (("--config", config), ("--data", data)):
-        if value:
-            command += [flag, value]
     _, before = call(f"{url}/model")
+    window = Window.last_hours(settings.monitoring.window_hours)
     log_path = settings.workdir / "demo-monitor.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
-        for line in process.stdout:
-            print(f"      {line.rstrip()}", flush=True)
-        code = process.wait()
+    with logging_to(log_path):
+        code = monitor_job(
+            settings,
+            window,
+            [],
+            retrain=True,
+            data=Path(data) if data else None,
+            output=str(output),
+            say=lambda line: print(f"      {line}", flush=True),
+        )
     print(f"      exit code {code} (0 no drift, 1 drift, 2 degraded, 3 error)")
     if code not in (0, 1, 2):
         raise RuntimeError(f"the monitor failed; its log: {log_path}")
@@ -214,8 +288,9 @@ def _monitor(url: str, settings: Settings, config: str | None, data: str | None)
     print(f"      the API switched by itself from v{before['version']} to v{current['version']}")
 
 
-def run(settings: Settings, config: str | None, data: str | None = None) -> int:
-    client = configure_tracking(settings)
+def run_serving_half(settings: Settings, config: str | None, data: str | None = None) -> int:
+    """Serve the champion and drive traffic, a hot swap, drift and the monitor through it."""
+    client = tracking.client(settings)
     champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)
     if champion is None:
         print("no champion to serve: the newest model was held by the gates (see above)")
@@ -232,9 +307,9 @@ def run(settings: Settings, config: str | None, data: str | None = None) -> int:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, FRAUDFLOW__SERVING__POLL_INTERVAL_S="1")
-    command = [sys.executable, "-m", "pipelines.cli", "serve", "--bind", f"127.0.0.1:{port}"]
     if config:
-        command += ["--config", config]
+        env[CONFIG_ENV] = str(Path(config).resolve())
+    command = gunicorn_command(bind=f"127.0.0.1:{port}")
     log_path = settings.workdir / "demo-api.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -251,7 +326,7 @@ def run(settings: Settings, config: str | None, data: str | None = None) -> int:
         )
         _score_only(url, drifted)
         print("[9/11] monitor: the day's prediction log against the champion's training reference")
-        _monitor(url, settings, config, data)
+        _monitor(url, settings, data)
     finally:
         print("[10/11] stopping the API")
         process.send_signal(signal.SIGTERM)
@@ -263,15 +338,3 @@ def run(settings: Settings, config: str | None, data: str | None = None) -> int:
     reports = settings.under_workdir(settings.monitoring.reports_dir)
     print(f"[11/11] reports in {reports}; open the newest index.html in a browser")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__)
-    parser.add_argument("--config")
-    parser.add_argument("--data")
-    args = parser.parse_args(argv)
-    return run(load_settings(args.config or None), args.config or None, args.data or None)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

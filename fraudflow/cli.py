@@ -2,19 +2,24 @@
 
 Every sub-command takes --config (an overlay on conf/default.yaml); commands that read
 transactions take --data, commands that produce a result take --output (JSON summaries).
+Every step runs in this process; only `serve` replaces it with gunicorn.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fraudflow.logs import setup_logging
 from pipelines.data import DataValidationError, load_transactions, write_transactions
+from pipelines.files import write_json_atomic
+from pipelines.monitor_summary import Verdict
 from pipelines.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("fraudflow")
@@ -29,14 +34,8 @@ class DemoError(RuntimeError):
 
 
 def _write_json(payload: Any, output: str | None) -> None:
-    text = json.dumps(payload, indent=2, default=str)
     if output:
-        path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
-        log.info("wrote %s", path)
+        log.info("wrote %s", write_json_atomic(Path(output), payload))
 
 
 def _data_path(args: argparse.Namespace, settings: Settings) -> Path:
@@ -145,15 +144,13 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows."""
-    from pipelines.model import load_scorer
     from pipelines.score import score_transactions
-    from pipelines.tracking import configure_tracking
+    from pipelines.tracking import load_scorer
 
     if not args.output:
         raise UsageError("score needs --output FILE (.csv or .parquet)")
-    configure_tracking(settings)
     uri = args.model_uri or f"models:/{settings.mlflow.model_name}/Production"
-    scorer = load_scorer(uri)
+    scorer = load_scorer(settings, uri)
     _, transactions = _load(args, settings, require_labels=False)
     if "tx_fraud" not in transactions:
         log.warning("no labels in the input: terminal risk features count no known fraud")
@@ -166,20 +163,20 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: the registry (and, with --auto, recent labelled data). Produces: a stage change,
     the champion alias and a promotion record."""
-    from pipelines import registry
+    from pipelines import promotion
 
     if args.history:
-        history = registry.promotion_history(settings)
+        history = promotion.promotion_history(settings)
         print(history.to_string(index=False) if not history.empty else "no promotion yet")
         return {"history": history.to_dict(orient="records")}
     if args.auto:
         _, transactions = _load(args, settings, require_labels=True)
-        decision = registry.promote_if_better(settings, transactions, args.actor)
+        decision = promotion.promote_if_better(settings, transactions, args.actor)
     else:
         if args.version is None or args.stage is None:
             raise UsageError("promote needs --version N --stage Production|Staging, or --auto")
         reason = args.reason or f"manual promotion to {args.stage}"
-        decision = registry.set_stage(settings, args.version, args.stage, reason, args.actor)
+        decision = promotion.set_stage(settings, args.version, args.stage, reason, args.actor)
     verb = "promoted to" if decision.promoted else "placed in"
     print(f"{settings.mlflow.model_name} v{decision.version} {verb} {decision.stage}: ")
     print(f"  {decision.reason}")
@@ -187,19 +184,14 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Reads: the registry. Runs: gunicorn with serving/gunicorn.conf.py until stopped."""
-    import os
+    """Reads: the registry. Runs: the scoring API on gunicorn until stopped."""
+    from serving.app import CONFIG_ENV
+    from serving.server import gunicorn_command
 
-    conf = Path(__file__).resolve().parent.parent / "serving" / "gunicorn.conf.py"
     env = dict(os.environ)
     if args.config:
-        env["FRAUDFLOW_CONFIG"] = str(Path(args.config).resolve())
-    command = [sys.executable, "-m", "gunicorn", "-c", str(conf)]
-    if args.bind:
-        command += ["--bind", args.bind]
-    if args.workers:
-        command += ["--workers", str(args.workers)]
-    command.append("serving.app:create_app()")
+        env[CONFIG_ENV] = str(Path(args.config).resolve())
+    command = gunicorn_command(args.bind, args.workers)
     sys.stdout.flush()
     os.execvpe(command[0], command, env)
     return {}  # not reached: exec replaces this process
@@ -207,16 +199,77 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: historical transactions. Produces: the serving's online feature state, warmed."""
-    import os
+    from pipelines.online_state import open_state
 
-    command = [sys.executable, "-m", "serving.warm"]
-    if args.config:
-        command += ["--config", args.config]
-    if args.data:
-        command += ["--data", args.data]
-    sys.stdout.flush()
-    os.execv(command[0], command)
-    return {}  # not reached: exec replaces this process
+    path, transactions = _load(args, settings, require_labels=False)
+    added = open_state(settings).warm(transactions)
+    print(f"online state: {added} transactions added ({len(transactions)} read from {path})")
+    return {"added": added, "read": len(transactions), "data": str(path)}
+
+
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    """Reads: the registry (model in service, its reference sample and training metrics), the
+    prediction log, late labels. Produces: HTML reports and a JSON summary under reports/, a
+    monitoring run; with --retrain, a retraining run. Exit code: 0 no drift, 1 drift,
+    2 degraded, 3 error."""
+    from drift.monitor import window_from
+
+    window = window_from(settings, args.day, args.since, args.until)
+    return monitor_job(
+        settings,
+        window,
+        [Path(p) for p in args.labels],
+        retrain=args.retrain,
+        data=Path(args.data) if args.data else None,
+        output=args.output,
+    )
+
+
+def monitor_job(
+    settings: Settings,
+    window: Any,
+    labels: list[Path],
+    retrain: bool,
+    data: Path | None,
+    output: str | None,
+    say: Any = print,
+) -> int:
+    """The daily job: check the window, print the verdict, retrain if the verdict says so.
+    Every failure is the error verdict (3), never an exit code a scheduler reads as drift."""
+    from drift.decision import should_retrain
+    from drift.monitor import record_error, retrain_after, run_monitor, verdict_line
+    from drift.reference import NoChampionError
+    from pipelines.prediction_log import MonitoringInputError
+
+    started = time.perf_counter()
+    try:
+        result = run_monitor(settings, window, labels)
+    except (MonitoringInputError, NoChampionError, FileNotFoundError) as exc:
+        record_error(settings, str(exc))
+        print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
+        return Verdict.ERROR.exit_code
+    except Exception as exc:  # a crash must not exit 1, which a scheduler reads as "drift"
+        log.exception("monitor failed")
+        record_error(settings, f"{type(exc).__name__}: {exc}")
+        print(f"fraudflow monitor: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return Verdict.ERROR.exit_code
+    say(verdict_line(result.summary, time.perf_counter() - started))
+    say(f"report: {result.index}")
+    code = result.verdict.exit_code
+    if retrain and should_retrain(result.verdict, settings.monitoring):
+        say("retraining on the latest labelled data ...")
+        try:
+            retrain_after(settings, result, labels, data)
+            r = result.summary.retrain
+            say(f"retraining: challenger v{r['challenger_version']} -> {r['stage']}: {r['reason']}")
+        except Exception as exc:
+            log.exception("retraining failed")
+            print(f"fraudflow monitor: retraining failed: {exc}", file=sys.stderr)
+            code = Verdict.ERROR.exit_code
+    elif retrain:
+        say(f"no retraining: the verdict is {result.verdict.value}")
+    _write_json(result.summary.as_dict(), output)
+    return code
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -224,7 +277,8 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     a challenger version in Staging, promoted to Production only if it beats the champion."""
     import getpass
 
-    from pipelines.retrain import production_transactions, retrain
+    from pipelines.production import production_transactions
+    from pipelines.retrain import retrain
 
     path, history = _load(args, settings, require_labels=True)
     production = production_transactions(settings, [Path(p) for p in args.labels])
@@ -241,23 +295,13 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Simulate (unless data exists), train, auto-promote, summarise; then serve, replay
-    traffic, hot-swap a second version and stop the API (the serving half runs as
-    `python -m serving.demo`, since the training side never imports the serving side)."""
-    import subprocess
+    traffic, hot-swap a second version, send drifted traffic, monitor and retrain, and stop the
+    API."""
+    from fraudflow.demo import run_serving_half, run_training_half
 
-    from pipelines.demo import run_demo
-
-    summary = run_demo(settings, data=args.data, fresh=args.fresh)
-    if args.skip_serving:
-        return summary
-    command = [sys.executable, "-m", "serving.demo"]
-    for flag, value in (("--config", args.config), ("--data", args.data)):
-        if value:
-            command += [flag, value]
-    sys.stdout.flush()
-    done = subprocess.run(command)
-    if done.returncode != 0:
-        raise DemoError(f"the serving part of the demo failed (exit code {done.returncode})")
+    summary = run_training_half(settings, data=args.data, fresh=args.fresh)
+    if not args.skip_serving and run_serving_half(settings, args.config, args.data) != 0:
+        raise DemoError("the serving part of the demo failed (see its output above)")
     return summary
 
 
@@ -313,47 +357,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", action="append", default=[], help="labelled file(s)")
     p.add_argument("--trigger", default="manual", help="why (tagged on the runs)")
     p.add_argument("--actor", help="who (default: the OS user)")
-    sub.add_parser(
+    p = add(
         "monitor",
-        help="drift and performance check of the prediction log (see fraudflow monitor --help)",
-        add_help=False,
+        cmd_monitor,
+        "drift and performance check of the prediction log (history for --retrain: --data)",
+        data=True,
+        summary=False,
     )
-    p = add("demo", cmd_demo, "the whole training side on the embedded store", data=True)
+    p.add_argument("--day", help="a UTC day YYYY-MM-DD (default: the last window_hours)")
+    p.add_argument("--since", help="window start, ISO time (UTC unless given)")
+    p.add_argument("--until", help="window end, ISO time (default: now)")
+    p.add_argument("--labels", action="append", default=[], help="labelled file(s)")
+    p.add_argument("--retrain", action="store_true", help="retrain if the verdict says so")
+    p = add("demo", cmd_demo, "the whole flow on the embedded store", data=True)
     p.add_argument("--fresh", action="store_true", help="re-simulate even if data exists")
     p.add_argument("--skip-serving", action="store_true", help="stop after the training side")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["monitor"]:
-        import os
-
-        sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "drift.monitor", *argv[1:]])
-    args = build_parser().parse_args(argv)
-    for name in ("config", "data", "output", "model_uri", "version"):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    for name in ("config", "data", "output", "model_uri", "version", "day", "since", "until"):
         if getattr(args, name, None) == "":
             setattr(args, name, None)  # MLproject passes unset optional parameters as ""
     if getattr(args, "version", None) == "auto":
         args.version, args.auto = None, True
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("alembic", "mlflow.store", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.verbose)
+    failed = Verdict.ERROR.exit_code if args.command == "monitor" else None
     try:
         settings = load_settings(args.config)
         result = args.func(args, settings)
+        if isinstance(result, int):  # a command whose exit code is its answer (monitor)
+            return result
         if args.summary:
             _write_json(result, args.output)
     except (SettingsError, DataValidationError, UsageError, FileNotFoundError) as exc:
         print(f"fraudflow {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return failed or 2
     except (ValueError, DemoError) as exc:
         print(f"fraudflow {args.command}: failed: {exc}", file=sys.stderr)
-        return 1
+        return failed or 1
     return 0
 
 

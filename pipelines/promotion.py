@@ -1,0 +1,267 @@
+"""Promotion policy: gated, compared with what is served, recorded.
+
+A candidate reaches Production (stage and champion alias together) only if it passes the
+absolute gates and beats the version in service (the stage or the alias, as
+`serving.model_source` says: the same rule the API and the monitor follow) on the same recent
+labelled period. Aliases keep no history, so every decision is also recorded as a run in the
+promotion experiment (who, what, when, why, the metrics it was decided on) and as version tags.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from pipelines import tracking
+from pipelines.evaluate import evaluate_scores, known_compromised
+from pipelines.features import build_features
+from pipelines.registry import (
+    PromotionError,
+    append_description,
+    champion_version,
+    get_version,
+    newest_version,
+    place,
+    served_version,
+    tag_version,
+)
+from pipelines.settings import Settings
+from pipelines.split import day_after_last
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    version: str
+    stage: str
+    promoted: bool
+    reason: str
+    champion_before: str | None
+    candidate_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    eval_window: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def set_stage(
+    settings: Settings,
+    version: str,
+    stage: str,
+    reason: str,
+    actor: str | None = None,
+) -> PromotionDecision:
+    """Move a version to Staging or Production by hand (or from a script), recording why."""
+    client = tracking.client(settings)
+    target = get_version(client, settings.mlflow.model_name, version)
+    before = served_version(client, settings)
+    decision = PromotionDecision(
+        version=str(target.version),
+        stage=stage,
+        promoted=stage == "Production",
+        reason=reason,
+        champion_before=str(before.version) if before else None,
+    )
+    apply_decision(client, settings, decision, actor)
+    return decision
+
+
+def apply_decision(
+    client: MlflowClient, settings: Settings, decision: PromotionDecision, actor: str | None
+) -> None:
+    """Carry the decision out in the registry, then record it."""
+    name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
+    holder = champion_version(client, name, alias)
+    holds_alias = holder is not None and str(holder.version) == decision.version
+    place(client, settings, decision.version, decision.stage, holds_alias)
+    record_promotion(client, settings, decision, actor)
+
+
+def record_promotion(
+    client: MlflowClient, settings: Settings, decision: PromotionDecision, actor: str | None
+) -> None:
+    """Write the decision to the version (tags, description) and to the promotion history."""
+    name = settings.mlflow.model_name
+    actor = actor or getpass.getuser()
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    reason = decision.reason[:4000]
+    tag_version(
+        client,
+        name,
+        decision.version,
+        {
+            "promotion.stage": decision.stage,
+            "promotion.at": when,
+            "promotion.by": actor,
+            "promotion.reason": reason,
+        },
+    )
+    append_description(
+        client, name, decision.version, f"[{when}] {decision.stage} by {actor}: {decision.reason}"
+    )
+    metrics = {f"candidate_{k}": v for k, v in decision.candidate_metrics.items()}
+    metrics.update({f"champion_{k}": v for k, v in decision.champion_metrics.items()})
+    run_id = tracking.log_promotion(
+        settings,
+        decision.version,
+        {
+            "model_name": name,
+            "model_version": decision.version,
+            "stage": decision.stage,
+            "promoted": str(decision.promoted).lower(),
+            "actor": actor,
+            "reason": reason,
+            "champion_before": decision.champion_before or "",
+        },
+        metrics,
+        decision.as_dict(),
+    )
+    tag_version(client, name, decision.version, {"promotion.record_run": run_id})
+
+
+def promotion_history(settings: Settings) -> pd.DataFrame:
+    """Every recorded promotion decision, newest first."""
+    columns = ["time", "version", "stage", "promoted", "actor", "reason", "champion_before"]
+    runs = tracking.promotion_runs(settings)
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(
+        {
+            "time": runs["start_time"],
+            "version": runs["tags.model_version"],
+            "stage": runs["tags.stage"],
+            "promoted": runs["tags.promoted"] == "true",
+            "actor": runs["tags.actor"],
+            "reason": runs["tags.reason"],
+            "champion_before": runs["tags.champion_before"],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationPeriod:
+    """The most recent labelled days, featurized once for every model compared on them."""
+
+    raw: pd.DataFrame
+    features: pd.DataFrame
+    window: dict[str, str]
+
+
+def recent_period(
+    transactions: pd.DataFrame, settings: Settings, features: pd.DataFrame | None = None
+) -> EvaluationPeriod:
+    """The last `eval_days` of labelled data, with their point-in-time features (`features`:
+    already computed for all of `transactions`, index-aligned).
+
+    Cards with a fraud label matured within `known_cards_lookback_days` before a day are taken
+    as already blocked and left out, as the handbook does for its test weeks.
+    """
+    end = day_after_last(transactions["tx_datetime"])
+    start = end - pd.Timedelta(days=settings.promotion.eval_days)
+    lookback = start - pd.Timedelta(days=settings.promotion.known_cards_lookback_days)
+    recent = (transactions["tx_datetime"] >= start).to_numpy()
+    known = known_compromised(
+        transactions["customer_id"][recent],
+        transactions["tx_datetime"][recent],
+        transactions.loc[(transactions["tx_datetime"] >= lookback).to_numpy()],
+        settings.features.label_delay_days,
+    )
+    raw = transactions.loc[recent].loc[~known]
+    if raw["tx_fraud"].sum() == 0:
+        raise PromotionError(f"no fraud in the evaluation period {start.date()}..{end.date()}")
+    if features is None:
+        features = build_features(transactions, settings.features)
+    features = features.loc[raw.index]
+    window = {"eval_start": start.date().isoformat(), "eval_end": end.date().isoformat()}
+    return EvaluationPeriod(raw, features, window)
+
+
+def evaluate_on(model_uri: str, period: EvaluationPeriod, settings: Settings) -> dict[str, float]:
+    """Headline metrics of a registered model on the evaluation period."""
+    scorer = tracking.load_scorer(settings, model_uri)
+    scores = scorer.predict_proba(period.features)
+    return evaluate_scores(period.raw, scores, scorer.threshold, settings.training.card_precision_k)
+
+
+def gate_failures(metrics: dict[str, float], gates: dict[str, float]) -> list[str]:
+    """Human-readable reasons a model misses the absolute quality gates (empty: passes)."""
+    failures = []
+    for metric, minimum in gates.items():
+        if metric not in metrics:
+            raise PromotionError(f"gate on unknown metric {metric!r}; known: {sorted(metrics)}")
+        value = metrics[metric]
+        if not value >= minimum:
+            failures.append(f"{metric} {value:.4f} < gate {minimum:.4f}")
+    return failures
+
+
+def promote_if_better(
+    settings: Settings,
+    transactions: pd.DataFrame,
+    actor: str | None = None,
+    candidate_version: str | None = None,
+    auto_promote: bool = True,
+    features: pd.DataFrame | None = None,
+) -> PromotionDecision:
+    """Promote a candidate (default: the newest version) only if it passes the gates and beats
+    the version in service on the same recent labelled period. With `auto_promote` off, a
+    candidate that qualifies waits in Staging for a person to promote it."""
+    client = tracking.client(settings)
+    name = settings.mlflow.model_name
+    if candidate_version is None:
+        candidate = newest_version(client, name)
+    else:
+        candidate = get_version(client, name, candidate_version)
+    champion = served_version(client, settings)
+    if champion is not None and str(champion.version) == str(candidate.version):
+        return PromotionDecision(
+            str(candidate.version),
+            "Production",
+            False,
+            "already the champion",
+            str(champion.version),
+        )
+    period = recent_period(transactions, settings, features)
+    window = period.window
+    candidate_metrics = evaluate_on(f"models:/{name}/{candidate.version}", period, settings)
+    failures = gate_failures(candidate_metrics, settings.promotion.gates)
+    champion_metrics: dict[str, float] = {}
+    metric, margin = settings.promotion.compare_metric, settings.promotion.min_improvement
+    if champion is not None:
+        champion_metrics = evaluate_on(f"models:/{name}/{champion.version}", period, settings)
+        if not candidate_metrics[metric] >= champion_metrics[metric] + margin:
+            failures.append(
+                f"{metric} {candidate_metrics[metric]:.4f} does not beat champion "
+                f"v{champion.version} ({champion_metrics[metric]:.4f}) by {margin:.4f}"
+            )
+    promoted = not failures and auto_promote
+    if not failures:
+        against = f"champion v{champion.version}" if champion else "no champion"
+        reason = (
+            f"auto: passes gates and {metric} {candidate_metrics[metric]:.4f} vs {against} "
+            f"on {window['eval_start']}..{window['eval_end']}"
+        )
+        if not auto_promote:
+            reason += (
+                "; automatic promotion is off: waits in Staging for a person to promote it "
+                f"(MLflow UI, or fraudflow promote --version {candidate.version} "
+                "--stage Production)"
+            )
+    else:
+        reason = "auto: held in Staging: " + "; ".join(failures)
+    decision = PromotionDecision(
+        version=str(candidate.version),
+        stage="Production" if promoted else "Staging",
+        promoted=promoted,
+        reason=reason,
+        champion_before=str(champion.version) if champion else None,
+        candidate_metrics=candidate_metrics,
+        champion_metrics=champion_metrics,
+        eval_window=window,
+    )
+    apply_decision(client, settings, decision, actor)
+    return decision
