@@ -1,4 +1,4 @@
--- Appended by benchmarks/load.py to every load_*.lua script: one machine-readable result line.
+-- Appended by benchmarks/wrk.py to every load_*.lua script: one machine-readable result line.
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -1,0 +1,188 @@
+"""The three servers under test: start them alike, wait until they answer, check, stop them.
+
+Each server runs in its own session so that stopping its process group also stops the workers
+(and uvicorn's leftovers) it spawned; a benchmark must never leave servers behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+from benchmarks.env import BIN, ROOT, clean_env
+from benchmarks.world import World
+
+GUNICORN_CONF = ROOT / "serving" / "gunicorn.conf.py"
+JSON = {"Content-Type": "application/json"}
+WORKERS = 2
+
+
+@dataclass
+class Server:
+    """A server process started in its own session (its whole group is stopped at the end)."""
+
+    name: str
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(name: str, command: list[str], env: dict[str, str], root: Path, port: int) -> Server:
+    """Start a server in a new session, its output in ROOT/NAME.log."""
+    log = root / f"{name}.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Server(name, process, f"http://127.0.0.1:{port}", log)
+
+
+def stop(server: Server) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it is still there after 20 s."""
+    process = server.process
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # leftovers (e.g. uvicorn workers) too
+    except ProcessLookupError:
+        pass
+    if process.poll() is None:
+        process.wait(5)
+
+
+def wait_ready(server: Server, probe: Callable[[str], bool], timeout: float = 120.0) -> None:
+    """Poll until probe(url) is true; fail early, with its log, if the server exits."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            tail = server.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{tail}")
+        try:
+            if probe(server.url):
+                return
+        except requests.RequestException as exc:
+            last = exc
+        time.sleep(0.25)
+    raise TimeoutError(f"{server.name} at {server.url} not ready in {timeout}s (last: {last})")
+
+
+@contextmanager
+def servers(world: World) -> Iterator[dict[str, Server]]:
+    """The three servers, started together, ready, and always stopped (process groups).
+
+    Same worker count and OMP_NUM_THREADS for all, so the comparison is of the code served."""
+    started: dict[str, Server] = {}
+    try:
+        port = free_port()
+        started["hello"] = launch(
+            "hello",
+            [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)]
+            + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)]
+            + ["benchmarks.hello_app:create_app()"],
+            clean_env(
+                {
+                    "FRAUDFLOW_CONFIG": str(world.config),
+                    "PROMETHEUS_MULTIPROC_DIR": str(world.root / "prom-hello"),
+                }
+            ),
+            world.root,
+            port,
+        )
+        port = free_port()
+        started["api"] = launch(
+            "api",
+            [str(BIN / "fraudflow"), "serve", "--config", str(world.config)]
+            + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)],
+            clean_env({}),
+            world.root,
+            port,
+        )
+        port = free_port()
+        started["mlflow"] = launch(
+            "mlflow",
+            [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{world.model_name}/Production"]
+            + ["--env-manager", "local", "-p", str(port), "--workers", str(WORKERS)]
+            + ["--host", "127.0.0.1"],
+            clean_env({"MLFLOW_TRACKING_URI": world.tracking_uri}),
+            world.root,
+            port,
+        )
+        hello_body = json.dumps({"hello": "world"})
+        wait_ready(
+            started["hello"],
+            lambda url: requests.post(f"{url}/hello", data=hello_body, headers=JSON, timeout=2).ok,
+        )
+        wait_ready(started["api"], lambda url: requests.get(f"{url}/ready", timeout=2).ok)
+        wait_ready(started["mlflow"], lambda url: requests.get(f"{url}/ping", timeout=2).ok)
+        yield started
+    finally:
+        for server in started.values():
+            stop(server)
+
+
+def sanity_check(world: World, running: dict[str, Server]) -> float:
+    """One request per target before loading them; returns the probability both /invocations
+    agree on (a throughput ratio between servers that answer differently would mean nothing)."""
+    ours = requests.post(
+        f"{running['api'].url}/invocations", data=world.invocation_body, headers=JSON, timeout=10
+    )
+    theirs = requests.post(
+        f"{running['mlflow'].url}/invocations",
+        data=world.invocation_body,
+        headers=JSON,
+        timeout=30,
+    )
+    for name, response in (("our /invocations", ours), ("mlflow /invocations", theirs)):
+        if response.status_code != 200:
+            raise RuntimeError(f"{name} answered {response.status_code}: {response.text[:500]}")
+    ours_p = ours.json()["predictions"][0]
+    theirs_p = theirs.json()["predictions"][0]
+    if isinstance(theirs_p, dict):  # mlflow may wrap a scalar in a column mapping
+        theirs_p = next(iter(theirs_p.values()))
+    if abs(float(ours_p) - float(theirs_p)) > 1e-9:
+        raise RuntimeError(f"the two /invocations disagree: ours {ours_p}, mlflow {theirs_p}")
+    transaction = {
+        "transaction_id": "load-sanity-1",
+        "tx_datetime": datetime.fromtimestamp(world.start_s - 30, timezone.utc)
+        .replace(tzinfo=None)
+        .isoformat(timespec="seconds"),
+        "customer_id": "1",
+        "terminal_id": "1",
+        "tx_amount": 12.5,
+    }
+    predict = requests.post(f"{running['api'].url}/predict", json=transaction, timeout=10)
+    if predict.status_code != 200:
+        raise RuntimeError(f"/predict answered {predict.status_code}: {predict.text[:500]}")
+    return float(ours_p)

@@ -1,0 +1,110 @@
+"""The throw-away world the load benchmark serves: store, promoted model, warm state, payloads.
+
+Built fresh on every run so that each measurement starts from the same state, whatever earlier
+runs stored; nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.env import BIN, ROOT, clean_env
+
+
+@dataclass
+class World:
+    """The temporary store, the served model and what the load scripts send."""
+
+    root: Path
+    config: Path
+    tracking_uri: str
+    model_name: str
+    version: str
+    invocation_body: str
+    sample: Path
+    start_s: float
+    step_s: float
+    history_rows: int
+
+
+def build_world(root: Path) -> World:
+    """Simulate, train, register and promote; warm the online state; write the payloads.
+
+    /predict must see real customer/terminal pairs and time moving past the warmed history, and
+    both /invocations the same finite feature row, or the targets would not be comparable."""
+    from pipelines.data import load_transactions
+    from pipelines.registry import set_stage
+    from pipelines.simulate import simulate_transactions, write_daily_parquet
+    from pipelines.tracking import log_training_run
+    from pipelines.train import train_model
+    from tests.conftest import make_settings, write_config
+
+    settings = make_settings(
+        root / "work",
+        serving={
+            "state_path": str(root / "state.sqlite"),
+            "prediction_log_dir": str(root / "predictions"),
+            "metrics_dir": str(root / "prom-api"),
+        },
+    )
+    data = root / "data"
+    write_daily_parquet(simulate_transactions(settings.simulation), data)
+    transactions = load_transactions(data, require_labels=True)
+    result = train_model(transactions, settings)
+    _, model_version = log_training_run(result, settings, {"data_path": str(data)})
+    version = str(model_version.version)
+    set_stage(settings, version, "Production", "HTTP load benchmark", actor="benchmarks.load")
+    config = write_config(root / "serve.yaml", settings)
+    warm = subprocess.run(
+        [str(BIN / "fraudflow"), "warm", "--config", str(config), "--data", str(data)],
+        env=clean_env({}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if warm.returncode != 0:
+        raise RuntimeError(f"fraudflow warm failed ({warm.returncode}):\n{warm.stderr[-2000:]}")
+
+    columns = list(result.scorer.features)
+    test_rows = result.test.features.loc[:, columns]
+    finite = test_rows[np.isfinite(test_rows.to_numpy(dtype=np.float64)).all(axis=1)]
+    row = [float(v) for v in finite.iloc[-1].tolist()]
+    body = json.dumps({"dataframe_split": {"columns": columns, "data": [row]}})
+    (root / "invocation.json").write_text(body)
+
+    times = transactions["tx_datetime"]
+    last = times.max()
+    step_s = (last - times.min()).total_seconds() / max(len(transactions) - 1, 1)
+    recent = transactions[times > last - pd.Timedelta(days=30)]
+    picked = recent.sample(n=min(5000, len(recent)), random_state=0)
+    sample = root / "sample.lua"
+    lines = [
+        f'{{"{c}","{t}",{a:.2f}}},'
+        for c, t, a in zip(
+            picked["customer_id"].astype(str),
+            picked["terminal_id"].astype(str),
+            picked["tx_amount"].astype(float),
+        )
+    ]
+    sample.write_text("return {\n" + "\n".join(lines) + "\n}\n")
+    start = last.tz_localize(None) if last.tzinfo else last
+    start_s = (start - pd.Timestamp("1970-01-01")).total_seconds() + 60
+    return World(
+        root=root,
+        config=config,
+        tracking_uri=settings.tracking_uri,
+        model_name=settings.mlflow.model_name,
+        version=version,
+        invocation_body=body,
+        sample=sample,
+        start_s=start_s,
+        step_s=step_s,
+        history_rows=len(transactions),
+    )
