@@ -25,7 +25,13 @@ import pandas as pd
 
 from drift.monitor import run_monitor
 from pipelines.features import build_features
-from pipelines.production import Window, read_predictions
+from pipelines.prediction_log import (
+    PredictionLogWriter,
+    Window,
+    log_folder,
+    read_predictions,
+    record,
+)
 from pipelines.promotion import set_stage
 from pipelines.settings import RAW_COLUMNS, Settings, load_settings
 from pipelines.simulate import simulate_transactions
@@ -41,39 +47,43 @@ FAST = {
 
 
 def write_log(folder: Path, frame: pd.DataFrame, features: list[str], version: str) -> None:
-    """JSON lines exactly as serving/prediction_log.py writes them, built column-wise."""
-    folder.mkdir(parents=True, exist_ok=True)
-    now = pd.Timestamp.now(tz="UTC")
-    top = pd.DataFrame(
-        {
-            "logged_at": now.isoformat(timespec="milliseconds"),
-            "transaction_id": frame["transaction_id"].astype(str),
-            "tx_datetime": frame["tx_datetime"].dt.strftime("%Y-%m-%dT%H:%M:%S"),
-            "customer_id": frame["customer_id"].astype(str),
-            "terminal_id": frame["terminal_id"].astype(str),
-            "tx_amount": frame["tx_amount"],
-        }
+    """The prediction log of `frame`, built and written by the log's own record builder and
+    writer, as the API writes it."""
+    logged_at = pd.Timestamp.now(tz="UTC").isoformat(timespec="milliseconds")
+    writer = PredictionLogWriter(folder)
+    rows = zip(
+        frame["transaction_id"].astype(str),
+        frame["tx_datetime"].dt.to_pydatetime(),
+        frame["customer_id"].astype(str),
+        frame["terminal_id"].astype(str),
+        frame["tx_amount"].astype(float),
+        frame[features].to_dict(orient="records"),
+        frame["fraud_probability"].astype(float),
     )
-    tail = pd.DataFrame(
-        {
-            "fraud_probability": frame["fraud_probability"],
-            "decision": "approve",
-            "model_name": "fraud-detector",
-            "model_version": version,
-            "latency_ms": 1.0,
-            "resent": False,
-        }
-    )
-    head_lines = top.to_json(orient="records", lines=True).splitlines()
-    feature_lines = frame[features].to_json(orient="records", lines=True).splitlines()
-    tail_lines = tail.to_json(orient="records", lines=True).splitlines()
-    day = now.strftime("%Y-%m-%d")
-    for worker in range(2):
-        with open(folder / f"predictions-{day}-{90000 + worker}.jsonl", "w") as handle:
-            for i in range(worker, len(head_lines), 2):
-                handle.write(
-                    f'{head_lines[i][:-1]},"features":{feature_lines[i]},{tail_lines[i][1:]}\n'
-                )
+    batch = []
+    for tid, when, customer, terminal, amount, values, probability in rows:
+        batch.append(
+            record(
+                logged_at=logged_at,
+                transaction_id=tid,
+                tx_datetime=when,
+                customer_id=customer,
+                terminal_id=terminal,
+                tx_amount=amount,
+                features=values,
+                fraud_probability=probability,
+                decision="approve",
+                model_name="fraud-detector",
+                model_version=version,
+                latency_ms=1.0,
+                resent=False,
+            )
+        )
+        if len(batch) == 10_000:
+            writer.write(batch)
+            batch = []
+    writer.write(batch)
+    writer.close()
 
 
 def median(times: list[float]) -> float:
@@ -116,7 +126,7 @@ def main() -> int:
 def measure(
     settings: Settings, frame: pd.DataFrame, names: list[str], version: str, args
 ) -> list[tuple]:
-    log_dir = settings.under_workdir(settings.serving.prediction_log_dir)
+    log_dir = log_folder(settings)
     for old in log_dir.glob("*.jsonl"):
         old.unlink()
     write_log(log_dir, frame, names, version)

@@ -39,7 +39,7 @@ def build_world(root: Path) -> World:
     /predict must see real customer/terminal pairs and time moving past the warmed history, and
     both /invocations the same finite feature row, or the targets would not be comparable."""
     from pipelines.data import load_transactions
-    from pipelines.registry import set_stage
+    from pipelines.promotion import set_stage
     from pipelines.simulate import simulate_transactions, write_daily_parquet
     from pipelines.tracking import log_training_run
     from pipelines.train import train_model

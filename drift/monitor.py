@@ -9,7 +9,9 @@ API's /metrics); a run in the monitoring experiment; on request, a retraining ru
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,16 +19,17 @@ from typing import Any
 
 import pandas as pd
 
-from drift.decision import decide
+from drift.decision import decide, should_retrain
 from drift.page import render
 from drift.performance import Performance, assess_performance
-from drift.reference import Champion, load_champion
+from drift.reference import Champion, NoChampionError, load_champion
 from drift.report import drift_report, performance_report
 from drift.summary import DriftSummary, parse
 from pipelines import tracking
 from pipelines.data import load_transactions
+from pipelines.files import write_json_atomic
 from pipelines.monitor_summary import MonitorSummary, Verdict, write_summary
-from pipelines.prediction_log import MonitoringInputError, Window, read_predictions
+from pipelines.prediction_log import MonitoringInputError, Window, log_folder, read_predictions
 from pipelines.production import attach_labels, label_sources, production_transactions
 from pipelines.retrain import retrain
 from pipelines.settings import Settings
@@ -130,7 +133,7 @@ def run_monitor(
     """Check one window: reports, summary, a monitoring run and the verdict."""
     champion = load_champion(settings)
     monitoring = settings.monitoring
-    log_dir = settings.under_workdir(settings.serving.prediction_log_dir)
+    log_dir = log_folder(settings)
     features = list(champion.scorer.features)
     current = read_predictions(log_dir, window, features)
     if len(current) < monitoring.min_rows:
@@ -293,3 +296,46 @@ def verdict_line(summary: MonitorSummary, seconds: float) -> str:
     parts.append(f"- {model['name']} v{model['version']}, {summary.rows['current']:,} predictions")
     parts.append(f"in {seconds:.1f}s")
     return " ".join(parts)
+
+
+def run_job(
+    settings: Settings,
+    window: Window,
+    labels: Sequence[Path],
+    retrain: bool,
+    data: Path | None,
+    output: str | None,
+    say: Callable[[str], None] = print,
+) -> int:
+    """The daily job: check the window, print the verdict, retrain if the verdict says so.
+    Every failure is the error verdict (3), never an exit code a scheduler reads as drift."""
+    started = time.perf_counter()
+    try:
+        result = run_monitor(settings, window, labels)
+    except (MonitoringInputError, NoChampionError, FileNotFoundError) as exc:
+        record_error(settings, str(exc))
+        print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
+        return Verdict.ERROR.exit_code
+    except Exception as exc:  # a crash must not exit 1, which a scheduler reads as "drift"
+        log.exception("monitor failed")
+        record_error(settings, f"{type(exc).__name__}: {exc}")
+        print(f"fraudflow monitor: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return Verdict.ERROR.exit_code
+    say(verdict_line(result.summary, time.perf_counter() - started))
+    say(f"report: {result.index}")
+    code = result.verdict.exit_code
+    if retrain and should_retrain(result.verdict, settings.monitoring):
+        say("retraining on the latest labelled data ...")
+        try:
+            retrain_after(settings, result, labels, data)
+            r = result.summary.retrain
+            say(f"retraining: challenger v{r['challenger_version']} -> {r['stage']}: {r['reason']}")
+        except Exception as exc:
+            log.exception("retraining failed")
+            print(f"fraudflow monitor: retraining failed: {exc}", file=sys.stderr)
+            code = Verdict.ERROR.exit_code
+    elif retrain:
+        say(f"no retraining: the verdict is {result.verdict.value}")
+    if output:
+        write_json_atomic(Path(output), result.summary.as_dict())
+    return code

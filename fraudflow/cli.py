@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -212,10 +211,10 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
     prediction log, late labels. Produces: HTML reports and a JSON summary under reports/, a
     monitoring run; with --retrain, a retraining run. Exit code: 0 no drift, 1 drift,
     2 degraded, 3 error."""
-    from drift.monitor import window_from
+    from drift.monitor import run_job, window_from
 
     window = window_from(settings, args.day, args.since, args.until)
-    return monitor_job(
+    return run_job(
         settings,
         window,
         [Path(p) for p in args.labels],
@@ -223,53 +222,6 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         data=Path(args.data) if args.data else None,
         output=args.output,
     )
-
-
-def monitor_job(
-    settings: Settings,
-    window: Any,
-    labels: list[Path],
-    retrain: bool,
-    data: Path | None,
-    output: str | None,
-    say: Any = print,
-) -> int:
-    """The daily job: check the window, print the verdict, retrain if the verdict says so.
-    Every failure is the error verdict (3), never an exit code a scheduler reads as drift."""
-    from drift.decision import should_retrain
-    from drift.monitor import record_error, retrain_after, run_monitor, verdict_line
-    from drift.reference import NoChampionError
-    from pipelines.prediction_log import MonitoringInputError
-
-    started = time.perf_counter()
-    try:
-        result = run_monitor(settings, window, labels)
-    except (MonitoringInputError, NoChampionError, FileNotFoundError) as exc:
-        record_error(settings, str(exc))
-        print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
-        return Verdict.ERROR.exit_code
-    except Exception as exc:  # a crash must not exit 1, which a scheduler reads as "drift"
-        log.exception("monitor failed")
-        record_error(settings, f"{type(exc).__name__}: {exc}")
-        print(f"fraudflow monitor: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return Verdict.ERROR.exit_code
-    say(verdict_line(result.summary, time.perf_counter() - started))
-    say(f"report: {result.index}")
-    code = result.verdict.exit_code
-    if retrain and should_retrain(result.verdict, settings.monitoring):
-        say("retraining on the latest labelled data ...")
-        try:
-            retrain_after(settings, result, labels, data)
-            r = result.summary.retrain
-            say(f"retraining: challenger v{r['challenger_version']} -> {r['stage']}: {r['reason']}")
-        except Exception as exc:
-            log.exception("retraining failed")
-            print(f"fraudflow monitor: retraining failed: {exc}", file=sys.stderr)
-            code = Verdict.ERROR.exit_code
-    elif retrain:
-        say(f"no retraining: the verdict is {result.verdict.value}")
-    _write_json(result.summary.as_dict(), output)
-    return code
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from typing import Any
 
 import pandas as pd
 
+from drift.monitor import run_job
 from fraudflow.logs import logging_to
 from pipelines import tracking
 from pipelines.data import load_transactions
 from pipelines.online_state import open_state
-from pipelines.prediction_log import Window, log_files
+from pipelines.prediction_log import Window, log_files, log_folder
 from pipelines.promotion import promote_if_better, set_stage
 from pipelines.registry import champion_version
 from pipelines.settings import Settings
@@ -161,7 +162,7 @@ def _reset_state(settings: Settings, history: pd.DataFrame) -> None:
     path = settings.under_workdir(settings.serving.state_path)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    for file in log_files(settings.under_workdir(settings.serving.prediction_log_dir)):
+    for file in log_files(log_folder(settings)):
         file.unlink()
     added = open_state(settings).warm(history)
     print(f"      online state warmed with {added:,} transactions of history")
@@ -258,15 +259,13 @@ def _score_only(url: str, frame: pd.DataFrame) -> None:
 def _monitor(url: str, settings: Settings, data: str | None) -> None:
     """`fraudflow monitor --retrain` on the last day while the API runs: the API picks up a
     promotion by itself. The monitor's log goes to a file beside the demo's store."""
-    from fraudflow.cli import monitor_job
-
     output = settings.workdir / "demo-monitor.json"
     output.unlink(missing_ok=True)
     _, before = call(f"{url}/model")
     window = Window.last_hours(settings.monitoring.window_hours)
     log_path = settings.workdir / "demo-monitor.log"
     with logging_to(log_path):
-        code = monitor_job(
+        code = run_job(
             settings,
             window,
             [],

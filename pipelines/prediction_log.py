@@ -22,6 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pa_json
 
+from pipelines.settings import Settings
+
 FEATURE_PREFIX = "features."
 FILE_PREFIX = "predictions-"
 FILE_SUFFIX = ".jsonl"
@@ -60,6 +62,11 @@ def record(
         "latency_ms": round(latency_ms, 3),
         "resent": resent,
     }
+
+
+def log_folder(settings: Settings) -> Path:
+    """Where the API writes its prediction log and monitoring reads it."""
+    return settings.under_workdir(settings.serving.prediction_log_dir)
 
 
 def log_file(folder: Path, day: str, writer: str) -> Path:

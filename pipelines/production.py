@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.online_state import received_labels
-from pipelines.prediction_log import MonitoringInputError, read_predictions
+from pipelines.prediction_log import MonitoringInputError, log_folder, read_predictions
 from pipelines.settings import RAW_COLUMNS, Settings
 
 
@@ -65,7 +65,7 @@ def production_transactions(
     settings: Settings, extra_label_files: Sequence[Path] = ()
 ) -> pd.DataFrame:
     """Every logged production transaction whose label has arrived, in the raw schema."""
-    logged = read_predictions(settings.under_workdir(settings.serving.prediction_log_dir), None, ())
+    logged = read_predictions(log_folder(settings), None, ())
     if logged.empty:
         return pd.DataFrame(columns=[*RAW_COLUMNS, "tx_fraud"])
     labelled = attach_labels(logged, label_sources(settings, extra_label_files))

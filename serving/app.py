@@ -7,7 +7,7 @@ import os
 from flask import Flask
 
 from pipelines.online_state import open_state
-from pipelines.prediction_log import PredictionLogWriter
+from pipelines.prediction_log import PredictionLogWriter, log_folder
 from pipelines.settings import Settings, load_settings
 from serving.metrics import create_metrics
 from serving.model_holder import ModelHolder
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, start_polling: bool = True) -> 
         holder=holder,
         state=state,
         predictor=Predictor(settings, state),
-        log=PredictionLogWriter(settings.under_workdir(settings.serving.prediction_log_dir)),
+        log=PredictionLogWriter(log_folder(settings)),
         metrics=metrics,
     )
     app.register_blueprint(api)

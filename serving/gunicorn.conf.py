@@ -40,9 +40,9 @@ def on_starting(server):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
     if _settings.tracking_uri.startswith("sqlite:"):
-        from pipelines.tracking import configure_tracking
+        from pipelines.tracking import client as tracking_client
 
-        client = configure_tracking(_settings)
+        client = tracking_client(_settings)
         client.search_experiments(max_results=1)
         client.search_registered_models(max_results=1)
 

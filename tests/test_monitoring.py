@@ -14,20 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drift.decision import Verdict, decide
+from drift.decision import decide
 from drift.performance import Performance, assess_performance
 from drift.report import drift_report
 from drift.summary import ReportFormatError, is_drifted, parse
 from fraudflow.cli import main as cli_main
 from pipelines import tracking
+from pipelines.monitor_summary import Verdict
 from pipelines.online_state import open_state
-from pipelines.production import (
-    MonitoringInputError,
-    Window,
-    attach_labels,
-    labels_from_file,
-    read_predictions,
-)
+from pipelines.prediction_log import MonitoringInputError, Window, read_predictions
+from pipelines.production import attach_labels, labels_from_file
 from pipelines.settings import load_settings
 from serving.app import create_app
 from tests.conftest import make_settings, write_config

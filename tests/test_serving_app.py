@@ -12,11 +12,11 @@ import pytest
 
 from pipelines import tracking
 from pipelines.features import build_features, feature_names
+from pipelines.prediction_log import read_predictions
 from pipelines.promotion import set_stage
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
 from serving.app import create_app
-from pipelines.prediction_log import read_predictions
 from tests.conftest import make_settings
 
 NAME = "fraud-detector"

@@ -12,10 +12,10 @@ import pytest
 import requests
 
 from drift.monitor import record_error
+from pipelines.prediction_log import read_predictions
 from pipelines.promotion import set_stage
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
-from pipelines.prediction_log import read_predictions
 from tests.conftest import make_settings, write_config
 from tests.servers import gunicorn_api, kill_group, mlflow_server, wait_for
 

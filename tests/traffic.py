@@ -10,11 +10,11 @@ import pandas as pd
 
 from pipelines.features import build_features
 from pipelines.model import FraudScorer
+from pipelines.prediction_log import PredictionLogWriter, log_folder, record
 from pipelines.promotion import promote_if_better
 from pipelines.settings import RAW_COLUMNS, Settings
 from pipelines.tracking import data_description, log_training_run
 from pipelines.train import train_model
-from pipelines.prediction_log import PredictionLogWriter, record
 
 
 def train_champion(settings: Settings, history: pd.DataFrame) -> str:
@@ -61,7 +61,7 @@ def log_traffic(
             traffic.iterrows(), features[list(scorer.features)].iterrows(), probabilities
         )
     ]
-    log = PredictionLogWriter(settings.under_workdir(settings.serving.prediction_log_dir))
+    log = PredictionLogWriter(log_folder(settings))
     log.write(records)
     log.close()
     return traffic.assign(fraud_probability=probabilities)
