@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import itertools
-import os
-import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandas.api import types as ptypes
 
+from pipelines.files import replacing
 from pipelines.settings import LABEL_COLUMN, RAW_COLUMNS
 
 ID_COLUMNS = ("transaction_id", "customer_id", "terminal_id")
@@ -192,8 +191,7 @@ def validate_transactions(
 def write_transactions(frame: pd.DataFrame, path: Path) -> None:
     """Write a frame as .csv, .csv.gz or .parquet by extension, atomically.
 
-    The data goes to a temporary file in the target folder, is flushed to disk, then renamed
-    over `path` (os.replace), so readers never see a half-written file.
+    Readers never see a half-written file (`pipelines.files.replacing`).
     """
     path = Path(path)
     kind = _file_kind(path)
@@ -201,23 +199,12 @@ def write_transactions(frame: pd.DataFrame, path: Path) -> None:
         raise ValueError(
             f"cannot write {path}: unsupported extension (expected {', '.join(SUPPORTED_SUFFIXES)})"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp: 0o600).
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if kind == "parquet":
-                frame.to_parquet(handle, index=False)
-            else:
-                compression = "gzip" if path.name.lower().endswith(".gz") else None
-                frame.to_csv(handle, index=False, compression=compression)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        tmp_name.unlink(missing_ok=True)
-        raise
+    with replacing(path) as handle:
+        if kind == "parquet":
+            frame.to_parquet(handle, index=False)
+        else:
+            compression = "gzip" if path.name.lower().endswith(".gz") else None
+            frame.to_csv(handle, index=False, compression=compression)
 
 
 # ----------------------------------------------------------------------------- files

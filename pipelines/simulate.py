@@ -11,9 +11,7 @@ Identifiers are positions: customer i has customer_id i, terminal j has terminal
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -25,6 +23,7 @@ import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
+from pipelines.files import replacing
 from pipelines.settings import SimulationSettings
 
 TRANSACTION_COLUMNS = (
@@ -66,10 +65,6 @@ class TerminalAvailability:
     def counts(self) -> np.ndarray:
         """Number of usable terminals per customer (0 means the customer never transacts)."""
         return np.diff(self.offsets)
-
-    def for_customer(self, customer_id: int) -> np.ndarray:
-        """The sorted terminal ids customer `customer_id` may use."""
-        return self.terminal_ids[self.offsets[customer_id] : self.offsets[customer_id + 1]]
 
 
 @dataclass(frozen=True)
@@ -343,15 +338,9 @@ def fraud_summary(transactions: pd.DataFrame) -> dict[str, int | float]:
 
 
 def _write_atomically(table: pa.Table, target: Path) -> None:
-    """Write next to the target then rename, so readers never see a half-written day."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp_name)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Readers never see a half-written day."""
+    with replacing(target) as handle:
+        pq.write_table(table, handle)
 
 
 def write_daily_parquet(

@@ -161,7 +161,9 @@ def test_customers_only_use_terminals_within_radius(
     distance = np.linalg.norm(cust_xy[:, None, :] - term_xy[None, :, :], axis=2)
     for customer_id in range(settings.n_customers):
         expected = np.flatnonzero(distance[customer_id] <= settings.radius)
-        np.testing.assert_array_equal(sim.availability.for_customer(customer_id), expected)
+        offsets = sim.availability.offsets
+        usable = sim.availability.terminal_ids[offsets[customer_id] : offsets[customer_id + 1]]
+        np.testing.assert_array_equal(usable, expected)
     tx = sim.transactions
     used = np.linalg.norm(
         cust_xy[tx["customer_id"].to_numpy()] - term_xy[tx["terminal_id"].to_numpy()], axis=1
