@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from pipelines.model import FraudModel, FraudScorer
+from pipelines.model import ARTIFACTS_FOLDER, BOOSTER_FILE, META_FILE, FraudScorer
 from pipelines.plots import evaluation_figures
 from pipelines.settings import Settings, TrainingSettings
 from pipelines.train import TrainingResult
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 TRAINING_CONFIG_ARTIFACT = "config/training.json"
 MODEL_DEPENDENCIES = ("mlflow", "lightgbm", "pandas", "numpy")
+# the pyfunc's code, logged with every model (models-from-code: no pickle)
+PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
 # the training configuration a retraining takes over from the champion's run
 MODEL_CONFIGURATION = (
     "lightgbm",
@@ -151,7 +153,7 @@ def _log_model(result: TrainingResult, settings: Settings, mlflow_client: Mlflow
         artifacts = result.scorer.save(Path(folder))
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=FraudModel(),
+            python_model=str(PYFUNC_CODE),
             artifacts=artifacts,
             signature=signature,
             input_example=example,
@@ -233,13 +235,20 @@ def training_configuration(settings: Settings, run_id: str) -> TrainingSettings 
 
 
 def load_scorer(settings: Settings, model_uri: str) -> FraudScorer:
-    """Load a registered/logged fraudflow model and reach its booster directly."""
+    """The booster and metadata of a logged model (`models:/…`, `runs:/…`), read as data and
+    checked (`FraudScorer.load`): nothing logged with the model is executed or unpickled."""
     use_store(settings)
-    model = mlflow.pyfunc.load_model(model_uri)
-    python_model = model.unwrap_python_model()
-    if not isinstance(python_model, FraudModel) or python_model.scorer is None:
-        raise ValueError(f"{model_uri} is not a fraudflow model")
-    return python_model.scorer
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [
+            Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{model_uri.rstrip('/')}/{ARTIFACTS_FOLDER}/{name}",
+                    dst_path=folder,
+                )
+            )
+            for name in (BOOSTER_FILE, META_FILE)
+        ]
+        return FraudScorer.load(*paths)
 
 
 def load_reference(settings: Settings, run_id: str) -> pd.DataFrame:
