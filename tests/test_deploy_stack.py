@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import tracking
 from pipelines.features import feature_names
 from pipelines.registry import served_version
-from tests.conftest import make_settings, write_config
+from tests.helpers import make_settings, write_config
 from tests.servers import BIN, clean_env, gunicorn_api, wait_every_worker
 from tests.stack_servers import (
     ROOT,

@@ -16,7 +16,7 @@ from pipelines.prediction_log import read_predictions
 from pipelines.promotion import set_stage
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
-from tests.conftest import make_settings, write_config
+from tests.helpers import make_settings, write_config
 from tests.servers import (
     gunicorn_api,
     kill_group,
