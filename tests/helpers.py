@@ -4,6 +4,8 @@ Fixtures live in conftest.py; servers in servers.py and stack_servers.py."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,40 @@ def write_config(path: Path, settings: Settings) -> Path:
     payload["workdir"] = str(settings.workdir)
     path.write_text(yaml.safe_dump(payload))
     return path
+
+
+def copy_store(source: Path, target: Path) -> None:
+    """Copy a workdir holding an embedded store (mlflow.db and mlartifacts/) to `target`, a
+    store of its own: MLflow keeps absolute artifact URIs (experiments, runs, logged models,
+    model versions, MLmodel files), so every mention of `source` is rewritten to `target`;
+    unchanged, the copy would read and write the original's artifact folder."""
+    old, new = str(Path(source).resolve()), str(Path(target).resolve())
+    shutil.copytree(source, target)
+    for path in Path(target).rglob("*"):
+        if path.is_file() and path.name != "mlflow.db" and path.stat().st_size < 1_000_000:
+            try:
+                text = path.read_text()
+            except UnicodeDecodeError:
+                continue
+            if old in text:
+                path.write_text(text.replace(old, new))
+    with sqlite3.connect(Path(target) / "mlflow.db") as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]:
+                db.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                    f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
+                    (old, new, old),
+                )
+        left = [
+            f"{table}.{column}"
+            for table in tables
+            for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
+            if db.execute(
+                f'SELECT count(*) FROM "{table}" WHERE instr(CAST("{column}" AS TEXT), ?) > 0',
+                (old,),
+            ).fetchone()[0]
+        ]
+    db.close()
+    assert not left, f"the copied store still points at {old}: {left}"
