@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from drift.monitor import record_error
-from pipelines.prediction_log import read_predictions
+from pipelines.prediction_log import log_files, read_predictions
 from pipelines.promotion import set_stage
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
@@ -23,6 +23,7 @@ from tests.servers import (
     mlflow_server,
     wait_every_worker,
     wait_every_worker_gauge,
+    worker_gauge,
 )
 
 pytestmark = pytest.mark.integration
@@ -65,6 +66,11 @@ def metric_values(url: str, name: str) -> list[float]:
     return [
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}{{")
     ]
+
+
+def logging_workers(folder: Path) -> set[str]:
+    """The pids of the workers that wrote to the prediction log."""
+    return {path.stem.rsplit("-", 1)[1] for path in log_files(folder)}
 
 
 def predictions_total(url: str) -> float:
@@ -113,11 +119,13 @@ def test_metrics_add_up_across_workers(api, two_versions) -> None:
             return fresh.post(f"{api}/predict", json=tx(i), timeout=30).status_code
 
     with ThreadPoolExecutor(max_workers=6) as pool:
-        while sent < 480 and (sent < 40 or len(list(folder.glob("predictions-*.jsonl"))) < 2):
+        while sent < 480 and (sent < 40 or len(logging_workers(folder)) < WORKERS):
             statuses = list(pool.map(post, range(100 + sent, 140 + sent)))
             assert statuses == [200] * 40
             sent += 40
-    assert len(list(folder.glob("predictions-*.jsonl"))) == 2  # both workers served and logged
+    # both workers served and logged (a file per worker and UTC day)
+    workers = {labels.split('"')[1] for labels in worker_gauge(api, "fraudflow_model_version")}
+    assert logging_workers(folder) == workers and len(workers) == WORKERS
     assert predictions_total(api) - before == sent
     assert read_predictions(folder)["transaction_id"].str.startswith("g").sum() == sent + 1
 
