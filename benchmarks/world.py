@@ -43,7 +43,7 @@ def build_world(root: Path) -> World:
     from pipelines.simulate import simulate_transactions, write_daily_parquet
     from pipelines.tracking import log_training_run
     from pipelines.train import train_model
-    from tests.conftest import make_settings, write_config
+    from tests.helpers import make_settings, write_config
 
     settings = make_settings(
         root / "work",

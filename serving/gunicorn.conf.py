@@ -45,6 +45,19 @@ def on_starting(server):
         client = tracking_client(_settings)
         client.search_experiments(max_results=1)
         client.search_registered_models(max_results=1)
+        _close_sqlite_connections()
+
+
+def _close_sqlite_connections():
+    """An SQLite connection must not cross fork() (sqlite.org/howtocorrupt.html, 2.6): MLflow
+    keeps one engine per database URI per process, so every worker would otherwise go on
+    using the connections the master opened above. Closed here, each process opens its own."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    for store in (TrackingStore, RegistryStore):
+        for engine in store._engine_map.values():
+            engine.dispose()
 
 
 def child_exit(server, worker):

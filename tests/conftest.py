@@ -1,52 +1,18 @@
-"""Shared fixtures: small simulated data and settings pointing at a temporary MLflow store."""
+"""Shared fixtures: small simulated data and settings pointing at a temporary MLflow store
+(the plain helpers they use are in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
 import pytest
 
 from pipelines.data import load_transactions
-from pipelines.settings import Settings, load_settings
 from pipelines.simulate import simulate_transactions, write_daily_parquet
-
-# 90 days of a small world: enough history for 30-day windows, a 7-day delay and three periods.
-SMALL_WORLD = {
-    "n_customers": 800,
-    "n_terminals": 1600,
-    "n_days": 90,
-    "radius": 8.0,
-    "seed": 3,
-    "compromised_terminals_per_day": 1,
-    "compromised_customers_per_day": 2,
-}
-FAST_TRAINING = {
-    "train_days": 28,
-    "validation_days": 7,
-    "test_days": 7,
-    "max_rounds": 150,
-    "early_stopping_rounds": 20,
-    "lightgbm": {"learning_rate": 0.1, "num_leaves": 15, "min_child_samples": 20},
-}
-LENIENT_GATES = {"average_precision": 0.3, "recall": 0.2, "card_precision_at_100": 0.01}
-
-
-def make_settings(workdir: Path, **sections: Any) -> Settings:
-    """Settings for a test: the small world, fast training and a private embedded store."""
-    overrides: dict[str, Any] = {
-        "workdir": str(workdir),
-        "simulation": SMALL_WORLD,
-        "training": FAST_TRAINING,
-        "backtest": {"folds": 2, "train_days": 21, "test_days": 7, "fold_step_days": 7},
-        "promotion": {"gates": LENIENT_GATES, "min_improvement": 0.0},
-    }
-    for key, value in sections.items():
-        overrides[key] = {**overrides.get(key, {}), **value} if isinstance(value, dict) else value
-    return load_settings(environ={}, overrides=overrides)
+from tests.helpers import make_settings
 
 
 @pytest.fixture(scope="session")
@@ -72,13 +38,3 @@ def _no_leaking_tracking_state(monkeypatch: pytest.MonkeyPatch):
     yield
     while mlflow.active_run() is not None:
         mlflow.end_run()
-
-
-def write_config(path: Path, settings: Settings) -> Path:
-    """A --config overlay file that reproduces `settings` for the CLI and `mlflow run`."""
-    import yaml
-
-    payload = settings.model_dump(mode="json")
-    payload["workdir"] = str(settings.workdir)
-    path.write_text(yaml.safe_dump(payload))
-    return path

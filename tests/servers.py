@@ -40,6 +40,55 @@ def wait_for(url: str, status: int = 200, timeout: float = 90.0, process=None) -
     raise TimeoutError(f"{url} did not answer {status} in {timeout}s (last: {last})")
 
 
+def worker_gauge(url: str, name: str) -> dict[str, float]:
+    """One scrape of /metrics: gauge NAME of every live gunicorn worker, by pid.
+
+    In multiprocess mode any worker answers for all of them: each worker's `liveall` gauge is
+    one sample labelled with its pid (a worker that exited is marked dead and left out)."""
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{"):
+            labels, value = line.rsplit(" ", 1)
+            values[labels[len(name) :]] = float(value)
+    return values
+
+
+def wait_every_worker_gauge(
+    url: str, name: str, workers: int, value: float, timeout: float = 180.0, process=None
+) -> None:
+    """Until exactly `workers` live workers export gauge NAME, each equal to `value`: an answer
+    from one worker says nothing of the others (each polls the registry on its own)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}, last {name}: {last}")
+        try:
+            last = worker_gauge(url, name)
+            if len(last) == workers and set(last.values()) == {value}:
+                return
+        except requests.RequestException as exc:
+            last = exc
+        time.sleep(0.25)
+    raise TimeoutError(f"{name} of {workers} workers never all {value} in {timeout}s: {last}")
+
+
+def wait_every_worker(
+    url: str, workers: int, version: str | None, timeout: float = 180.0, process=None
+) -> None:
+    """Until every one of `workers` gunicorn workers has booted and serves model `version`
+    (None: has checked the registry and serves no model). A worker builds its app, and so
+    loads its model, before it accepts a request; a promotion reaches each worker at its own
+    next poll."""
+    if version is None:
+        wait_every_worker_gauge(url, "fraudflow_registry_up", workers, 1.0, timeout, process)
+        wait_every_worker_gauge(url, "fraudflow_model_version", workers, 0.0, timeout, process)
+    else:
+        value = float(version)
+        wait_every_worker_gauge(url, "fraudflow_model_version", workers, value, timeout, process)
+
+
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment without MLflow/fraudflow settings that would leak in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAUDFLOW"))}
@@ -61,9 +110,15 @@ def stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
 
 @contextmanager
 def gunicorn_api(
-    config: Path, log: Path, workers: int = 2, env: dict[str, str] | None = None
+    config: Path,
+    log: Path,
+    *,
+    version: str | None,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """`fraudflow serve` on a free port; yields the base URL once /health answers."""
+    """`fraudflow serve` on a free port; yields the base URL once every worker has booted and
+    serves model `version` (None: no model, the registry checked): see wait_every_worker."""
     port = free_port()
     command = [
         str(BIN / "fraudflow"),
@@ -82,6 +137,7 @@ def gunicorn_api(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/health", process=process)
+        wait_every_worker(url, workers, version, process=process)
         yield url
     finally:
         stop(process)

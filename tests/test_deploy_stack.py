@@ -20,9 +20,11 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from pipelines import tracking
 from pipelines.features import feature_names
-from tests.conftest import make_settings, write_config
-from tests.servers import BIN, clean_env, gunicorn_api, wait_for
+from pipelines.registry import served_version
+from tests.helpers import make_settings, write_config
+from tests.servers import BIN, clean_env, gunicorn_api, wait_every_worker
 from tests.stack_servers import (
     ROOT,
     alert_rules,
@@ -33,6 +35,7 @@ from tests.stack_servers import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy, pytest.mark.stack]
+WORKERS = 2
 
 SELECTOR = re.compile(r"\b((?:fraudflow|flask)_[a-z_]+|up)\b\s*(\{[^}]*\})?")
 
@@ -88,7 +91,7 @@ def stack(tmp_path_factory, small_data_dir):
         config = write_config(root / "stack.yaml", settings)
         trained = cli("train", "--config", str(config), "--data", str(small_data_dir))
         assert trained.returncode == 0, trained.stdout + trained.stderr
-        with gunicorn_api(config, root / "gunicorn.log") as api:
+        with gunicorn_api(config, root / "gunicorn.log", version=None, workers=WORKERS) as api:
             target = api.removeprefix("http://")
             with prometheus_and_alertmanager(root / "prometheus", target) as (prom, am):
                 yield {
@@ -115,7 +118,11 @@ def served(stack, small_data_dir):
         "promote", "--config", str(stack["config"]), "--auto", "--data", str(small_data_dir)
     )
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
-    wait_for(f"{api}/ready", timeout=30)
+    # each worker polls the registry on its own: wait until every one serves the champion
+    settings = stack["settings"]
+    promoted = served_version(tracking.client(settings), settings)
+    assert promoted is not None
+    wait_every_worker(api, WORKERS, str(promoted.version))
     features = {name: 1.0 for name in feature_names(stack["settings"].features)}
     with requests.Session() as session:
         for i in range(1, 201):

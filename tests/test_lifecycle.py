@@ -14,7 +14,7 @@ from pipelines.features import build_features, feature_names
 from pipelines.promotion import promote_if_better, promotion_history, set_stage
 from pipelines.tracking import REFERENCE_ARTIFACT, log_training_run
 from pipelines.train import train_model
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 NAME = "fraud-detector"
 

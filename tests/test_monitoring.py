@@ -26,7 +26,7 @@ from pipelines.prediction_log import MonitoringInputError, Window, read_predicti
 from pipelines.production import attach_labels, labels_from_file
 from pipelines.settings import load_settings
 from serving.app import create_app
-from tests.conftest import make_settings, write_config
+from tests.helpers import copy_store, make_settings, write_config
 from tests.traffic import log_traffic, split_days, train_champion
 
 NAME = "fraud-detector"
@@ -206,19 +206,31 @@ def test_window_arguments_are_checked(tmp_path: Path) -> None:
 # --- the scenarios, on a real store -------------------------------------------------------
 
 
-@pytest.fixture
-def world(tmp_path: Path, small_transactions: pd.DataFrame):
-    """A champion (v1, Production) trained on all but the last simulated day, that day as
-    production traffic, and the history on disk for retraining."""
-    settings = make_settings(tmp_path / "work")
+@pytest.fixture(scope="module")
+def trained_store(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame):
+    """Trained once for the module, never used directly: a store (MLflow database and
+    artifacts) holding a champion (v1, Production) trained on all but the last simulated day;
+    that day as production traffic; the history on disk for retraining (read-only)."""
+    root = tmp_path_factory.mktemp("trained-store")
+    settings = make_settings(root / "work")
     history, traffic = split_days(small_transactions, 1)
-    data = tmp_path / "history.parquet"
+    data = root / "history.parquet"
     history.to_parquet(data)
     version = train_champion(settings, history)
+    return settings.workdir, history, traffic, version, data
+
+
+@pytest.fixture
+def world(tmp_path: Path, trained_store):
+    """The trained store, copied for this test alone: whatever a test logs, registers or
+    promotes stays in its copy, whatever the order tests run in."""
+    source, history, traffic, version, data = trained_store
+    settings = make_settings(tmp_path / "work")
+    copy_store(source, settings.workdir)
     from drift.reference import load_champion
 
     champion = load_champion(settings)
-    return settings, history, traffic, champion, version, data
+    return settings, history.copy(), traffic.copy(), champion, version, data
 
 
 def log_shifted_amounts(world) -> None:

@@ -17,7 +17,7 @@ from pipelines.promotion import set_stage
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
 from serving.app import create_app
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 NAME = "fraud-detector"
 

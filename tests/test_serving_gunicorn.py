@@ -12,15 +12,23 @@ import pytest
 import requests
 
 from drift.monitor import record_error
-from pipelines.prediction_log import read_predictions
+from pipelines.prediction_log import log_files, read_predictions
 from pipelines.promotion import set_stage
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
-from tests.conftest import make_settings, write_config
-from tests.servers import gunicorn_api, kill_group, mlflow_server, wait_for
+from tests.helpers import make_settings, write_config
+from tests.servers import (
+    gunicorn_api,
+    kill_group,
+    mlflow_server,
+    wait_every_worker,
+    wait_every_worker_gauge,
+    worker_gauge,
+)
 
 pytestmark = pytest.mark.integration
 POLL_S = 1.0
+WORKERS = 2
 
 
 def serving_settings(root: Path, **mlflow):
@@ -54,10 +62,15 @@ def tx(i: int) -> dict:
 
 def metric_values(url: str, name: str) -> list[float]:
     """Every sample of metric NAME (with labels) in one scrape of /metrics."""
-    text = requests.get(f"{url}/metrics", timeout=5).text
+    text = requests.get(f"{url}/metrics", timeout=30).text
     return [
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}{{")
     ]
+
+
+def logging_workers(folder: Path) -> set[str]:
+    """The pids of the workers that wrote to the prediction log."""
+    return {path.stem.rsplit("-", 1)[1] for path in log_files(folder)}
 
 
 def predictions_total(url: str) -> float:
@@ -77,10 +90,9 @@ def two_versions(tmp_path_factory, small_transactions):
 
 @pytest.fixture(scope="module")
 def api(two_versions):
-    root, settings, _, _ = two_versions
+    root, settings, v1, _ = two_versions
     config = write_config(root / "serve.yaml", settings)
-    with gunicorn_api(config, root / "gunicorn.log") as url:
-        wait_for(f"{url}/ready")
+    with gunicorn_api(config, root / "gunicorn.log", version=v1, workers=WORKERS) as url:
         yield url
 
 
@@ -104,14 +116,16 @@ def test_metrics_add_up_across_workers(api, two_versions) -> None:
 
     def post(i: int) -> int:
         with requests.Session() as fresh:
-            return fresh.post(f"{api}/predict", json=tx(i), timeout=10).status_code
+            return fresh.post(f"{api}/predict", json=tx(i), timeout=30).status_code
 
     with ThreadPoolExecutor(max_workers=6) as pool:
-        while sent < 480 and (sent < 40 or len(list(folder.glob("predictions-*.jsonl"))) < 2):
+        while sent < 480 and (sent < 40 or len(logging_workers(folder)) < WORKERS):
             statuses = list(pool.map(post, range(100 + sent, 140 + sent)))
             assert statuses == [200] * 40
             sent += 40
-    assert len(list(folder.glob("predictions-*.jsonl"))) == 2  # both workers served and logged
+    # both workers served and logged (a file per worker and UTC day)
+    workers = {labels.split('"')[1] for labels in worker_gauge(api, "fraudflow_model_version")}
+    assert logging_workers(folder) == workers and len(workers) == WORKERS
     assert predictions_total(api) - before == sent
     assert read_predictions(folder)["transaction_id"].str.startswith("g").sum() == sent + 1
 
@@ -140,7 +154,7 @@ def test_promotion_swaps_the_model_with_no_failed_request(api, two_versions) -> 
             while not stop.is_set() and i < 6000:
                 i += 1
                 try:
-                    r = session.post(f"{api}/predict", json=tx(i), timeout=10)
+                    r = session.post(f"{api}/predict", json=tx(i), timeout=30)
                     if r.status_code != 200:
                         failures.append(f"{r.status_code} {r.text[:200]}")
                     else:
@@ -148,25 +162,31 @@ def test_promotion_swaps_the_model_with_no_failed_request(api, two_versions) -> 
                 except requests.RequestException as exc:
                     failures.append(repr(exc))
 
+    def wait_until(condition) -> None:
+        deadline = time.monotonic() + 120
+        while not condition() and not failures and thread.is_alive():
+            assert time.monotonic() < deadline, (len(seen), failures[:5])
+            time.sleep(0.1)
+
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        time.sleep(1.0)
-        promoted_at = time.monotonic()
+        wait_until(lambda: len(seen) >= 10)  # traffic flows on v1 before the promotion
         set_stage(settings, v2, "Production", "hot swap test")
-        deadline = promoted_at + POLL_S + 15
-        while time.monotonic() < deadline and not any(v == v2 for _, v in seen[-4:]):
-            time.sleep(0.1)
-        time.sleep(1.0)
+        wait_every_worker(api, WORKERS, v2)  # each worker swaps at its own next poll
+        # the one request in flight now may have started on v1; every later one starts after
+        # both workers swapped
+        swapped = len(seen) + 1
+        wait_until(lambda: len(seen) >= swapped + 10)
     finally:
         stop.set()
-        thread.join(30)
+        thread.join(60)
     assert not failures, failures[:5]
     assert len(seen) > 20
-    first_v2 = min(t for t, v in seen if v == v2)
-    assert first_v2 - promoted_at < POLL_S + 5
+    assert seen[0][1] == v1
     last_v1 = max((t for t, v in seen if v == v1), default=0)
     assert all(v == v2 for t, v in seen if t > last_v1)  # once both workers swapped, no going back
+    assert [v for _, v in seen[swapped:]] == [v2] * (len(seen) - swapped)
     assert seen[-1][1] == v2
 
 
@@ -177,9 +197,9 @@ def test_a_new_embedded_store_is_created_once_before_the_workers_start(tmp_path)
     assert not (settings.workdir / "mlflow.db").exists()
     config = write_config(tmp_path / "serve.yaml", settings)
     log = tmp_path / "gunicorn.log"
-    with gunicorn_api(config, log) as url:
-        for _ in range(4):  # requests land on both workers
-            assert requests.get(f"{url}/ready", timeout=5).status_code == 503
+    with gunicorn_api(config, log, version=None, workers=WORKERS) as url:
+        for _ in range(4):  # every worker has booted: whichever answers, none has a model
+            assert requests.get(f"{url}/ready", timeout=30).status_code == 503
         assert (settings.workdir / "mlflow.db").exists()
     text = log.read_text()
     assert text.count("Booting worker") == 2, text[-3000:]
@@ -190,26 +210,20 @@ def test_no_production_model_starts_unready_then_serves_once_promoted(tmp_path, 
     settings = serving_settings(tmp_path)
     version = register(small_transactions, settings)
     config = write_config(tmp_path / "serve.yaml", settings)
-    with gunicorn_api(config, tmp_path / "gunicorn.log") as url:
-        assert requests.get(f"{url}/ready", timeout=5).status_code == 503
-        response = requests.post(f"{url}/predict", json=tx(0), timeout=5)
+    with gunicorn_api(config, tmp_path / "gunicorn.log", version=None, workers=WORKERS) as url:
+        assert requests.get(f"{url}/ready", timeout=30).status_code == 503
+        response = requests.post(f"{url}/predict", json=tx(0), timeout=30)
         assert response.status_code == 503 and "promote" in response.json()["error"]
         set_stage(settings, version, "Production", "now")
-        # each worker polls on its own: within the poll interval plus a few seconds, all serve
-        deadline = time.monotonic() + POLL_S + 20
-        statuses: list[int] = []
-        while time.monotonic() < deadline and statuses[-6:] != [200] * 6:
-            statuses.append(requests.post(f"{url}/predict", json=tx(0), timeout=5).status_code)
-            time.sleep(0.1)
-        assert statuses[-6:] == [200] * 6, statuses
-        assert requests.get(f"{url}/ready", timeout=5).status_code == 200
-        # and not only the worker that answered: each worker's version gauge shows the model
-        while (
-            time.monotonic() < deadline
-            and metric_values(url, "fraudflow_model_version") != [float(version)] * 2
-        ):
-            time.sleep(0.25)
-        assert metric_values(url, "fraudflow_model_version") == [float(version)] * 2
+        # each worker polls on its own: one worker's answer says nothing of the other, so wait
+        # until every worker's version gauge shows the model
+        wait_every_worker(url, WORKERS, version)
+        assert metric_values(url, "fraudflow_model_version") == [float(version)] * WORKERS
+        statuses = [
+            requests.post(f"{url}/predict", json=tx(0), timeout=30).status_code for _ in range(6)
+        ]
+        assert statuses == [200] * 6, statuses
+        assert requests.get(f"{url}/ready", timeout=30).status_code == 200
 
 
 def test_registry_outage_keeps_serving_and_reports_degraded(tmp_path, small_transactions) -> None:
@@ -218,32 +232,27 @@ def test_registry_outage_keeps_serving_and_reports_degraded(tmp_path, small_tran
         version = register(small_transactions, settings)
         set_stage(settings, version, "Production", "via the tracking server")
         config = write_config(tmp_path / "serve.yaml", settings)
-        with gunicorn_api(config, tmp_path / "gunicorn.log") as url:
-            wait_for(f"{url}/ready")
-            assert requests.get(f"{url}/health", timeout=5).json()["registry"] == "ok"
+        # every worker has loaded the model before the registry goes away
+        log = tmp_path / "gunicorn.log"
+        with gunicorn_api(config, log, version=version, workers=WORKERS) as url:
+            assert requests.get(f"{url}/health", timeout=30).json()["registry"] == "ok"
             kill_group(server)
-            deadline = time.monotonic() + POLL_S + 30
-            health = {}
-            while time.monotonic() < deadline:
-                health = requests.get(f"{url}/health", timeout=5).json()
-                if health["registry"] == "unreachable":
-                    break
-                time.sleep(0.5)
-            assert health["registry"] == "unreachable", health
+            # each worker notices at its own next poll
+            wait_every_worker_gauge(url, "fraudflow_registry_up", WORKERS, 0.0)
+            assert requests.get(f"{url}/health", timeout=30).json()["registry"] == "unreachable"
             for i in range(6):
-                response = requests.post(f"{url}/predict", json=tx(i), timeout=10)
+                response = requests.post(f"{url}/predict", json=tx(i), timeout=30)
                 assert response.status_code == 200
                 assert response.json()["model"]["version"] == version
-            assert requests.get(f"{url}/ready", timeout=5).status_code == 200
+            assert requests.get(f"{url}/ready", timeout=30).status_code == 200
             assert registry_up(url) == {0.0}
             # the registry comes back on the same address: every worker reports it up again
             port = int(tracking.rsplit(":", 1)[1])
             with mlflow_server(tmp_path / "mlflow", port=port):
-                deadline = time.monotonic() + POLL_S + 30
-                while time.monotonic() < deadline and registry_up(url) != {1.0}:
-                    time.sleep(0.5)
+                wait_every_worker_gauge(url, "fraudflow_registry_up", WORKERS, 1.0)
                 assert registry_up(url) == {1.0}
-                assert requests.get(f"{url}/health", timeout=5).json()["registry"] == "ok"
+                assert requests.get(f"{url}/health", timeout=30).json()["registry"] == "ok"
+            wait_every_worker(url, WORKERS, version)  # and the model never left any worker
 
 
 def registry_up(url: str) -> set[float]:

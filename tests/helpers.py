@@ -1,0 +1,93 @@
+"""Plain helpers for tests: settings for the small simulated world and config overlay files.
+
+Fixtures live in conftest.py; servers in servers.py and stack_servers.py."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.settings import Settings, load_settings
+
+# 90 days of a small world: enough history for 30-day windows, a 7-day delay and three periods.
+SMALL_WORLD = {
+    "n_customers": 800,
+    "n_terminals": 1600,
+    "n_days": 90,
+    "radius": 8.0,
+    "seed": 3,
+    "compromised_terminals_per_day": 1,
+    "compromised_customers_per_day": 2,
+}
+FAST_TRAINING = {
+    "train_days": 28,
+    "validation_days": 7,
+    "test_days": 7,
+    "max_rounds": 150,
+    "early_stopping_rounds": 20,
+    "lightgbm": {"learning_rate": 0.1, "num_leaves": 15, "min_child_samples": 20},
+}
+LENIENT_GATES = {"average_precision": 0.3, "recall": 0.2, "card_precision_at_100": 0.01}
+
+
+def make_settings(workdir: Path, **sections: Any) -> Settings:
+    """Settings for a test: the small world, fast training and a private embedded store."""
+    overrides: dict[str, Any] = {
+        "workdir": str(workdir),
+        "simulation": SMALL_WORLD,
+        "training": FAST_TRAINING,
+        "backtest": {"folds": 2, "train_days": 21, "test_days": 7, "fold_step_days": 7},
+        "promotion": {"gates": LENIENT_GATES, "min_improvement": 0.0},
+    }
+    for key, value in sections.items():
+        overrides[key] = {**overrides.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_settings(environ={}, overrides=overrides)
+
+
+def write_config(path: Path, settings: Settings) -> Path:
+    """A --config overlay file that reproduces `settings` for the CLI and `mlflow run`."""
+    payload = settings.model_dump(mode="json")
+    payload["workdir"] = str(settings.workdir)
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def copy_store(source: Path, target: Path) -> None:
+    """Copy a workdir holding an embedded store (mlflow.db and mlartifacts/) to `target`, a
+    store of its own: MLflow keeps absolute artifact URIs (experiments, runs, logged models,
+    model versions, MLmodel files), so every mention of `source` is rewritten to `target`;
+    unchanged, the copy would read and write the original's artifact folder."""
+    old, new = str(Path(source).resolve()), str(Path(target).resolve())
+    shutil.copytree(source, target)
+    for path in Path(target).rglob("*"):
+        if path.is_file() and path.name != "mlflow.db" and path.stat().st_size < 1_000_000:
+            try:
+                text = path.read_text()
+            except UnicodeDecodeError:
+                continue
+            if old in text:
+                path.write_text(text.replace(old, new))
+    with sqlite3.connect(Path(target) / "mlflow.db") as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]:
+                db.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                    f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
+                    (old, new, old),
+                )
+        left = [
+            f"{table}.{column}"
+            for table in tables
+            for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
+            if db.execute(
+                f'SELECT count(*) FROM "{table}" WHERE instr(CAST("{column}" AS TEXT), ?) > 0',
+                (old,),
+            ).fetchone()[0]
+        ]
+    db.close()
+    assert not left, f"the copied store still points at {old}: {left}"
