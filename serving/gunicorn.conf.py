@@ -4,6 +4,7 @@ Read by the gunicorn master before it forks: settings come from conf/default.yam
 $FRAUDFLOW_CONFIG and the environment; gunicorn's own command-line flags still win.
 """
 
+import multiprocessing
 import os
 import shutil
 
@@ -29,6 +30,9 @@ threads = 1
 timeout = _serving.timeout_s
 graceful_timeout = 10
 keepalive = 5
+# gunicorn's control socket would go to $HOME (a data volume in containers), shared by every
+# server of the user; nothing here uses it
+control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = "info"
@@ -40,24 +44,28 @@ def on_starting(server):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
     if _settings.tracking_uri.startswith("sqlite:"):
-        from pipelines.tracking import client as tracking_client
-
-        client = tracking_client(_settings)
-        client.search_experiments(max_results=1)
-        client.search_registered_models(max_results=1)
-        _close_sqlite_connections()
+        _create_store_in_a_child()
 
 
-def _close_sqlite_connections():
-    """An SQLite connection must not cross fork() (sqlite.org/howtocorrupt.html, 2.6): MLflow
-    keeps one engine per database URI per process, so every worker would otherwise go on
-    using the connections the master opened above. Closed here, each process opens its own."""
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+def _create_store_in_a_child():
+    """Create the embedded store in a short-lived child process: an SQLite connection must not
+    cross fork() (sqlite.org/howtocorrupt.html, 2.6), and MLflow keeps its connections open for
+    the life of a process, so the master itself never opens one for its workers to inherit."""
+    child = multiprocessing.get_context("fork").Process(
+        target=_create_store, args=(_settings,), name="create-store"
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"creating the MLflow store failed (exit code {child.exitcode})")
 
-    for store in (TrackingStore, RegistryStore):
-        for engine in store._engine_map.values():
-            engine.dispose()
+
+def _create_store(settings):
+    from pipelines.tracking import client as tracking_client
+
+    client = tracking_client(settings)
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
 
 
 def child_exit(server, worker):

@@ -6,7 +6,9 @@ adds them up; in-process (tests, `flask run`) each app gets a fresh registry.
 
 from __future__ import annotations
 
+import glob
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
@@ -60,6 +63,26 @@ class ServiceMetrics:
         self.registry_up.set(0.0 if event == "registry_error" else 1.0)
 
 
+class StartingWorkerTolerantCollector(MultiProcessCollector):
+    """The workers' metric files, leaving out a file a starting worker has created but not yet
+    sized (prometheus_client issue 1199): read as it is, it fails the whole scrape with a 500.
+    Such a file holds no sample yet, so nothing is lost."""
+
+    def collect(self):
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        return self.merge([f for f in files if _readable(f)], accumulate=True)
+
+
+def _readable(path: str) -> bool:
+    try:
+        MmapedDict.read_all_values_from_file(path)
+    except FileNotFoundError:
+        return False  # a dead worker's live gauge, removed since the glob
+    except (struct.error, ValueError):
+        return False  # created, not sized yet
+    return True
+
+
 class GunicornExporter(GunicornInternalPrometheusMetrics):
     """The exporter of gunicorn's multiprocess mode, plus collectors computed at scrape time.
 
@@ -73,7 +96,7 @@ class GunicornExporter(GunicornInternalPrometheusMetrics):
 
     def generate_metrics(self, accept_header=None, names=None):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        StartingWorkerTolerantCollector(registry)
         for collector in self.scrape_collectors:
             registry.register(collector)
         if names:

@@ -43,15 +43,19 @@ class Trap(mlflow.pyfunc.PythonModel):
         return np.zeros(len(model_input))
 
 
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame):
-    """A store with a good v1 in Production and the result that trained it."""
-    root = tmp_path_factory.mktemp("artifact")
+def register_good(root: Path, transactions: pd.DataFrame):
+    """A store with a good v1 in Production, and the result that trained it."""
     settings = make_settings(root / "work")
-    result = train_model(small_transactions, settings)
+    result = train_model(transactions, settings)
     _, version = tracking.log_training_run(result, settings, {"data_path": "test"})
     set_stage(settings, str(version.version), "Production", "serve it")
     return settings, result
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame):
+    """Shared read-only: no test of this module changes this store."""
+    return register_good(tmp_path_factory.mktemp("artifact"), small_transactions)
 
 
 def register_trap(settings, marker: Path, data_from: str | None = None) -> str:
@@ -71,12 +75,13 @@ def register_trap(settings, marker: Path, data_from: str | None = None) -> str:
             python_model=Trap(marker),
             artifacts=artifacts or None,
             registered_model_name=NAME,
+            pip_requirements=["mlflow"],  # inferring them would load (unpickle) the model
         )
     return str(info.registered_model_version)
 
 
-def test_a_promoted_pickle_never_runs_in_the_api(registered, tmp_path: Path) -> None:
-    settings, _ = registered
+def test_a_promoted_pickle_never_runs_in_the_api(small_transactions, tmp_path: Path) -> None:
+    settings, _ = register_good(tmp_path, small_transactions)
     settings = settings.model_copy(
         update={
             "serving": settings.serving.model_copy(
@@ -94,6 +99,7 @@ def test_a_promoted_pickle_never_runs_in_the_api(registered, tmp_path: Path) -> 
 
     # a pickle with no booster: refused, counted, and the last model keeps serving
     bare = register_trap(settings, marker)
+    assert not marker.exists()  # registering it ran nothing either
     set_stage(settings, bare, "Production", "attacker")
     assert not holder.refresh()
     assert holder.model.version == good and holder.status.reload_failures == 1
@@ -140,7 +146,7 @@ for name in ("pipelines", "serving", "drift", "fraudflow"):
     sys.modules[name] = None  # importing any of them now fails
 import mlflow, pandas as pd
 mlflow.set_tracking_uri({settings.tracking_uri!r})
-model = mlflow.pyfunc.load_model("models:/{NAME}/Production")
+model = mlflow.pyfunc.load_model("models:/{NAME}/1")
 frame = pd.read_parquet({str(tmp_path / "features.parquet")!r})
 print(json.dumps(model.predict(frame).tolist()))
 """
@@ -150,7 +156,7 @@ print(json.dumps(model.predict(frame).tolist()))
     assert done.returncode == 0, done.stderr[-3000:]
     probabilities = json.loads(done.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(probabilities, result.scorer.predict_proba(features), rtol=1e-12)
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/Production"))
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1"))
     assert not list(local.rglob("*.pkl")) and (local / "pyfunc_model.py").is_file()
 
 
@@ -183,4 +189,5 @@ def test_the_model_files_are_checked_before_use(registered, tmp_path: Path, monk
     monkeypatch.undo()
     monkeypatch.setattr(model_files, "MAX_TREES", 3)
     refused(None, valid, "trees")
+    monkeypatch.undo()
     assert isinstance(FraudScorer.load(booster, meta).booster, lgb.Booster)
