@@ -91,3 +91,14 @@ def copy_store(source: Path, target: Path) -> None:
         ]
     db.close()
     assert not left, f"the copied store still points at {old}: {left}"
+
+
+def private_serving(settings: Settings, folder: Path, **serving: Any) -> Settings:
+    """`settings` with an online state and prediction log of its own under `folder` (and any
+    other `serving` values), so that an app shares nothing with another test's."""
+    update = {
+        "state_path": str(Path(folder) / "state.sqlite"),
+        "prediction_log_dir": str(Path(folder) / "predictions"),
+        **serving,
+    }
+    return settings.model_copy(update={"serving": settings.serving.model_copy(update=update)})

@@ -25,7 +25,7 @@ from pipelines.model import FraudScorer, ModelArtifactError
 from pipelines.promotion import set_stage
 from pipelines.train import train_model
 from serving.app import create_app
-from tests.helpers import make_settings
+from tests.helpers import make_settings, private_serving
 
 NAME = "fraud-detector"
 
@@ -82,16 +82,7 @@ def register_trap(settings, marker: Path, data_from: str | None = None) -> str:
 
 def test_a_promoted_pickle_never_runs_in_the_api(small_transactions, tmp_path: Path) -> None:
     settings, _ = register_good(tmp_path, small_transactions)
-    settings = settings.model_copy(
-        update={
-            "serving": settings.serving.model_copy(
-                update={
-                    "state_path": str(tmp_path / "state.sqlite"),
-                    "prediction_log_dir": str(tmp_path / "predictions"),
-                }
-            )
-        }
-    )
+    settings = private_serving(settings, tmp_path)
     app = create_app(settings, start_polling=False)
     holder = app.extensions["fraudflow"].holder
     good = holder.model.version

@@ -17,7 +17,7 @@ from pipelines.promotion import set_stage
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
 from serving.app import create_app
-from tests.helpers import make_settings
+from tests.helpers import make_settings, private_serving
 
 NAME = "fraud-detector"
 
@@ -37,17 +37,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.Dat
 def app(trained, tmp_path: Path):
     """A fresh app per test: its own online state, prediction log and metrics registry."""
     settings, _ = trained
-    settings = settings.model_copy(
-        update={
-            "serving": settings.serving.model_copy(
-                update={
-                    "state_path": str(tmp_path / "state.sqlite"),
-                    "prediction_log_dir": str(tmp_path / "predictions"),
-                }
-            )
-        }
-    )
-    application = create_app(settings, start_polling=False)
+    application = create_app(private_serving(settings, tmp_path), start_polling=False)
     yield application
     application.extensions["fraudflow"].holder.stop()
 
@@ -271,17 +261,7 @@ def test_invocations_speaks_mlflows_payload_formats(client, trained) -> None:
 
 def test_auth_protects_scoring_but_not_health(trained, tmp_path) -> None:
     settings, _ = trained
-    secured = settings.model_copy(
-        update={
-            "serving": settings.serving.model_copy(
-                update={
-                    "auth_tokens": ("s3cret",),
-                    "state_path": str(tmp_path / "s.sqlite"),
-                    "prediction_log_dir": str(tmp_path / "p"),
-                }
-            )
-        }
-    )
+    secured = private_serving(settings, tmp_path, auth_tokens=("s3cret",))
     client = create_app(secured, start_polling=False).test_client()
     assert client.post("/predict", json=tx()).status_code == 401
     assert (
@@ -335,15 +315,9 @@ def test_openapi_describes_every_route_the_service_has(app, client) -> None:
 
 def test_a_model_trained_on_other_features_is_refused(trained, tmp_path) -> None:
     settings, _ = trained
-    other = settings.model_copy(
+    other = private_serving(settings, tmp_path).model_copy(
         update={
             "features": settings.features.model_copy(update={"terminal_windows_days": (1, 7)}),
-            "serving": settings.serving.model_copy(
-                update={
-                    "state_path": str(tmp_path / "s.sqlite"),
-                    "prediction_log_dir": str(tmp_path / "p"),
-                }
-            ),
         }
     )
     app = create_app(other, start_polling=False)
