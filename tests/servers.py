@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,21 +23,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(url: str, status: int = 200, timeout: float = 90.0, process=None) -> requests.Response:
+def poll_until(
+    check: Callable[[], tuple[bool, object]], what: str, timeout: float, process=None
+) -> object:
+    """Call `check` (which returns whether it is done, and what it saw) every 0.25 s until it is
+    done; fail when `process` exits or `timeout` passes, with the last thing seen."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+            raise RuntimeError(f"server exited with {process.returncode} before {what} ({last})")
         try:
-            response = requests.get(url, timeout=2)
-            if response.status_code == status:
-                return response
-            last = response.status_code
+            done, last = check()
+            if done:
+                return last
         except requests.RequestException as exc:
             last = exc
         time.sleep(0.25)
-    raise TimeoutError(f"{url} did not answer {status} in {timeout}s (last: {last})")
+    raise TimeoutError(f"{what} not reached in {timeout}s (last: {last})")
+
+
+def wait_for(url: str, status: int = 200, timeout: float = 90.0, process=None) -> requests.Response:
+    def check() -> tuple[bool, object]:
+        response = requests.get(url, timeout=2)
+        return response.status_code == status, response
+
+    return poll_until(check, f"{url} answering {status}", timeout, process)
 
 
 def worker_gauge(url: str, name: str) -> dict[str, float]:
@@ -59,19 +70,12 @@ def wait_every_worker_gauge(
 ) -> None:
     """Until exactly `workers` live workers export gauge NAME, each equal to `value`: an answer
     from one worker says nothing of the others (each polls the registry on its own)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}, last {name}: {last}")
-        try:
-            last = worker_gauge(url, name)
-            if len(last) == workers and set(last.values()) == {value}:
-                return
-        except requests.RequestException as exc:
-            last = exc
-        time.sleep(0.25)
-    raise TimeoutError(f"{name} of {workers} workers never all {value} in {timeout}s: {last}")
+
+    def check() -> tuple[bool, object]:
+        values = worker_gauge(url, name)
+        return len(values) == workers and set(values.values()) == {value}, values
+
+    poll_until(check, f"{name} = {value} on all {workers} workers", timeout, process)
 
 
 def wait_every_worker(
