@@ -20,6 +20,7 @@ RUN python -c "import configparser; c = configparser.ConfigParser(); c.read('set
     && pip install --no-cache-dir -c constraints.txt -r requirements.txt
 COPY pyproject.toml README.md MLproject python_env.yaml conda.yaml ./
 COPY conf ./conf
+COPY fraudflow ./fraudflow
 COPY pipelines ./pipelines
 COPY serving ./serving
 COPY drift ./drift

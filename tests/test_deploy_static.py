@@ -80,6 +80,22 @@ def test_dockerfile_is_multistage_nonroot_with_healthcheck_and_gunicorn() -> Non
     assert "FRAUDFLOW__SERVING__HOST=0.0.0.0" in text
 
 
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    """A package setup.cfg installs but the image leaves out breaks the console script there
+    (the entry layer `fraudflow/` once was): each is copied and let through .dockerignore."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    packages = [p.rstrip("*") for p in setup["options.packages.find"]["include"].split()]
+    assert {"fraudflow", "pipelines", "serving", "drift"} <= set(packages)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    for package in packages:
+        assert re.search(rf"^COPY {package} \./{package}$", dockerfile, re.M), package
+        assert f"!{package}/" in ignore, package
+
+
 def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:
     """The ignore file is an allow-list: every COPY source must be let in, nothing else."""
     lines = [
