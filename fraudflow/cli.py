@@ -143,12 +143,13 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows."""
+    from pipelines.registry import served_uri
     from pipelines.score import score_transactions
     from pipelines.tracking import load_scorer
 
     if not args.output:
         raise UsageError("score needs --output FILE (.csv or .parquet)")
-    uri = args.model_uri or f"models:/{settings.mlflow.model_name}/Production"
+    uri = args.model_uri or served_uri(settings)
     scorer = load_scorer(settings, uri)
     _, transactions = _load(args, settings, require_labels=False)
     if "tx_fraud" not in transactions:
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("backtest", cmd_backtest, "prequential evaluation over weekly folds", data=True)
     p.add_argument("--folds", type=_whole)
     p = add("score", cmd_score, "batch-score raw transactions", data=True, summary=False)
-    p.add_argument("--model-uri", help="default: models:/<model_name>/Production")
+    p.add_argument("--model-uri", help="default: the model in service (stage or alias)")
     p = add("promote", cmd_promote, "promote a model version", data=True)
     p.add_argument("--version", help="version number, or 'auto' (same as --auto)")
     p.add_argument("--stage", choices=["Production", "Staging"])
