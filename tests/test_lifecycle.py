@@ -12,6 +12,7 @@ import pytest
 from pipelines import tracking
 from pipelines.features import build_features, feature_names
 from pipelines.promotion import promote_if_better, promotion_history, set_stage
+from pipelines.retrain import champion_configuration
 from pipelines.tracking import REFERENCE_ARTIFACT, log_training_run
 from pipelines.train import train_model
 from tests.helpers import make_settings
@@ -32,7 +33,8 @@ def train_log_result(transactions: pd.DataFrame, settings):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame):
-    """One store with a good v1, used in order by the tests of this module."""
+    """One store with a good v1; a test that changes it (promotes, trains more) leaves v1 as
+    the others read it (its run, tags and files), so the tests run in any order."""
     settings = make_settings(tmp_path_factory.mktemp("store"))
     run_id, version, result = train_log_result(small_transactions, settings)
     return settings, run_id, version, result
@@ -153,10 +155,11 @@ def test_manual_promotion_sets_stage_and_alias_and_archives(store, small_transac
     assert list(history["champion_before"])[:2] == [v1, ""]
 
 
-def test_auto_refuses_a_worse_model_and_keeps_the_champion(store, small_transactions) -> None:
-    settings, _, _, _ = store
+def test_auto_refuses_a_worse_model_and_keeps_the_champion(tmp_path, small_transactions) -> None:
+    settings = make_settings(tmp_path)
     client = tracking.client(settings)
-    champion = str(client.get_model_version_by_alias(NAME, "champion").version)
+    _, champion = train_and_log(small_transactions, settings)
+    set_stage(settings, champion, "Production", "the champion")
     stump = make_settings(
         settings.workdir,
         training={"max_rounds": 1, "lightgbm": {"num_leaves": 2, "learning_rate": 0.01}},
@@ -206,3 +209,29 @@ def test_demoting_the_champion_to_staging_removes_the_alias(tmp_path, small_tran
     assert client.get_model_version(NAME, v1).current_stage == "Staging"
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(NAME, "champion")
+
+
+def test_retraining_takes_over_the_configuration_the_champion_was_trained_with(
+    tmp_path, small_transactions
+) -> None:
+    """The training configuration is logged with the run (config/training.json) and read back
+    from there: the model's settings of the champion, the time windows of today."""
+    trained_with = make_settings(
+        tmp_path,
+        training={
+            "imbalance_power": 0.5,
+            "max_rounds": 60,
+            "lightgbm": {"num_leaves": 7, "learning_rate": 0.2},
+            "threshold": {"rule": "max_f1"},
+        },
+    )
+    _, version = train_and_log(small_transactions, trained_with)
+    set_stage(trained_with, version, "Production", "the champion")
+    today = make_settings(tmp_path, training={"train_days": 21})
+    taken, champion = champion_configuration(today)
+    assert champion == version
+    assert taken.training.lightgbm == trained_with.training.lightgbm != today.training.lightgbm
+    assert (taken.training.imbalance_power, taken.training.max_rounds) == (0.5, 60)
+    assert taken.training.threshold == trained_with.training.threshold
+    assert taken.training.threshold.rule == "max_f1" != today.training.threshold.rule
+    assert taken.training.train_days == 21

@@ -188,6 +188,9 @@ def test_promotion_swaps_the_model_with_no_failed_request(api, two_versions) -> 
     assert all(v == v2 for t, v in seen if t > last_v1)  # once both workers swapped, no going back
     assert [v for _, v in seen[swapped:]] == [v2] * (len(seen) - swapped)
     assert seen[-1][1] == v2
+    # leave the module's server as the other tests expect it, whatever order they run in
+    set_stage(settings, v1, "Production", "back to the module's model")
+    wait_every_worker(api, WORKERS, v1)
 
 
 def test_a_new_embedded_store_is_created_once_before_the_workers_start(tmp_path) -> None:
