@@ -151,6 +151,8 @@ class ServingSettings(_Frozen):
     model_source: Literal["stage", "alias"]
     poll_interval_s: float = Field(gt=0)
     max_batch: int = Field(gt=0)
+    # a request body larger than this is refused (413) before it is read or parsed
+    max_body_bytes: int = Field(gt=0)
     # decisions: review from the model's own threshold (or this one), decline from this one
     review_threshold: float | None = Field(default=None, ge=0, le=1)
     decline_threshold: float = Field(ge=0, le=1)

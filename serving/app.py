@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None, start_polling: bool = True) -> 
     settings = settings or load_settings(os.environ.get(CONFIG_ENV) or None)
     app = Flask(__name__)
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = settings.serving.max_body_bytes
     state = open_state(settings)
     metrics = create_metrics(app, settings.monitor_latest)
     holder = ModelHolder(settings)

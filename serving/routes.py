@@ -107,14 +107,19 @@ def _validate(model: type, items: list[Any], as_list: bool) -> list[Any]:
 
 
 def _model_or_503():
-    model = service().holder.model
+    holder = service().holder
+    model = holder.model
     if model is None:
-        settings = service().settings
+        if holder.status.reload_failures:
+            raise ApiError(
+                503,
+                f"no model to serve: the version at {holder.target_uri} failed to load; the "
+                "server log and the metric fraudflow_model_reload_failures_total say why",
+            )
         raise ApiError(
             503,
-            f"no model to serve: {service().holder.target_uri} does not exist yet in the registry "
-            f"at {settings.tracking_uri}; train one and promote it "
-            f"(fraudflow promote --version N --stage Production)",
+            f"no model to serve: nothing is at {holder.target_uri} in the registry yet; train "
+            "one and promote it (fraudflow promote --version N --stage Production)",
         )
     return model
 
@@ -252,7 +257,6 @@ def health() -> Response:
         {
             "status": "ok",
             "registry": "ok" if status.reachable else "unreachable",
-            "registry_error": status.last_error,
             "model_loaded": holder.model is not None,
             "model_version": holder.model.version if holder.model else None,
         }

@@ -351,3 +351,54 @@ def test_single_row_contributions_equal_the_matrix_path(app) -> None:
         [derived], [contributions] = model.online.score([row], explain=True)
         assert derived == pytest.approx(probability, abs=1e-12)
         np.testing.assert_array_equal(contributions, want[:-1])
+
+
+def test_a_body_over_the_size_limit_is_refused_before_it_is_parsed(trained, tmp_path) -> None:
+    settings, _ = trained
+    app = create_app(private_serving(settings, tmp_path, max_body_bytes=2_000), start_polling=False)
+    client = app.test_client()
+    garbage = "{" + "x" * 5_000  # 413, not 400: the size is checked before anything is parsed
+    assert client.post("/predict", data=garbage, content_type="application/json").status_code == 413
+    batch = json.dumps([tx(i) for i in range(20)])  # a valid batch, under max_batch, too large
+    assert len(batch) > 2_000
+    for route in ("/predict", "/feedback", "/invocations"):
+        response = client.post(route, data=batch, content_type="application/json")
+        assert response.status_code == 413 and response.is_json, route
+    assert stored_rows(app) == 0
+    assert client.post("/predict", json=tx(0)).status_code == 200  # a small body still passes
+    app.extensions["fraudflow"].holder.stop()
+
+
+def test_invocations_refuses_more_rows_than_the_batch_limit(client, trained) -> None:
+    _, result = trained
+    rows = json.loads(result.test.features.head(101).to_json(orient="records"))
+    response = client.post("/invocations", json={"dataframe_records": rows})
+    assert response.status_code == 413 and "101" in response.json["error"]
+    response = client.post("/invocations", json={"dataframe_records": rows[:100]})
+    assert response.status_code == 200 and len(response.json["predictions"]) == 100
+
+
+def test_errors_never_show_the_registry_address_or_its_error(tmp_path, monkeypatch) -> None:
+    """/health says `unreachable`, the 503s say what to do; the detail (hosts, credentials in
+    a tracking URI) goes to the server log only."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    registry = "http://fraud-admin:hunter2@127.0.0.1:9"  # nothing listens on port 9
+    settings = make_settings(tmp_path / "work", mlflow={"tracking_uri": registry})
+    app = create_app(private_serving(settings, tmp_path), start_polling=False)
+    client = app.test_client()
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json["registry"] == "unreachable"
+    answers = [
+        health,
+        client.get("/ready"),
+        client.get("/model"),
+        client.post("/predict", json=tx(0)),
+        client.post("/invocations", json={"inputs": []}),
+    ]
+    assert [a.status_code for a in answers[1:]] == [503, 503, 503, 503]
+    for answer in answers:
+        text = answer.get_data(as_text=True)
+        for secret in ("hunter2", "fraud-admin", "127.0.0.1", "Connection"):
+            assert secret not in text, (answer.request.path, text)
+    app.extensions["fraudflow"].holder.stop()
