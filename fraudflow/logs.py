@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,9 @@ NOISY = ("alembic", "mlflow.store", "urllib3")
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """INFO (DEBUG with --verbose) to stderr; the libraries' chatter at WARNING."""
+    """INFO (DEBUG with --verbose) to stderr; the libraries' chatter at WARNING; no download
+    progress bars from MLflow between the lines of a command's output."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT)
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -20,16 +23,18 @@ def setup_logging(verbose: bool = False) -> None:
 
 @contextmanager
 def logging_to(path: Path) -> Iterator[None]:
-    """Send every log record to `path` instead of the console while the block runs (the demo
-    keeps its own output readable and the monitor's log beside it)."""
+    """Send every log record and warning to `path` instead of the console while the block runs
+    (the demo keeps its own output readable and the monitor's log beside it)."""
     root = logging.getLogger()
     saved = root.handlers[:]
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter(FORMAT))
     root.handlers = [handler]
+    logging.captureWarnings(True)
     try:
         yield
     finally:
+        logging.captureWarnings(False)
         root.handlers = saved
         handler.close()
