@@ -273,13 +273,19 @@ class SqliteOnlineState:
         return db.execute("SELECT COUNT(*) FROM transactions").fetchone()[0] - before
 
     def labels(self) -> pd.DataFrame:
-        """Every label received (`transaction_id`, `tx_fraud`), read without writing."""
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True, timeout=self.timeout_s)) as db:
-            rows = db.execute("SELECT transaction_id, label FROM labels").fetchall()
-        return pd.DataFrame(rows, columns=LABEL_COLUMNS).astype(
-            {"transaction_id": str, "tx_fraud": int}
-        )
+        """Every label received (`transaction_id`, `tx_fraud`)."""
+        return read_sqlite_labels(self.path, self.timeout_s)
+
+
+def read_sqlite_labels(path: Path, timeout_s: float = 10) -> pd.DataFrame:
+    """The labels of a SQLite state file, through a read-only connection: a reader beside a
+    running API takes no write lock and never creates or migrates the file."""
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=timeout_s)) as db:
+        rows = db.execute("SELECT transaction_id, label FROM labels").fetchall()
+    return pd.DataFrame(rows, columns=LABEL_COLUMNS).astype(
+        {"transaction_id": str, "tx_fraud": int}
+    )
 
 
 def open_state(settings: Settings) -> OnlineState:
@@ -296,6 +302,7 @@ def open_state(settings: Settings) -> OnlineState:
 def received_labels(settings: Settings) -> pd.DataFrame:
     """The labels /feedback received, as monitoring and retraining read them; empty when the
     API never ran here (no state is created just to be read)."""
-    if not settings.under_workdir(settings.serving.state_path).is_file():
+    path = settings.under_workdir(settings.serving.state_path)
+    if not path.is_file():
         return pd.DataFrame(columns=LABEL_COLUMNS)
-    return open_state(settings).labels()
+    return read_sqlite_labels(path)

@@ -37,7 +37,8 @@ def record(
     customer_id: str,
     terminal_id: str,
     tx_amount: float,
-    features: dict[str, float],
+    feature_names: Sequence[str],
+    feature_values: Sequence[float],
     fraud_probability: float,
     decision: str,
     model_name: str,
@@ -54,7 +55,9 @@ def record(
         "customer_id": customer_id,
         "terminal_id": terminal_id,
         "tx_amount": tx_amount,
-        "features": {k: None if math.isnan(v) else v for k, v in features.items()},
+        "features": dict(
+            zip(feature_names, [None if math.isnan(v) else v for v in feature_values])
+        ),
         "fraud_probability": fraud_probability,
         "decision": decision,
         "model_name": model_name,

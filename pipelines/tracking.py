@@ -61,10 +61,10 @@ def client(settings: Settings) -> MlflowClient:
 def use_store(settings: Settings) -> MlflowClient:
     """Point MLflow's fluent API (runs, model logging and loading) at the configured store:
     process-wide state, set here before every fluent call and by nothing else in fraudflow."""
-    settings.workdir.mkdir(parents=True, exist_ok=True)
+    mlflow_client = client(settings)  # creates the workdir of the embedded store
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    return client(settings)
+    return mlflow_client
 
 
 def _experiment(settings: Settings, name: str) -> str:
