@@ -40,9 +40,15 @@ loglevel = "info"
 
 def on_starting(server):
     """A fresh multiprocess directory: files of earlier runs would be summed in. The embedded
-    SQLite store is created here, once: workers creating it together race on its schema."""
+    SQLite store is created here, once: workers creating it together race on its schema.
+
+    The serving stack (Flask, MLflow, LightGBM, pandas) is imported here, once, so that every
+    worker starts from the master's copy of it: workers that imported it themselves spent about
+    0.3 ms more CPU on each /predict (2.18 against 1.85-1.87 ms per request, benchmarks.load).
+    Importing opens no connection and builds no app; each worker still builds its own."""
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
+    import serving.app  # noqa: F401
     if _settings.tracking_uri.startswith("sqlite:"):
         _create_store_in_a_child()
 
