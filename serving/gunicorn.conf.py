@@ -49,6 +49,7 @@ def on_starting(server):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
     import serving.app  # noqa: F401
+
     if _settings.tracking_uri.startswith("sqlite:"):
         _create_store_in_a_child()
 
