@@ -1,4 +1,4 @@
-"""HTTP load: the Flask floor, our API and `mlflow models serve`, side by side in one run.
+"""HTTP load: the Flask floor, our API, `mlflow models serve` and MLServer, side by side in one run.
 
     .venv/bin/python -m benchmarks.load [--duration 15] [--repeats 3] [--markdown OUT.md]
 
@@ -8,14 +8,17 @@ with 2 workers and OMP_NUM_THREADS=1:
 
 - a bare Flask "hello" app (benchmarks/hello_app.py) under serving/gunicorn.conf.py: the floor;
 - our API, `fraudflow serve` (the same gunicorn settings);
-- `mlflow models serve -m models:/fraud-detector/Production --env-manager local` (uvicorn).
+- `mlflow models serve -m models:/fraud-detector/Production --env-manager local` (uvicorn);
+- Seldon MLServer with its LightGBM runtime serving the same booster file (benchmarks/mlserver.py;
+  its own venv, `--mlserver-venv`, created from benchmarks/mlserver-requirements.txt on first use).
 
-wrk drives four targets: hello, our /predict (one raw transaction per request, every id new,
+wrk drives five targets: hello, our /predict (one raw transaction per request, every id new,
 real customer/terminal pairs, time moving forward), our /invocations and mlflow's /invocations
-(the same one-row `dataframe_split` body). After one warm-up run per target the targets are run
-round-robin `--repeats` times, so that noise from the shared machine hits all of them alike;
-the table gives the medians. A run with socket errors or non-2xx answers is not a measurement:
-it is reported and left out of the medians. Needs `wrk` (apt-get install -y wrk).
+(the same one-row `dataframe_split` body) and MLServer's V2 infer (the same row). After one
+warm-up run per target the targets are run round-robin `--repeats` times, so that noise from the
+shared machine hits all of them alike; the table gives the medians. A run with socket errors or
+non-2xx answers is not a measurement: it is reported and left out of the medians. Needs `wrk`
+(apt-get install -y wrk).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks import mlserver
 from benchmarks.cpu import with_server_cpu
 from benchmarks.env import BIN
 from benchmarks.profiling import profile_predict, render_profile
@@ -52,6 +56,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk -t")
     parser.add_argument("--connections", type=int, default=16, help="wrk -c")
     parser.add_argument("--timeout", type=int, default=10, help="wrk --timeout, seconds")
+    parser.add_argument(
+        "--mlserver-venv",
+        default=str(mlserver.DEFAULT_VENV),
+        help="MLServer's own virtualenv (created from benchmarks/mlserver-requirements.txt)",
+    )
+    parser.add_argument(
+        "--mlserver-workers",
+        type=int,
+        default=2,
+        help="MLServer parallel_workers (0: inference in its front-end process)",
+    )
     parser.add_argument("--markdown", help="also write the Markdown section to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument(
@@ -87,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="fraudflow-load-"))
     began = time.monotonic()
     try:
+        mlserver_bin = mlserver.ensure_venv(Path(args.mlserver_venv))
         print(f"building the world in {root} ...", flush=True)
         world = build_world(root)
         print(
@@ -98,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         scripts.mkdir()
         for name in ("load_static.lua", "load_predict.lua"):
             lua_script(name, scripts)
-        with servers(world) as running:
+        with servers(world, mlserver_bin, args.mlserver_workers) as running:
             print(f"servers ready ({time.monotonic() - began:.0f} s)", flush=True)
             probability = sanity_check(world, running)
             info = machine_info(wrk)

@@ -1,4 +1,4 @@
-"""The three servers under test: start them alike, wait until they answer, check, stop them.
+"""The servers under test: start them alike, wait until they answer, check, stop them.
 
 Each server runs in its own session so that stopping its process group also stops the workers
 (and uvicorn's leftovers) it spawned; a benchmark must never leave servers behind.
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import requests
 
+from benchmarks import mlserver
 from benchmarks.env import BIN, ROOT, clean_env
 from benchmarks.world import World
 
@@ -99,8 +100,10 @@ def wait_ready(server: Server, probe: Callable[[str], bool], timeout: float = 12
 
 
 @contextmanager
-def servers(world: World) -> Iterator[dict[str, Server]]:
-    """The three servers, started together, ready, and always stopped (process groups).
+def servers(
+    world: World, mlserver_bin: Path, mlserver_workers: int = WORKERS
+) -> Iterator[dict[str, Server]]:
+    """The four servers, started together, ready, and always stopped (process groups).
 
     Same worker count and OMP_NUM_THREADS for all, so the comparison is of the code served."""
     started: dict[str, Server] = {}
@@ -139,6 +142,17 @@ def servers(world: World) -> Iterator[dict[str, Server]]:
             world.root,
             port,
         )
+        port = free_port()
+        folder = mlserver.model_repository(
+            world.root, world.booster, (port, free_port(), free_port()), mlserver_workers
+        )
+        started["mlserver"] = launch(
+            "mlserver",
+            mlserver.command(mlserver_bin, folder),
+            mlserver.environment(),
+            world.root,
+            port,
+        )
         hello_body = json.dumps({"hello": "world"})
         wait_ready(
             started["hello"],
@@ -146,6 +160,10 @@ def servers(world: World) -> Iterator[dict[str, Server]]:
         )
         wait_ready(started["api"], lambda url: requests.get(f"{url}/ready", timeout=2).ok)
         wait_ready(started["mlflow"], lambda url: requests.get(f"{url}/ping", timeout=2).ok)
+        wait_ready(
+            started["mlserver"],
+            lambda url: requests.get(f"{url}/v2/health/ready", timeout=2).ok,
+        )
         yield started
     finally:
         for server in started.values():
@@ -154,7 +172,7 @@ def servers(world: World) -> Iterator[dict[str, Server]]:
 
 def sanity_check(world: World, running: dict[str, Server]) -> float:
     """One request per target before loading them; returns the probability both /invocations
-    agree on (a throughput ratio between servers that answer differently would mean nothing)."""
+    all agree on (a throughput ratio between servers that answer differently would mean nothing)."""
     ours = requests.post(
         f"{running['api'].url}/invocations", data=world.invocation_body, headers=JSON, timeout=10
     )
@@ -167,12 +185,23 @@ def sanity_check(world: World, running: dict[str, Server]) -> float:
     for name, response in (("our /invocations", ours), ("mlflow /invocations", theirs)):
         if response.status_code != 200:
             raise RuntimeError(f"{name} answered {response.status_code}: {response.text[:500]}")
+    seldon = requests.post(
+        f"{running['mlserver'].url}{mlserver.infer_path()}",
+        data=mlserver.v2_body(world.invocation_body),
+        headers=JSON,
+        timeout=30,
+    )
+    if seldon.status_code != 200:
+        raise RuntimeError(f"MLServer answered {seldon.status_code}: {seldon.text[:500]}")
     ours_p = ours.json()["predictions"][0]
     theirs_p = theirs.json()["predictions"][0]
     if isinstance(theirs_p, dict):  # mlflow may wrap a scalar in a column mapping
         theirs_p = next(iter(theirs_p.values()))
     if abs(float(ours_p) - float(theirs_p)) > 1e-9:
         raise RuntimeError(f"the two /invocations disagree: ours {ours_p}, mlflow {theirs_p}")
+    seldon_p = mlserver.v2_probability(seldon.json())
+    if abs(float(ours_p) - seldon_p) > 1e-9:
+        raise RuntimeError(f"MLServer disagrees: ours {ours_p}, MLServer {seldon_p}")
     transaction = {
         "transaction_id": "load-sanity-1",
         "tx_datetime": datetime.fromtimestamp(world.start_s - 30, timezone.utc)

@@ -17,7 +17,8 @@ from benchmarks.servers import WORKERS
 from benchmarks.targets import Target
 from benchmarks.wrk import wrk_version
 
-TARGETS_INV_RATIO = 8.0  # our /invocations ÷ mlflow serve throughput
+TARGETS_INV_RATIO = 10.0  # our /invocations ÷ mlflow serve throughput
+TARGETS_MLSERVER_RATIO = 3.0  # our /invocations ÷ MLServer throughput
 TARGETS_FLOOR_SHARE = 0.5  # our /predict ÷ hello throughput
 
 
@@ -93,6 +94,10 @@ def render(
     by = {t.key: t for t in items}
     inv = ratio(median_of(by["ours_inv"].runs, "rps"), median_of(by["mlflow_inv"].runs, "rps"))
     floor = ratio(median_of(by["predict"].runs, "rps"), median_of(by["hello"].runs, "rps"))
+    seldon = ratio(median_of(by["ours_inv"].runs, "rps"), median_of(by["mlserver_inv"].runs, "rps"))
+    seldon_cpu = ratio(
+        median_of(by["mlserver_inv"].runs, "cpu_us"), median_of(by["ours_inv"].runs, "cpu_us")
+    )
     p99_ours = median_of(by["ours_inv"].runs, "p99_us")
     p99_theirs = median_of(by["mlflow_inv"].runs, "p99_us")
     p99_ok = p99_ours is not None and p99_theirs is not None and p99_ours < p99_theirs
@@ -103,6 +108,8 @@ def render(
         return "met" if value >= goal and extra else "**missed**"
 
     inv_text = "—" if inv is None else f"{inv:.1f}×"
+    seldon_text = "—" if seldon is None else f"{seldon:.1f}×"
+    seldon_cpu_text = "—" if seldon_cpu is None else f"{seldon_cpu:.1f}×"
     floor_text = "—" if floor is None else f"{floor:.0%}"
     cpu = ratio(median_of(by["predict"].runs, "cpu_us"), median_of(by["hello"].runs, "cpu_us"))
     cpu_text = "—" if cpu is None else f"{cpu:.1f}×"
@@ -125,22 +132,27 @@ def render(
         "",
         f"Every server has {WORKERS} workers and OMP_NUM_THREADS=1; hello and our API run under "
         "`serving/gunicorn.conf.py` (sync workers, 1 thread each), `mlflow models serve "
-        "--env-manager local` under uvicorn. Each target: `wrk "
-        f"-t{args.threads} -c{args.connections} -d{args.duration}s --latency --timeout "
+        "--env-manager local` under uvicorn, MLServer with `parallel_workers: "
+        f"{args.mlserver_workers}` (its LightGBM runtime, the same booster file). Each target: "
+        f"`wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency --timeout "
         f"{args.timeout}s`, one "
-        f"{args.warmup} s warm-up, then {args.repeats} runs round-robin over the four targets "
+        f"{args.warmup} s warm-up, then {args.repeats} runs round-robin over the five targets "
         "(medians below; ✗ marks a run with socket errors or non-2xx answers, left out). "
         "hello gets a transaction-shaped JSON body; "
         f"/predict sends one raw transaction per request, every `transaction_id` new, "
         f"customer/terminal pairs drawn from the last 30 days of the {notes['history']} "
         f"warmed transactions, `tx_datetime` moving forward; both /invocations get the same "
-        f"one-row `dataframe_split` body (answers checked equal: p = {notes['probability']}).",
+        f"one-row `dataframe_split` body and MLServer the same row as a V2 request (answers "
+        f"checked equal: p = {notes['probability']}).",
         "",
         *rows,
         "",
         f"- our /invocations ÷ mlflow serve throughput: **{inv_text}** (target ≥ "
         f"{TARGETS_INV_RATIO:.0f}×, with a lower p99: {ms(p99_ours)} vs {ms(p99_theirs)} ms) — "
         f"{verdict(inv, TARGETS_INV_RATIO, p99_ok)}",
+        f"- our /invocations ÷ MLServer throughput: **{seldon_text}** (target ≥ "
+        f"{TARGETS_MLSERVER_RATIO:.0f}×; MLServer's CPU per request is {seldon_cpu_text} ours) — "
+        f"{verdict(seldon, TARGETS_MLSERVER_RATIO)}",
         f"- our /predict ÷ hello floor throughput: **{floor_text}** (target ≥ "
         f"{TARGETS_FLOOR_SHARE:.0%}) — {verdict(floor, TARGETS_FLOOR_SHARE)}",
         f"- server CPU per request (all processes of the server, wrk excluded), /predict ÷ hello: "

@@ -1,4 +1,4 @@
-"""What wrk sends to which server: the four targets and the clock of /predict's transactions.
+"""What wrk sends to which server: the targets and the clock of /predict's transactions.
 
 /predict must get a new transaction_id and a later tx_datetime on every request of every run,
 or the online state would see re-sent ids or time going backwards and do less work than in
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks import mlserver
 from benchmarks.world import World
 
 
@@ -29,7 +30,7 @@ class Target:
 
 
 def targets(world: World, threads: int) -> tuple[list[Target], dict[str, float]]:
-    """The four targets in round-robin order, and the /predict clock (moved after each run)."""
+    """The five targets in round-robin order, and the /predict clock (moved after each run)."""
     cursor = {"start": world.start_s, "run": 0}
     hello_body = json.dumps(
         {
@@ -75,6 +76,14 @@ def targets(world: World, threads: int) -> tuple[list[Target], dict[str, float]]
             "/invocations",
             "load_static.lua",
             static(body),
+        ),
+        Target(
+            "mlserver_inv",
+            "MLServer /v2/…/infer",
+            "mlserver",
+            mlserver.infer_path(),
+            "load_static.lua",
+            static(mlserver.v2_body(body)),
         ),
     ]
     return items, cursor

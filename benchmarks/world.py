@@ -27,6 +27,7 @@ class World:
     model_name: str
     version: str
     invocation_body: str
+    booster: Path
     sample: Path
     start_s: float
     step_s: float
@@ -39,6 +40,7 @@ def build_world(root: Path) -> World:
     /predict must see real customer/terminal pairs and time moving past the warmed history, and
     both /invocations the same finite feature row, or the targets would not be comparable."""
     from pipelines.data import load_transactions
+    from pipelines.model import BOOSTER_FILE
     from pipelines.promotion import set_stage
     from pipelines.simulate import simulate_transactions, write_daily_parquet
     from pipelines.tracking import log_training_run
@@ -61,6 +63,8 @@ def build_world(root: Path) -> World:
     version = str(model_version.version)
     set_stage(settings, version, "Production", "HTTP load benchmark", actor="benchmarks.load")
     config = write_config(root / "serve.yaml", settings)
+    model_files = root / "model"
+    result.scorer.save(model_files)  # the booster file as logged, for MLServer
     warm = subprocess.run(
         [str(BIN / "fraudflow"), "warm", "--config", str(config), "--data", str(data)],
         env=clean_env({}),
@@ -103,6 +107,7 @@ def build_world(root: Path) -> World:
         model_name=settings.mlflow.model_name,
         version=version,
         invocation_body=body,
+        booster=model_files / BOOSTER_FILE,
         sample=sample,
         start_s=start_s,
         step_s=step_s,
