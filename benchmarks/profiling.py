@@ -33,8 +33,8 @@ PROFILE_FRAMES = (
     ),
     ("    features_from_history", "features_from_history (pipelines/features.py"),
     (
-        "    LightGBM pred_contrib, one row",
-        "SingleRowContributions.__call__ (serving/online_scorer.py",
+        "    LightGBM single-row fast API (probability or pred_contrib)",
+        "SingleRowFast.__call__ (serving/online_scorer.py",
     ),
     ("    formatting the reasons", "Predictor.reasons (serving/predictor.py"),
     ("  prediction log write", "PredictionLogWriter.write (pipelines/prediction_log.py"),

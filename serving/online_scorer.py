@@ -23,24 +23,26 @@ from pipelines.model import FraudScorer
 log = logging.getLogger(__name__)
 
 
-class SingleRowContributions:
-    """`pred_contrib` for one row through LightGBM's single-row fast C API.
+class SingleRowFast:
+    """One row through LightGBM's single-row fast C API: the probability (`kind` NORMAL) or the
+    per-feature contributions, bias last (`kind` CONTRIB).
 
-    The same numbers as `FraudScorer.contribution_rows` on a one-row matrix. A FastConfig is not
-    safe for concurrent calls, hence the lock.
+    The same numbers as `FraudScorer.predict_rows` / `contribution_rows` on a one-row matrix.
+    A FastConfig is not safe for concurrent calls, hence the lock.
     """
 
-    PREDICT_CONTRIB = 3  # C_API_PREDICT_CONTRIB
+    NORMAL = 0  # C_API_PREDICT_NORMAL: the probability
+    CONTRIB = 3  # C_API_PREDICT_CONTRIB: contributions, bias last
     DTYPE_FLOAT64 = 1  # C_API_DTYPE_FLOAT64
 
-    def __init__(self, scorer: FraudScorer) -> None:
+    def __init__(self, scorer: FraudScorer, kind: int) -> None:
         self._booster = scorer.booster  # the FastConfig points into it: keep it alive
         width = len(scorer.features)
         self._handle = ctypes.c_void_p()
         _safe_call(
             _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
                 self._booster._handle,
-                ctypes.c_int(self.PREDICT_CONTRIB),
+                ctypes.c_int(kind),
                 ctypes.c_int(0),
                 ctypes.c_int(self._booster.best_iteration),  # as Booster.predict's default
                 ctypes.c_int(self.DTYPE_FLOAT64),
@@ -52,7 +54,7 @@ class SingleRowContributions:
         # the input and output buffers and their C pointers are made once, not per call
         self._in = np.empty(width)
         self._in_pointer = self._in.ctypes.data_as(ctypes.c_void_p)
-        self._out = np.empty(width + 1)
+        self._out = np.empty(width + 1 if kind == self.CONTRIB else 1)
         self._out_pointer = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._out_len = ctypes.c_int64()
         self._out_len_ref = ctypes.byref(self._out_len)
@@ -60,7 +62,8 @@ class SingleRowContributions:
         self._width = width
 
     def __call__(self, row: np.ndarray) -> np.ndarray:
-        """Contributions (log-odds) of one row in feature order, bias last."""
+        """The prediction of one row: [probability], or contributions (log-odds) in feature
+        order, bias last."""
         if np.shape(row) != (self._width,):
             raise ValueError(f"expected {self._width} feature values, got shape {np.shape(row)}")
         with self._lock:
@@ -86,7 +89,8 @@ class OnlineScorer:
     def __init__(self, scorer: FraudScorer) -> None:
         self.scorer = scorer
         self.probability_from_contributions = self._contributions_sum_to_probability()
-        self.row_contributions = self._single_row_contributions()
+        self.row_contributions = self._single_row(SingleRowFast.CONTRIB)
+        self.row_probability = self._single_row(SingleRowFast.NORMAL)
 
     def _contributions_sum_to_probability(self) -> bool:
         """Probe: does sigmoid(sum of contributions) reproduce predict() for this booster?"""
@@ -94,26 +98,37 @@ class OnlineScorer:
         derived = sigmoid(self.scorer.contribution_rows(probe).sum(axis=1))
         return bool(np.allclose(derived, self.scorer.predict_rows(probe), rtol=0, atol=1e-12))
 
-    def _single_row_contributions(self) -> SingleRowContributions | None:
-        """The fast single-row path, only if it gives exactly the matrix path's numbers."""
+    def _single_row(self, kind: int) -> SingleRowFast | None:
+        """The fast single-row path of KIND, only if it gives exactly the matrix path's
+        numbers on probe rows (missing values included)."""
+        what = "contributions" if kind == SingleRowFast.CONTRIB else "probabilities"
         try:
-            fast = SingleRowContributions(self.scorer)
+            fast = SingleRowFast(self.scorer, kind)
         except Exception as exc:  # an older/newer LightGBM without the fast C API
-            log.warning("single-row contributions unavailable, using the matrix path: %s", exc)
+            log.warning("single-row %s unavailable, using the matrix path: %s", what, exc)
             return None
         probes = np.random.default_rng(0).uniform(0, 100, size=(64, len(self.scorer.features)))
         probes[::7, ::3] = np.nan
-        expected = self.scorer.contribution_rows(probes)
+        if kind == SingleRowFast.CONTRIB:
+            expected = self.scorer.contribution_rows(probes)
+        else:
+            expected = self.scorer.predict_rows(probes).reshape(-1, 1)
         if not all(np.array_equal(fast(row), want) for row, want in zip(probes, expected)):
-            log.warning("single-row contributions differ from the matrix path; not used")
+            log.warning("single-row %s differ from the matrix path; not used", what)
             return None
         return fast
+
+    def probabilities(self, matrix: np.ndarray) -> list[float]:
+        """Probabilities of the rows of a float matrix in feature order (one row: fast path)."""
+        if len(matrix) == 1 and self.row_probability is not None:
+            return [float(self.row_probability(matrix[0])[0])]
+        return self.scorer.predict_rows(matrix).tolist()
 
     def score(self, rows: list[np.ndarray], explain: bool) -> tuple[list[float], list[list[float]]]:
         """Probabilities of the rows, and their per-feature contributions (log-odds, bias left
         out) when explaining; empty contribution lists otherwise."""
         if not explain:
-            return self.scorer.predict_rows(np.vstack(rows)).tolist(), [[] for _ in rows]
+            return self.probabilities(np.vstack(rows)), [[] for _ in rows]
         if self.row_contributions is not None and self.probability_from_contributions:
             probabilities, contributions = [], []
             for row in rows:

@@ -247,7 +247,7 @@ def invocations() -> Response:
     body = _json_body()
     model = _model_or_503()
     matrix = _feature_matrix(body, model.scorer.features, svc.settings.serving.max_batch)
-    return jsonify({"predictions": model.scorer.predict_rows(matrix).tolist()})
+    return jsonify({"predictions": model.online.probabilities(matrix)})
 
 
 @api.get("/health")

@@ -353,6 +353,22 @@ def test_single_row_contributions_equal_the_matrix_path(app) -> None:
         np.testing.assert_array_equal(contributions, want[:-1])
 
 
+def test_single_row_probability_equals_the_matrix_path(app) -> None:
+    """The fast one-row probability (/invocations, /predict without reasons) is exactly the
+    batch number, missing values included; a batch of rows takes the matrix path."""
+    svc = app.extensions["fraudflow"]
+    model = svc.holder.model
+    assert model.online.row_probability is not None
+    matrix = np.random.default_rng(2).uniform(0, 500, size=(200, len(model.scorer.features)))
+    matrix[::4, 5] = np.nan
+    expected = model.scorer.predict_rows(matrix)
+    for row, want in zip(matrix, expected):
+        assert model.online.probabilities(row.reshape(1, -1)) == [want]
+        [probability], [reasons] = model.online.score([row], explain=False)
+        assert (probability, reasons) == (want, [])
+    np.testing.assert_array_equal(model.online.probabilities(matrix), expected)
+
+
 def test_a_body_over_the_size_limit_is_refused_before_it_is_parsed(trained, tmp_path) -> None:
     settings, _ = trained
     app = create_app(private_serving(settings, tmp_path, max_body_bytes=2_000), start_polling=False)
