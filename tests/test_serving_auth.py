@@ -18,6 +18,7 @@ from pipelines.settings import SettingsError
 from serving.access_log import LOGGER, json_formatter
 from serving.app import create_app
 from serving.auth import AuthConfigError, is_loopback
+from serving.model_holder import redact
 from tests.helpers import make_settings, private_serving, write_config
 from tests.servers import BIN, background, clean_env, free_port, gunicorn_api, wait_for
 
@@ -220,7 +221,7 @@ def test_openapi_states_each_routes_scope(secured, workdir, tmp_path) -> None:
     app.extensions["fraudflow"].holder.stop()
 
 
-def test_error_bodies_hold_no_token_and_no_registry_address(tmp_path, monkeypatch) -> None:
+def test_error_bodies_hold_no_token_and_no_registry_address(tmp_path, monkeypatch, caplog) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     registry = "http://fraud-admin:hunter2@127.0.0.1:9"  # nothing listens on port 9
@@ -246,6 +247,20 @@ def test_error_bodies_hold_no_token_and_no_registry_address(tmp_path, monkeypatc
             assert secret not in text, (answer.request.path, text)
         assert "127.0.0.1" not in text
     app.extensions["fraudflow"].holder.stop()
+    # the detail is in the server log, without the URL's credentials
+    logged = [r.getMessage() for r in caplog.records if r.name == "serving.model_holder"]
+    assert any("registry unreachable" in line for line in logged), logged
+    assert not any("hunter2" in line for line in logged), logged
+
+
+def test_the_logged_registry_error_loses_the_credentials_of_any_url() -> None:
+    text = (
+        "MlflowException: API request to http://fraud-admin:hunter2@mlflow:5000/api failed; "
+        "backend postgresql+psycopg2://mlflow:s3cret@db:5432/mlflow"
+    )
+    redacted = redact(text)
+    assert "hunter2" not in redacted and "s3cret" not in redacted and "fraud-admin" not in redacted
+    assert "http://***@mlflow:5000/api" in redacted and "@db:5432/mlflow" in redacted
 
 
 class _Lines(logging.Handler):
