@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 ENV_PREFIX = "FRAUDFLOW__"
@@ -142,6 +150,40 @@ class PromotionSettings(_Frozen):
     gates: dict[str, float]
 
 
+MIN_TOKEN_CHARS = 16
+
+
+class Credential(_Frozen):
+    """One bearer secret, given as exactly one of: the token itself, its SHA-256 (hex, so the
+    config never holds the secret), or a file holding the token (a mounted secret)."""
+
+    token: SecretStr | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_string_is_a_token(cls, value: Any) -> Any:
+        return {"token": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Credential":
+        given = [k for k in ("token", "sha256", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of token, sha256, file (got {given or 'none'})")
+        if self.token is not None and len(self.token.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"a token needs at least {MIN_TOKEN_CHARS} characters")
+        return self
+
+
+class ApiToken(Credential):
+    """A caller of the API: its name (logged, never the token) and what it may do: `score`
+    (/predict, /invocations), `label` (/feedback)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    scopes: tuple[Literal["score", "label"], ...] = Field(min_length=1)
+
+
 class ServingSettings(_Frozen):
     host: str
     port: int = Field(gt=0, lt=65536)
@@ -157,8 +199,28 @@ class ServingSettings(_Frozen):
     review_threshold: float | None = Field(default=None, ge=0, le=1)
     decline_threshold: float = Field(ge=0, le=1)
     reasons: int = Field(ge=0)
-    # bearer tokens for /predict, /feedback, /invocations; empty: no authentication
-    auth_tokens: tuple[str, ...] = ()
+    # who may call /predict, /invocations (scope score) and /feedback (scope label); the list
+    # here plus the one in tokens_file (a YAML list of the same entries, e.g. a mounted secret)
+    tokens: tuple[ApiToken, ...] = ()
+    tokens_file: str | None = None
+    # with no token at all the API serves anyone, which it refuses to do on an address other
+    # hosts can reach unless this is set
+    allow_anonymous: bool = False
+    # a bearer secret /metrics then requires (Prometheus' authorization credentials)
+    metrics_token: Credential | None = None
+    # one JSON line per request (who, method, route, status, latency) on stderr, or none
+    access_log: Literal["json", "off"] = "json"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and "auth_tokens" in value:
+            raise ValueError(
+                "auth_tokens was replaced by tokens: [{name, scopes: [score, label], "
+                "token | sha256}] (README, Security)"
+            )
+        return value
+
     state_path: str
     prediction_log_dir: str
     metrics_dir: str

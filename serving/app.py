@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from flask import Flask
 
 from pipelines.online_state import open_state
 from pipelines.prediction_log import PredictionLogWriter, log_folder
 from pipelines.settings import Settings, load_settings
+from serving import access_log
+from serving.auth import listen_addresses, load_credentials, require_tokens_when_exposed
 from serving.metrics import create_metrics
 from serving.model_holder import ModelHolder
 from serving.predictor import Predictor
@@ -18,19 +21,34 @@ from serving.service import EXTENSION, Service
 CONFIG_ENV = "FRAUDFLOW_CONFIG"
 
 
-def create_app(settings: Settings | None = None, start_polling: bool = True) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    start_polling: bool = True,
+    listen: Sequence[str] | None = None,
+) -> Flask:
     """Build the API on the model the registry marks for service (stage or alias); the model
     is loaded before the app is returned, so a gunicorn worker that accepts requests already
     holds the model the registry served when it booted.
 
-    Settings default to conf/default.yaml + $FRAUDFLOW_CONFIG + the environment.
+    Settings default to conf/default.yaml + $FRAUDFLOW_CONFIG + the environment. `listen`:
+    the addresses the server binds (default: what gunicorn's master bound, else
+    serving.host:port); without tokens, an address other hosts can reach is refused
+    (AuthConfigError) unless serving.allow_anonymous is set.
     """
     settings = settings or load_settings(os.environ.get(CONFIG_ENV) or None)
+    credentials = load_credentials(settings.serving)
+    require_tokens_when_exposed(
+        credentials,
+        listen if listen is not None else listen_addresses(settings.serving, os.environ),
+        settings.serving.allow_anonymous,
+    )
     app = Flask(__name__)
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = settings.serving.max_body_bytes
     state = open_state(settings)
     metrics = create_metrics(app, settings.monitor_latest)
+    if settings.serving.access_log == "json":
+        access_log.install(app)
     holder = ModelHolder(settings)
     holder.add_listener(metrics.on_model_event)
     app.extensions[EXTENSION] = Service(
@@ -40,6 +58,7 @@ def create_app(settings: Settings | None = None, start_polling: bool = True) -> 
         predictor=Predictor(settings, state),
         log=PredictionLogWriter(log_folder(settings)),
         metrics=metrics,
+        credentials=credentials,
     )
     app.register_blueprint(api)
     if start_polling:

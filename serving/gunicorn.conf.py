@@ -39,13 +39,23 @@ loglevel = "info"
 
 
 def on_starting(server):
-    """A fresh multiprocess directory: files of earlier runs would be summed in. The embedded
+    """Before anything listens: an API without tokens on an address other hosts can reach is
+    refused (the master exits with 1 and says why), and the workers are told the addresses
+    bound, which they check again when they build their app.
+
+    A fresh multiprocess directory: files of earlier runs would be summed in. The embedded
     SQLite store is created here, once: workers creating it together race on its schema.
 
     The serving stack (Flask, MLflow, LightGBM, pandas) is imported here, once, so that every
     worker starts from the master's copy of it: workers that imported it themselves spent about
     0.3 ms more CPU on each /predict (2.18 against 1.85-1.87 ms per request, benchmarks.load).
     Importing opens no connection and builds no app; each worker still builds its own."""
+    from serving.auth import LISTEN_ENV, load_credentials, require_tokens_when_exposed
+
+    addresses = list(server.cfg.bind)
+    credentials = load_credentials(_serving)
+    require_tokens_when_exposed(credentials, addresses, _serving.allow_anonymous)
+    os.environ[LISTEN_ENV] = ",".join(addresses)
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
     import serving.app  # noqa: F401

@@ -7,6 +7,7 @@ model even if a newer one is swapped in meanwhile. Registry failures never unloa
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,13 @@ from pipelines.settings import Settings
 from serving.online_scorer import OnlineScorer
 
 log = logging.getLogger(__name__)
+# the user:password of a URL (a tracking URI with credentials, echoed in an exception)
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of any URL in it replaced: it goes to the server log."""
+    return _USERINFO.sub("***@", text)
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ class ModelHolder:
                 self._notify("registry_ok", self._model)
             except Exception as exc:  # network, HTTP 5xx, database: keep serving what we have
                 self.status.reachable = False
-                self.status.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.status.last_error = redact(f"{type(exc).__name__}: {exc}")[:500]
                 log.warning("registry unreachable: %s", self.status.last_error)
                 self._notify("registry_error", self._model)
                 return False
@@ -111,7 +119,7 @@ class ModelHolder:
                     )
             except Exception as exc:
                 self.status.reload_failures += 1
-                self.status.last_error = f"loading v{target.version} failed: {exc}"[:500]
+                self.status.last_error = redact(f"loading v{target.version} failed: {exc}")[:500]
                 log.error("%s", self.status.last_error)
                 self._notify("reload_failure", self._model)
                 return False

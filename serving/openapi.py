@@ -6,6 +6,7 @@ from typing import Any
 
 from pipelines.features import feature_names
 from pipelines.settings import Settings
+from serving.auth import LABEL, SCORE, Credentials
 from serving.schemas import LabelIn, TransactionIn
 
 ERROR = {
@@ -41,6 +42,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "body is not JSON",
         401: "missing or invalid bearer token",
+        403: "the token lacks the scope this route needs",
         413: "batch too large",
         415: "content type is not application/json",
         422: "a field is missing, misspelt, of the wrong type or out of range",
@@ -52,8 +54,16 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
+def _security(scheme: str, scopes: list[str], required: bool) -> list[dict[str, list[str]]]:
+    """OpenAPI 3.1 lets a bearer requirement list the roles (here: scopes) it needs."""
+    return [{scheme: scopes}] if required else []
+
+
+def openapi_document(settings: Settings, credentials: Credentials | None = None) -> dict[str, Any]:
+    """`credentials`: the API's tokens (None: none), which decide the security of each route."""
     limit = settings.serving.max_batch
+    tokens = credentials is not None and not credentials.anonymous
+    metrics_token = credentials is not None and credentials.metrics is not None
     prediction = {
         "type": "object",
         "properties": {
@@ -78,7 +88,6 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
     }
     features = {name: {"type": ["number", "null"]} for name in feature_names(settings.features)}
-    secured = [{"bearer": []}] if settings.serving.auth_tokens else []
     transaction = TransactionIn.model_json_schema()
     label = LabelIn.model_json_schema()
     return {
@@ -96,13 +105,25 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "required": list(features),
                 },
             },
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API token; its scopes: score (/predict, /invocations), "
+                    "label (/feedback)",
+                },
+                "metricsBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the metrics token (serving.metrics_token)",
+                },
+            },
         },
         "paths": {
             "/predict": {
                 "post": {
                     "summary": "Score raw transactions with online features",
-                    "security": secured,
+                    "security": _security("bearer", [SCORE], tokens),
                     "requestBody": {
                         "required": True,
                         **_json(_one_or_many("#/components/schemas/Transaction", limit)),
@@ -129,14 +150,14 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 }
                             ),
                         },
-                        **_errors(400, 401, 413, 415, 422, 503),
+                        **_errors(400, 401, 403, 413, 415, 422, 503),
                     },
                 }
             },
             "/feedback": {
                 "post": {
                     "summary": "Late fraud labels (idempotent)",
-                    "security": secured,
+                    "security": _security("bearer", [LABEL], tokens),
                     "requestBody": {
                         "required": True,
                         **_json(_one_or_many("#/components/schemas/Label", limit)),
@@ -154,14 +175,14 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 }
                             ),
                         },
-                        **_errors(400, 401, 413, 415, 422),
+                        **_errors(400, 401, 403, 413, 415, 422),
                     },
                 }
             },
             "/invocations": {
                 "post": {
                     "summary": "MLflow scoring protocol on feature vectors",
-                    "security": secured,
+                    "security": _security("bearer", [SCORE], tokens),
                     "requestBody": {
                         "required": True,
                         **_json(
@@ -203,7 +224,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 }
                             ),
                         },
-                        **_errors(400, 401, 413, 415, 422, 503),
+                        **_errors(400, 401, 403, 413, 415, 422, 503),
                     },
                 }
             },
@@ -234,7 +255,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text format"}},
+                    "security": _security("metricsBearer", [], metrics_token),
+                    "responses": {
+                        "200": {"description": "text format"},
+                        **(_errors(401) if metrics_token else {}),
+                    },
                 }
             },
         },

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import time
@@ -10,17 +9,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from pipelines import prediction_log
+from serving.auth import METRICS_ENDPOINT, ROUTE_SCOPES, bearer
 from serving.openapi import openapi_document
 from serving.schemas import LabelIn, TransactionIn
 from serving.service import service
 
 api = Blueprint("api", __name__)
-PROTECTED = {"api.predict", "api.feedback", "api.invocations"}
 
 
 class ApiError(Exception):
@@ -53,16 +52,27 @@ def _server_error(error: Exception) -> tuple[Response, int]:
 
 @api.before_app_request
 def _authenticate() -> None:
-    tokens = service().settings.serving.auth_tokens
-    if not tokens or request.endpoint not in PROTECTED:
+    """Scoped bearer tokens on the scoring and labelling routes, the metrics secret on
+    /metrics; the caller's name is kept for the access log."""
+    credentials = service().credentials
+    if request.endpoint == METRICS_ENDPOINT:
+        if not credentials.metrics_allowed(bearer(request.headers.get("Authorization"))):
+            raise ApiError(401, "/metrics needs 'Authorization: Bearer <metrics token>'")
+        if credentials.metrics is not None:
+            g.caller = "metrics"
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented:
+    scope = ROUTE_SCOPES.get(request.endpoint or "")
+    if scope is None or credentials.anonymous:
+        return
+    presented = bearer(request.headers.get("Authorization"))
+    if presented is None:
         raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
-    matches = [hmac.compare_digest(presented.encode(), t.encode()) for t in tokens]
-    if not any(matches):
+    caller = credentials.identify(presented)
+    if caller is None:
         raise ApiError(401, "invalid bearer token")
+    g.caller = caller.name
+    if scope not in caller.scopes:
+        raise ApiError(403, f"token {caller.name!r} lacks the scope {scope!r} this route needs")
 
 
 def _json_body() -> Any:
@@ -290,4 +300,5 @@ def model_info() -> Response:
 
 @api.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(openapi_document(service().settings))
+    svc = service()
+    return jsonify(openapi_document(svc.settings, svc.credentials))

@@ -9,6 +9,7 @@ from flask import current_app
 from pipelines.online_state import OnlineState
 from pipelines.prediction_log import PredictionLogWriter
 from pipelines.settings import Settings
+from serving.auth import Credentials
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder
 from serving.predictor import Predictor
@@ -24,6 +25,7 @@ class Service:
     predictor: Predictor
     log: PredictionLogWriter
     metrics: ServiceMetrics
+    credentials: Credentials
 
 
 def service() -> Service:

@@ -51,12 +51,15 @@ def wait_for(url: str, status: int = 200, timeout: float = 90.0, process=None) -
     return poll_until(check, f"{url} answering {status}", timeout, process)
 
 
-def worker_gauge(url: str, name: str) -> dict[str, float]:
-    """One scrape of /metrics: gauge NAME of every live gunicorn worker, by pid.
+def worker_gauge(url: str, name: str, headers: dict[str, str] | None = None) -> dict[str, float]:
+    """One scrape of /metrics (`headers`: the metrics token, if the API wants one): gauge NAME
+    of every live gunicorn worker, by pid.
 
     In multiprocess mode any worker answers for all of them: each worker's `liveall` gauge is
     one sample labelled with its pid (a worker that exited is marked dead and left out)."""
-    text = requests.get(f"{url}/metrics", timeout=30).text
+    response = requests.get(f"{url}/metrics", timeout=30, headers=headers)
+    response.raise_for_status()
+    text = response.text
     values = {}
     for line in text.splitlines():
         if line.startswith(f"{name}{{"):
@@ -66,31 +69,43 @@ def worker_gauge(url: str, name: str) -> dict[str, float]:
 
 
 def wait_every_worker_gauge(
-    url: str, name: str, workers: int, value: float, timeout: float = 180.0, process=None
+    url: str,
+    name: str,
+    workers: int,
+    value: float,
+    timeout: float = 180.0,
+    process=None,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Until exactly `workers` live workers export gauge NAME, each equal to `value`: an answer
     from one worker says nothing of the others (each polls the registry on its own)."""
 
     def check() -> tuple[bool, object]:
-        values = worker_gauge(url, name)
+        values = worker_gauge(url, name, headers)
         return len(values) == workers and set(values.values()) == {value}, values
 
     poll_until(check, f"{name} = {value} on all {workers} workers", timeout, process)
 
 
 def wait_every_worker(
-    url: str, workers: int, version: str | None, timeout: float = 180.0, process=None
+    url: str,
+    workers: int,
+    version: str | None,
+    timeout: float = 180.0,
+    process=None,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Until every one of `workers` gunicorn workers has booted and serves model `version`
     (None: has checked the registry and serves no model). A worker builds its app, and so
     loads its model, before it accepts a request; a promotion reaches each worker at its own
     next poll."""
     if version is None:
-        wait_every_worker_gauge(url, "fraudflow_registry_up", workers, 1.0, timeout, process)
-        wait_every_worker_gauge(url, "fraudflow_model_version", workers, 0.0, timeout, process)
+        for name, value in (("fraudflow_registry_up", 1.0), ("fraudflow_model_version", 0.0)):
+            wait_every_worker_gauge(url, name, workers, value, timeout, process, headers)
     else:
-        value = float(version)
-        wait_every_worker_gauge(url, "fraudflow_model_version", workers, value, timeout, process)
+        wait_every_worker_gauge(
+            url, "fraudflow_model_version", workers, float(version), timeout, process, headers
+        )
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -120,9 +135,11 @@ def gunicorn_api(
     version: str | None,
     workers: int = 2,
     env: dict[str, str] | None = None,
+    metrics_headers: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """`fraudflow serve` on a free port; yields the base URL once every worker has booted and
-    serves model `version` (None: no model, the registry checked): see wait_every_worker."""
+    serves model `version` (None: no model, the registry checked): see wait_every_worker
+    (`metrics_headers`: what /metrics wants, if the config sets serving.metrics_token)."""
     port = free_port()
     command = [
         str(BIN / "fraudflow"),
@@ -141,7 +158,7 @@ def gunicorn_api(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/health", process=process)
-        wait_every_worker(url, workers, version, process=process)
+        wait_every_worker(url, workers, version, process=process, headers=metrics_headers)
         yield url
     finally:
         stop(process)

@@ -128,8 +128,11 @@ def compose_mlflow_server(root: Path, backend_uri: str) -> Iterator[str]:
         yield url
 
 
-def prometheus_config(targets: dict[str, str], interval: str = "1s") -> dict:
-    """The project's prometheus.yml with its targets on loopback and short intervals.
+def prometheus_config(
+    targets: dict[str, str], credentials_file: Path, interval: str = "1s"
+) -> dict:
+    """The project's prometheus.yml with its targets on loopback, short intervals, and the
+    metrics token read from `credentials_file` instead of the container's secret.
 
     Every scrape job must be given a target here: a job added to the project file without
     one fails the stack test instead of being silently left out.
@@ -145,14 +148,21 @@ def prometheus_config(targets: dict[str, str], interval: str = "1s") -> dict:
         for key in [k for k in job if k.endswith("_sd_configs") or k == "static_configs"]:
             del job[key]
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        if "credentials_file" in job.get("authorization", {}):
+            job["authorization"]["credentials_file"] = str(credentials_file)
     return config
 
 
 @contextmanager
-def prometheus_and_alertmanager(root: Path, api_target: str) -> Iterator[tuple[str, str]]:
+def prometheus_and_alertmanager(
+    root: Path, api_target: str, metrics_token: str
+) -> Iterator[tuple[str, str]]:
     """A real Alertmanager (the project's config) and Prometheus (the project's config, rules
-    and alerting, targets rewritten); yields both base URLs."""
+    and alerting, targets rewritten, scraping the API with `metrics_token`); yields both base
+    URLs."""
     root.mkdir(parents=True, exist_ok=True)
+    token_file = root / "metrics-token"
+    token_file.write_text(metrics_token + "\n")
     am_port, prom_port = free_port(), free_port()
     alertmanager = [
         system_tool("prometheus-alertmanager", "alertmanager"),
@@ -166,7 +176,8 @@ def prometheus_and_alertmanager(root: Path, api_target: str) -> Iterator[tuple[s
             "fraudflow-api": api_target,
             "prometheus": f"127.0.0.1:{prom_port}",
             "alertmanager": f"127.0.0.1:{am_port}",
-        }
+        },
+        token_file,
     )
     config_path = root / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))

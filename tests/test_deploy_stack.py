@@ -10,6 +10,7 @@ rule is evaluated.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -36,6 +37,16 @@ from tests.stack_servers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy, pytest.mark.stack]
 WORKERS = 2
+# the API runs as deployed: a scoped client token and a metrics token, both given as hashes
+CLIENT_TOKEN = "stack-client-token-0123456789"
+METRICS_TOKEN = "stack-metrics-token-0123456789"
+CLIENT = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+def sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
 
 SELECTOR = re.compile(r"\b((?:fraudflow|flask)_[a-z_]+|up)\b\s*(\{[^}]*\})?")
 
@@ -85,15 +96,25 @@ def stack(tmp_path_factory, small_data_dir):
                 "state_path": str(root / "state.sqlite"),
                 "prediction_log_dir": str(root / "predictions"),
                 "metrics_dir": str(root / "prom-multiproc"),
+                "tokens": [
+                    {"name": "stack", "scopes": ["score", "label"], "sha256": sha256(CLIENT_TOKEN)}
+                ],
+                "metrics_token": {"sha256": sha256(METRICS_TOKEN)},
             },
             monitoring={"min_rows": 100},
         )
         config = write_config(root / "stack.yaml", settings)
         trained = cli("train", "--config", str(config), "--data", str(small_data_dir))
         assert trained.returncode == 0, trained.stdout + trained.stderr
-        with gunicorn_api(config, root / "gunicorn.log", version=None, workers=WORKERS) as api:
+        log = root / "gunicorn.log"
+        with gunicorn_api(
+            config, log, version=None, workers=WORKERS, metrics_headers=SCRAPER
+        ) as api:
             target = api.removeprefix("http://")
-            with prometheus_and_alertmanager(root / "prometheus", target) as (prom, am):
+            with prometheus_and_alertmanager(root / "prometheus", target, METRICS_TOKEN) as (
+                prom,
+                am,
+            ):
                 yield {
                     "root": root,
                     "settings": settings,
@@ -113,7 +134,8 @@ def served(stack, small_data_dir):
     of the unready API), as production would, and let Prometheus scrape it."""
     api = stack["api"]
     assert requests.get(f"{api}/ready", timeout=5).status_code == 503
-    assert requests.post(f"{api}/predict", json=tx(0), timeout=5).status_code == 503
+    assert requests.post(f"{api}/predict", json=tx(0), timeout=5).status_code == 401
+    assert requests.post(f"{api}/predict", json=tx(0), headers=CLIENT, timeout=5).status_code == 503
     promoted = cli(
         "promote", "--config", str(stack["config"]), "--auto", "--data", str(small_data_dir)
     )
@@ -122,9 +144,10 @@ def served(stack, small_data_dir):
     settings = stack["settings"]
     promoted = served_version(tracking.client(settings), settings)
     assert promoted is not None
-    wait_every_worker(api, WORKERS, str(promoted.version))
+    wait_every_worker(api, WORKERS, str(promoted.version), headers=SCRAPER)
     features = {name: 1.0 for name in feature_names(stack["settings"].features)}
     with requests.Session() as session:
+        session.headers.update(CLIENT)
         for i in range(1, 201):
             response = session.post(f"{api}/predict", json=tx(i), timeout=10)
             assert response.status_code == 200, response.text

@@ -151,6 +151,22 @@ def test_compose_stack_has_every_service_wired_as_documented() -> None:
     assert api_job["dns_sd_configs"][0]["names"] == ["api"]  # finds every replica
 
 
+def test_compose_hands_the_api_and_prometheus_their_token_secrets() -> None:
+    """The API gets its tokens and the metrics token as secret files (it refuses to start on
+    0.0.0.0 without tokens); Prometheus scrapes /metrics with the same metrics token file."""
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    api, prometheus = compose["services"]["api"], compose["services"]["prometheus"]
+    assert set(api["secrets"]) == {"api_tokens", "metrics_token"}
+    assert api["environment"]["FRAUDFLOW__SERVING__TOKENS_FILE"] == "/run/secrets/api_tokens"
+    metrics_file = api["environment"]["FRAUDFLOW__SERVING__METRICS_TOKEN__FILE"]
+    assert metrics_file == "/run/secrets/metrics_token" and "metrics_token" in prometheus["secrets"]
+    assert set(compose["secrets"]) == {"api_tokens", "metrics_token"}
+    assert not any("AUTH_TOKENS" in key for key in api["environment"])
+    config = load_yaml(ROOT / "conf" / "prometheus" / "prometheus.yml")
+    api_job = next(j for j in config["scrape_configs"] if j["job_name"] == "fraudflow-api")
+    assert api_job["authorization"] == {"type": "Bearer", "credentials_file": metrics_file}
+
+
 # --- GitHub workflows ------------------------------------------------------------------------
 
 
@@ -262,6 +278,14 @@ def test_k8s_api_has_probes_resources_and_an_autoscaler() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    # the tokens' Secret is required: a secret volume without `optional`, nothing optional
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["api-tokens"]["secret"]["secretName"] == "fraudflow-api-tokens"
+    assert "optional" not in volumes["api-tokens"]["secret"]
+    assert "optional: true" not in (ROOT / "deploy" / "k8s" / "api.yaml").read_text()
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-tokens")
+    assert env["FRAUDFLOW__SERVING__TOKENS_FILE"].startswith(mount["mountPath"] + "/")
     hpa = by_kind[("HorizontalPodAutoscaler", "fraudflow-api")]
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
@@ -274,9 +298,18 @@ def test_k8s_api_has_probes_resources_and_an_autoscaler() -> None:
 # --- Prometheus, Alertmanager, Grafana --------------------------------------------------------
 
 
-def test_promtool_accepts_the_config_and_the_rules() -> None:
+def test_promtool_accepts_the_config_and_the_rules(tmp_path) -> None:
+    """promtool checks that the files the config names exist: the metrics token's secret
+    (mounted in the container) is pointed at a file here, the rules at the project's."""
     promtool = system_tool("promtool")
-    assert_ok(run(promtool, "check", "config", "conf/prometheus/prometheus.yml"))
+    config = load_yaml(ROOT / "conf" / "prometheus" / "prometheus.yml")
+    (tmp_path / "metrics-token").write_text("a-metrics-token-for-promtool\n")
+    for job in config["scrape_configs"]:
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(tmp_path / "metrics-token")
+    config["rule_files"] = [str(ROOT / "conf" / "prometheus" / r) for r in config["rule_files"]]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    assert_ok(run(promtool, "check", "config", tmp_path / "prometheus.yml"))
     assert_ok(run(promtool, "check", "rules", RULES))
 
 

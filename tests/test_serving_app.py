@@ -14,6 +14,7 @@ from pipelines import tracking
 from pipelines.features import build_features, feature_names
 from pipelines.prediction_log import read_predictions
 from pipelines.promotion import set_stage
+from pipelines.settings import ApiToken
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
 from serving.app import create_app
@@ -261,7 +262,8 @@ def test_invocations_speaks_mlflows_payload_formats(client, trained) -> None:
 
 def test_auth_protects_scoring_but_not_health(trained, tmp_path) -> None:
     settings, _ = trained
-    secured = private_serving(settings, tmp_path, auth_tokens=("s3cret",))
+    token = {"name": "checkout", "scopes": ["score", "label"], "token": "s3cret-s3cret-s3cret"}
+    secured = private_serving(settings, tmp_path, tokens=(ApiToken.model_validate(token),))
     client = create_app(secured, start_polling=False).test_client()
     assert client.post("/predict", json=tx()).status_code == 401
     assert (
@@ -270,7 +272,9 @@ def test_auth_protects_scoring_but_not_health(trained, tmp_path) -> None:
     )
     assert client.post("/feedback", json={"transaction_id": "t", "tx_fraud": 1}).status_code == 401
     assert client.post("/invocations", json={"inputs": []}).status_code == 401
-    ok = client.post("/predict", json=tx(), headers={"Authorization": "Bearer s3cret"})
+    ok = client.post(
+        "/predict", json=tx(), headers={"Authorization": "Bearer s3cret-s3cret-s3cret"}
+    )
     assert ok.status_code == 200
     assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
 
