@@ -6,31 +6,52 @@ from typing import Any
 
 from pipelines.features import feature_names
 from pipelines.settings import Settings
-from serving.schemas import LabelIn, TransactionIn
+from serving.schemas import LARGEST_NUMBER, LabelIn, TransactionIn
+
+NUMBER = {"type": "number"}
+STRING = {"type": "string"}
+# a feature value: a finite double, or null (missing)
+FEATURE_VALUE = {"type": ["number", "null"], "minimum": -LARGEST_NUMBER, "maximum": LARGEST_NUMBER}
 
 ERROR = {
     "type": "object",
     "required": ["error"],
+    "additionalProperties": False,
     "properties": {
-        "error": {"type": "string"},
+        "error": STRING,
         "details": {
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["field", "message"],
+                "additionalProperties": False,
+                "properties": {"field": STRING, "message": STRING},
             },
         },
     },
 }
 
 
-def _one_or_many(ref: str, limit: int) -> dict[str, Any]:
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed object: every property required except `optional`, no other property."""
     return {
-        "oneOf": [
-            {"$ref": ref},
-            {"type": "array", "items": {"$ref": ref}, "minItems": 1, "maxItems": limit},
-        ]
+        "type": "object",
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+        "properties": properties,
     }
+
+
+def _batch(items: dict[str, Any], limit: int) -> dict[str, Any]:
+    return {"type": "array", "items": items, "minItems": 1, "maxItems": limit}
+
+
+def _one_or_many(name: str, limit: int) -> dict[str, Any]:
+    return {"oneOf": [_ref(name), _batch(_ref(name), limit)]}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -41,61 +62,91 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "body is not JSON",
         401: "missing or invalid bearer token",
-        413: "batch too large",
+        413: "more items than serving.max_batch, or a body over serving.max_body_bytes",
         415: "content type is not application/json",
         422: "a field is missing, misspelt, of the wrong type or out of range",
         503: "no model loaded",
     }
-    return {
-        str(c): {"description": text[c], **_json({"$ref": "#/components/schemas/Error"})}
-        for c in codes
-    }
+    return {str(c): {"description": text[c], **_json(_ref("Error"))} for c in codes}
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
-    limit = settings.serving.max_batch
-    prediction = {
-        "type": "object",
-        "properties": {
-            "transaction_id": {"type": "string"},
+def _components(features: list[str], limit: int) -> dict[str, Any]:
+    prediction = _object(
+        {
+            "transaction_id": STRING,
             "fraud_probability": {"type": "number", "minimum": 0, "maximum": 1},
             "decision": {"type": "string", "enum": ["approve", "review", "decline"]},
             "reasons": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "feature": {"type": "string"},
-                        "value": {"type": ["number", "null"]},
-                        "contribution": {"type": "number"},
-                    },
-                },
+                "items": _object(
+                    {"feature": STRING, "value": FEATURE_VALUE, "contribution": NUMBER}
+                ),
             },
-            "model": {
-                "type": "object",
-                "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+            "model": _object({"name": STRING, "version": STRING}),
+        }
+    )
+    split = _object(
+        {
+            "columns": {
+                "description": "the model's features, each once, in any order",
+                "type": "array",
+                "items": {"type": "string", "enum": features},
+                "uniqueItems": True,
+                "minItems": len(features),
+                "maxItems": len(features),
             },
+            "data": _batch(_ref("FeatureRow"), limit),
+        }
+    )
+    return {
+        "Transaction": TransactionIn.model_json_schema(),
+        "Label": LabelIn.model_json_schema(),
+        "Prediction": prediction,
+        "PredictionBatch": _object({"predictions": _batch(_ref("Prediction"), limit)}),
+        "Error": ERROR,
+        "FeatureRecord": _object({name: FEATURE_VALUE for name in features}),
+        "FeatureRow": {
+            "description": "one value per feature, in the model's feature order",
+            "type": "array",
+            "items": FEATURE_VALUE,
+            "minItems": len(features),
+            "maxItems": len(features),
+        },
+        "Invocation": {
+            "description": "MLflow's scoring protocol: exactly one of these keys",
+            "oneOf": [
+                _object({"dataframe_split": split}),
+                _object({"dataframe_records": _batch(_ref("FeatureRecord"), limit)}),
+                *(
+                    _object(
+                        {
+                            key: {
+                                "oneOf": [
+                                    _batch(_ref("FeatureRecord"), limit),
+                                    _batch(_ref("FeatureRow"), limit),
+                                ]
+                            }
+                        }
+                    )
+                    for key in ("inputs", "instances")
+                ),
+            ],
         },
     }
-    features = {name: {"type": ["number", "null"]} for name in feature_names(settings.features)}
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The document /openapi.json serves: exact request and response schemas, so that a
+    schema-valid request is accepted and every answer matches what is declared."""
+    limit = settings.serving.max_batch
+    features = feature_names(settings.features)
     secured = [{"bearer": []}] if settings.serving.auth_tokens else []
-    transaction = TransactionIn.model_json_schema()
-    label = LabelIn.model_json_schema()
+    components = _components(features, limit)
     return {
         "openapi": "3.1.0",
         "info": {"title": "fraudflow scoring API", "version": "1"},
         "components": {
-            "schemas": {
-                "Transaction": transaction,
-                "Label": label,
-                "Prediction": prediction,
-                "Error": ERROR,
-                "FeatureRecord": {
-                    "type": "object",
-                    "properties": features,
-                    "required": list(features),
-                },
-            },
+            "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "paths": {
@@ -105,29 +156,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "security": secured,
                     "requestBody": {
                         "required": True,
-                        **_json(_one_or_many("#/components/schemas/Transaction", limit)),
+                        **_json(_one_or_many("Transaction", limit)),
                     },
                     "responses": {
                         "200": {
                             "description": "one prediction, or {predictions: [...]} for a list",
-                            **_json(
-                                {
-                                    "oneOf": [
-                                        {"$ref": "#/components/schemas/Prediction"},
-                                        {
-                                            "type": "object",
-                                            "properties": {
-                                                "predictions": {
-                                                    "type": "array",
-                                                    "items": {
-                                                        "$ref": "#/components/schemas/Prediction"
-                                                    },
-                                                }
-                                            },
-                                        },
-                                    ]
-                                }
-                            ),
+                            **_json({"oneOf": [_ref("Prediction"), _ref("PredictionBatch")]}),
                         },
                         **_errors(400, 401, 413, 415, 422, 503),
                     },
@@ -137,21 +171,17 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "Late fraud labels (idempotent)",
                     "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        **_json(_one_or_many("#/components/schemas/Label", limit)),
-                    },
+                    "requestBody": {"required": True, **_json(_one_or_many("Label", limit))},
                     "responses": {
                         "200": {
                             "description": "labels stored",
                             **_json(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "received": {"type": "integer"},
-                                        "known_transactions": {"type": "integer"},
-                                    },
-                                }
+                                _object(
+                                    {
+                                        "received": {"type": "integer", "minimum": 1},
+                                        "known_transactions": {"type": "integer", "minimum": 0},
+                                    }
+                                )
                             ),
                         },
                         **_errors(400, 401, 413, 415, 422),
@@ -162,45 +192,18 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "MLflow scoring protocol on feature vectors",
                     "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        **_json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "dataframe_split": {
-                                        "type": "object",
-                                        "properties": {
-                                            "columns": {
-                                                "type": "array",
-                                                "items": {"type": "string"},
-                                            },
-                                            "data": {"type": "array", "items": {"type": "array"}},
-                                        },
-                                    },
-                                    "dataframe_records": {
-                                        "type": "array",
-                                        "items": {"$ref": "#/components/schemas/FeatureRecord"},
-                                    },
-                                    "inputs": {},
-                                    "instances": {},
-                                },
-                            }
-                        ),
-                    },
+                    "requestBody": {"required": True, **_json(_ref("Invocation"))},
                     "responses": {
                         "200": {
-                            "description": "fraud probabilities",
+                            "description": "fraud probabilities, one per row",
                             **_json(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "predictions": {
-                                            "type": "array",
-                                            "items": {"type": "number"},
-                                        }
-                                    },
-                                }
+                                _object(
+                                    {
+                                        "predictions": _batch(
+                                            {"type": "number", "minimum": 0, "maximum": 1}, limit
+                                        )
+                                    }
+                                )
                             ),
                         },
                         **_errors(400, 401, 413, 415, 422, 503),
@@ -210,15 +213,35 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/health": {
                 "get": {
                     "summary": "Liveness and registry health",
-                    "responses": {"200": {"description": "alive"}},
+                    "responses": {
+                        "200": {
+                            "description": "alive",
+                            **_json(
+                                _object(
+                                    {
+                                        "status": {"const": "ok"},
+                                        "registry": {"enum": ["ok", "unreachable"]},
+                                        "model_loaded": {"type": "boolean"},
+                                        "model_version": {"type": ["string", "null"]},
+                                    }
+                                )
+                            ),
+                        }
+                    },
                 }
             },
             "/ready": {
                 "get": {
                     "summary": "Readiness: a model is loaded",
                     "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "no model yet"},
+                        "200": {
+                            "description": "ready",
+                            **_json(_object({"ready": {"const": True}, "model_version": STRING})),
+                        },
+                        "503": {
+                            "description": "no model yet",
+                            **_json(_object({"ready": {"const": False}, "reason": STRING})),
+                        },
                     },
                 }
             },
@@ -226,7 +249,27 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "get": {
                     "summary": "The model in service",
                     "responses": {
-                        "200": {"description": "name, version, stage, run, threshold"},
+                        "200": {
+                            "description": "name, version, stage, run, threshold",
+                            **_json(
+                                _object(
+                                    {
+                                        "name": STRING,
+                                        "version": STRING,
+                                        "stage": STRING,
+                                        "aliases": {"type": "array", "items": STRING},
+                                        "run_id": STRING,
+                                        "threshold": {"type": "number"},
+                                        "features": {"type": "array", "items": STRING},
+                                        "loaded_at": STRING,
+                                        "source": STRING,
+                                        "registry": {"enum": ["ok", "unreachable"]},
+                                        "reloads": {"type": "integer", "minimum": 0},
+                                        "reload_failures": {"type": "integer", "minimum": 0},
+                                    }
+                                )
+                            ),
+                        },
                         **_errors(503),
                     },
                 }
@@ -234,7 +277,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text format"}},
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": STRING}},
+                        }
+                    },
                 }
             },
         },
