@@ -7,31 +7,52 @@ from typing import Any
 from pipelines.features import feature_names
 from pipelines.settings import Settings
 from serving.auth import LABEL, SCORE, Credentials
-from serving.schemas import LabelIn, TransactionIn
+from serving.schemas import LARGEST_NUMBER, LabelIn, TransactionIn
+
+NUMBER = {"type": "number"}
+STRING = {"type": "string"}
+# a feature value: a finite double, or null (missing)
+FEATURE_VALUE = {"type": ["number", "null"], "minimum": -LARGEST_NUMBER, "maximum": LARGEST_NUMBER}
 
 ERROR = {
     "type": "object",
     "required": ["error"],
+    "additionalProperties": False,
     "properties": {
-        "error": {"type": "string"},
+        "error": STRING,
         "details": {
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["field", "message"],
+                "additionalProperties": False,
+                "properties": {"field": STRING, "message": STRING},
             },
         },
     },
 }
 
 
-def _one_or_many(ref: str, limit: int) -> dict[str, Any]:
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed object: every property required except `optional`, no other property."""
     return {
-        "oneOf": [
-            {"$ref": ref},
-            {"type": "array", "items": {"$ref": ref}, "minItems": 1, "maxItems": limit},
-        ]
+        "type": "object",
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+        "properties": properties,
     }
+
+
+def _batch(items: dict[str, Any], limit: int) -> dict[str, Any]:
+    return {"type": "array", "items": items, "minItems": 1, "maxItems": limit}
+
+
+def _one_or_many(name: str, limit: int) -> dict[str, Any]:
+    return {"oneOf": [_ref(name), _batch(_ref(name), limit)]}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -43,14 +64,76 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "body is not JSON",
         401: "missing or invalid bearer token",
         403: "the token lacks the scope this route needs",
-        413: "batch too large",
+        413: "more items than serving.max_batch, or a body over serving.max_body_bytes",
         415: "content type is not application/json",
         422: "a field is missing, misspelt, of the wrong type or out of range",
         503: "no model loaded",
     }
+    return {str(c): {"description": text[c], **_json(_ref("Error"))} for c in codes}
+
+
+def _components(features: list[str], limit: int) -> dict[str, Any]:
+    prediction = _object(
+        {
+            "transaction_id": STRING,
+            "fraud_probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "decision": {"type": "string", "enum": ["approve", "review", "decline"]},
+            "reasons": {
+                "type": "array",
+                "items": _object(
+                    {"feature": STRING, "value": FEATURE_VALUE, "contribution": NUMBER}
+                ),
+            },
+            "model": _object({"name": STRING, "version": STRING}),
+        }
+    )
+    split = _object(
+        {
+            "columns": {
+                "description": "the model's features, each once, in any order",
+                "type": "array",
+                "items": {"type": "string", "enum": features},
+                "uniqueItems": True,
+                "minItems": len(features),
+                "maxItems": len(features),
+            },
+            "data": _batch(_ref("FeatureRow"), limit),
+        }
+    )
     return {
-        str(c): {"description": text[c], **_json({"$ref": "#/components/schemas/Error"})}
-        for c in codes
+        "Transaction": TransactionIn.model_json_schema(),
+        "Label": LabelIn.model_json_schema(),
+        "Prediction": prediction,
+        "PredictionBatch": _object({"predictions": _batch(_ref("Prediction"), limit)}),
+        "Error": ERROR,
+        "FeatureRecord": _object({name: FEATURE_VALUE for name in features}),
+        "FeatureRow": {
+            "description": "one value per feature, in the model's feature order",
+            "type": "array",
+            "items": FEATURE_VALUE,
+            "minItems": len(features),
+            "maxItems": len(features),
+        },
+        "Invocation": {
+            "description": "MLflow's scoring protocol: exactly one of these keys",
+            "oneOf": [
+                _object({"dataframe_split": split}),
+                _object({"dataframe_records": _batch(_ref("FeatureRecord"), limit)}),
+                *(
+                    _object(
+                        {
+                            key: {
+                                "oneOf": [
+                                    _batch(_ref("FeatureRecord"), limit),
+                                    _batch(_ref("FeatureRow"), limit),
+                                ]
+                            }
+                        }
+                    )
+                    for key in ("inputs", "instances")
+                ),
+            ],
+        },
     }
 
 
@@ -60,51 +143,19 @@ def _security(scheme: str, scopes: list[str], required: bool) -> list[dict[str, 
 
 
 def openapi_document(settings: Settings, credentials: Credentials | None = None) -> dict[str, Any]:
-    """`credentials`: the API's tokens (None: none), which decide the security of each route."""
+    """The document /openapi.json serves: exact request and response schemas, so that a
+    schema-valid request is accepted and every answer matches what is declared.
+    `credentials`: the API's tokens (None: none), which decide the security of each route."""
     limit = settings.serving.max_batch
+    features = feature_names(settings.features)
     tokens = credentials is not None and not credentials.anonymous
     metrics_token = credentials is not None and credentials.metrics is not None
-    prediction = {
-        "type": "object",
-        "properties": {
-            "transaction_id": {"type": "string"},
-            "fraud_probability": {"type": "number", "minimum": 0, "maximum": 1},
-            "decision": {"type": "string", "enum": ["approve", "review", "decline"]},
-            "reasons": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "feature": {"type": "string"},
-                        "value": {"type": ["number", "null"]},
-                        "contribution": {"type": "number"},
-                    },
-                },
-            },
-            "model": {
-                "type": "object",
-                "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
-            },
-        },
-    }
-    features = {name: {"type": ["number", "null"]} for name in feature_names(settings.features)}
-    transaction = TransactionIn.model_json_schema()
-    label = LabelIn.model_json_schema()
+    components = _components(features, limit)
     return {
         "openapi": "3.1.0",
         "info": {"title": "fraudflow scoring API", "version": "1"},
         "components": {
-            "schemas": {
-                "Transaction": transaction,
-                "Label": label,
-                "Prediction": prediction,
-                "Error": ERROR,
-                "FeatureRecord": {
-                    "type": "object",
-                    "properties": features,
-                    "required": list(features),
-                },
-            },
+            "schemas": components,
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
@@ -126,29 +177,12 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                     "security": _security("bearer", [SCORE], tokens),
                     "requestBody": {
                         "required": True,
-                        **_json(_one_or_many("#/components/schemas/Transaction", limit)),
+                        **_json(_one_or_many("Transaction", limit)),
                     },
                     "responses": {
                         "200": {
                             "description": "one prediction, or {predictions: [...]} for a list",
-                            **_json(
-                                {
-                                    "oneOf": [
-                                        {"$ref": "#/components/schemas/Prediction"},
-                                        {
-                                            "type": "object",
-                                            "properties": {
-                                                "predictions": {
-                                                    "type": "array",
-                                                    "items": {
-                                                        "$ref": "#/components/schemas/Prediction"
-                                                    },
-                                                }
-                                            },
-                                        },
-                                    ]
-                                }
-                            ),
+                            **_json({"oneOf": [_ref("Prediction"), _ref("PredictionBatch")]}),
                         },
                         **_errors(400, 401, 403, 413, 415, 422, 503),
                     },
@@ -158,21 +192,17 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                 "post": {
                     "summary": "Late fraud labels (idempotent)",
                     "security": _security("bearer", [LABEL], tokens),
-                    "requestBody": {
-                        "required": True,
-                        **_json(_one_or_many("#/components/schemas/Label", limit)),
-                    },
+                    "requestBody": {"required": True, **_json(_one_or_many("Label", limit))},
                     "responses": {
                         "200": {
                             "description": "labels stored",
                             **_json(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "received": {"type": "integer"},
-                                        "known_transactions": {"type": "integer"},
-                                    },
-                                }
+                                _object(
+                                    {
+                                        "received": {"type": "integer", "minimum": 1},
+                                        "known_transactions": {"type": "integer", "minimum": 0},
+                                    }
+                                )
                             ),
                         },
                         **_errors(400, 401, 403, 413, 415, 422),
@@ -183,45 +213,18 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                 "post": {
                     "summary": "MLflow scoring protocol on feature vectors",
                     "security": _security("bearer", [SCORE], tokens),
-                    "requestBody": {
-                        "required": True,
-                        **_json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "dataframe_split": {
-                                        "type": "object",
-                                        "properties": {
-                                            "columns": {
-                                                "type": "array",
-                                                "items": {"type": "string"},
-                                            },
-                                            "data": {"type": "array", "items": {"type": "array"}},
-                                        },
-                                    },
-                                    "dataframe_records": {
-                                        "type": "array",
-                                        "items": {"$ref": "#/components/schemas/FeatureRecord"},
-                                    },
-                                    "inputs": {},
-                                    "instances": {},
-                                },
-                            }
-                        ),
-                    },
+                    "requestBody": {"required": True, **_json(_ref("Invocation"))},
                     "responses": {
                         "200": {
-                            "description": "fraud probabilities",
+                            "description": "fraud probabilities, one per row",
                             **_json(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "predictions": {
-                                            "type": "array",
-                                            "items": {"type": "number"},
-                                        }
-                                    },
-                                }
+                                _object(
+                                    {
+                                        "predictions": _batch(
+                                            {"type": "number", "minimum": 0, "maximum": 1}, limit
+                                        )
+                                    }
+                                )
                             ),
                         },
                         **_errors(400, 401, 403, 413, 415, 422, 503),
@@ -231,15 +234,35 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
             "/health": {
                 "get": {
                     "summary": "Liveness and registry health",
-                    "responses": {"200": {"description": "alive"}},
+                    "responses": {
+                        "200": {
+                            "description": "alive",
+                            **_json(
+                                _object(
+                                    {
+                                        "status": {"const": "ok"},
+                                        "registry": {"enum": ["ok", "unreachable"]},
+                                        "model_loaded": {"type": "boolean"},
+                                        "model_version": {"type": ["string", "null"]},
+                                    }
+                                )
+                            ),
+                        }
+                    },
                 }
             },
             "/ready": {
                 "get": {
                     "summary": "Readiness: a model is loaded",
                     "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "no model yet"},
+                        "200": {
+                            "description": "ready",
+                            **_json(_object({"ready": {"const": True}, "model_version": STRING})),
+                        },
+                        "503": {
+                            "description": "no model yet",
+                            **_json(_object({"ready": {"const": False}, "reason": STRING})),
+                        },
                     },
                 }
             },
@@ -247,7 +270,27 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                 "get": {
                     "summary": "The model in service",
                     "responses": {
-                        "200": {"description": "name, version, stage, run, threshold"},
+                        "200": {
+                            "description": "name, version, stage, run, threshold",
+                            **_json(
+                                _object(
+                                    {
+                                        "name": STRING,
+                                        "version": STRING,
+                                        "stage": STRING,
+                                        "aliases": {"type": "array", "items": STRING},
+                                        "run_id": STRING,
+                                        "threshold": {"type": "number"},
+                                        "features": {"type": "array", "items": STRING},
+                                        "loaded_at": STRING,
+                                        "source": STRING,
+                                        "registry": {"enum": ["ok", "unreachable"]},
+                                        "reloads": {"type": "integer", "minimum": 0},
+                                        "reload_failures": {"type": "integer", "minimum": 0},
+                                    }
+                                )
+                            ),
+                        },
                         **_errors(503),
                     },
                 }
@@ -257,7 +300,10 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                     "summary": "Prometheus metrics",
                     "security": _security("metricsBearer", [], metrics_token),
                     "responses": {
-                        "200": {"description": "text format"},
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": STRING}},
+                        },
                         **(_errors(401) if metrics_token else {}),
                     },
                 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -62,7 +63,8 @@ class Predictor:
         return [
             {
                 "feature": names[i],
-                "value": None if row[i] != row[i] else row[i],  # NaN: the value is unknown
+                # NaN: unknown; an infinite value (an overflowing ratio) is not JSON
+                "value": row[i] if math.isfinite(row[i]) else None,
                 "contribution": round(contributions[i], 6),
             }
             for i in order[: self.settings.serving.reasons]

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from pipelines import prediction_log
 from serving.auth import METRICS_ENDPOINT, ROUTE_SCOPES, bearer
+from serving.mlflow_payload import PayloadError, feature_matrix
 from serving.openapi import openapi_document
 from serving.schemas import LabelIn, TransactionIn
 from serving.service import service
@@ -41,7 +40,12 @@ def _api_error(error: ApiError) -> tuple[Response, int]:
 
 @api.app_errorhandler(HTTPException)
 def _http_error(error: HTTPException) -> tuple[Response, int]:
-    return jsonify({"error": error.description or error.name}), error.code or 500
+    """werkzeug's errors as JSON, with the headers they carry (a 405's `Allow`, RFC 9110)."""
+    response = jsonify({"error": error.description or error.name})
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, error.code or 500
 
 
 @api.app_errorhandler(Exception)
@@ -186,77 +190,15 @@ def feedback() -> Response:
     return jsonify({"received": len(labels), "known_transactions": known})
 
 
-def _feature_matrix(body: Any, features: tuple[str, ...], limit: int) -> np.ndarray:
-    """MLflow's scoring protocol (dataframe_split, dataframe_records, inputs/instances)."""
-    if not isinstance(body, dict):
-        raise ApiError(
-            422, "expected a JSON object with dataframe_split, dataframe_records or inputs"
-        )
-    keys = [k for k in ("dataframe_split", "dataframe_records", "inputs", "instances") if k in body]
-    if len(keys) != 1:
-        raise ApiError(
-            422, "give exactly one of dataframe_split, dataframe_records, inputs, instances"
-        )
-    payload = body[keys[0]]
-    if keys[0] == "dataframe_split":
-        if not isinstance(payload, dict) or "data" not in payload or "columns" not in payload:
-            raise ApiError(422, "dataframe_split needs 'columns' and 'data'")
-        columns, rows = payload["columns"], payload["data"]
-        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
-            raise ApiError(422, "dataframe_split.data must be a list of rows")
-        records = [dict(zip(columns, row)) for row in rows]
-    elif isinstance(payload, dict):  # columnar inputs: {"col": [values]}
-        lengths = {len(v) if isinstance(v, list) else -1 for v in payload.values()}
-        if len(lengths) != 1 or -1 in lengths:
-            raise ApiError(422, f"{keys[0]} columns must be lists of equal length")
-        count = lengths.pop()
-        records = [{k: v[i] for k, v in payload.items()} for i in range(count)]
-    elif isinstance(payload, list) and all(isinstance(r, list) for r in payload):
-        records = [
-            dict(zip(features, row)) if len(row) == len(features) else None for row in payload
-        ]
-        if any(r is None for r in records):
-            raise ApiError(422, f"each row must hold {len(features)} values in feature order")
-    elif isinstance(payload, list) and all(isinstance(r, dict) for r in payload):
-        records = payload
-    else:
-        raise ApiError(422, f"{keys[0]} must be records, rows or columns")
-    if not records:
-        raise ApiError(422, "no rows to score")
-    if len(records) > limit:
-        raise ApiError(413, f"batch of {len(records)} exceeds the limit of {limit}")
-    matrix = np.empty((len(records), len(features)))
-    for i, record in enumerate(records):
-        for j, name in enumerate(features):
-            if name not in record:
-                raise ApiError(
-                    422,
-                    f"missing feature column {name!r}",
-                    [{"field": name, "message": "required"}],
-                )
-            value = record[name]
-            if value is None:
-                value = math.nan
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ApiError(
-                    422,
-                    f"feature {name!r} must be a number",
-                    [{"field": name, "message": "not a number"}],
-                )
-            elif math.isinf(value):
-                raise ApiError(
-                    422, f"feature {name!r} is infinite", [{"field": name, "message": "infinite"}]
-                )
-            matrix[i, j] = value
-    return matrix
-
-
 @api.post("/invocations")
 def invocations() -> Response:
     svc = service()
     body = _json_body()
     model = _model_or_503()
-    matrix = _feature_matrix(body, model.scorer.features, svc.settings.serving.max_batch)
+    try:
+        matrix = feature_matrix(body, model.scorer.features, svc.settings.serving.max_batch)
+    except PayloadError as error:
+        raise ApiError(error.status, error.message, error.details) from error
     return jsonify({"predictions": model.online.probabilities(matrix)})
 
 

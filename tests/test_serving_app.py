@@ -248,7 +248,6 @@ def test_invocations_speaks_mlflows_payload_formats(client, trained) -> None:
         {"dataframe_split": {"columns": split["columns"], "data": split["data"]}},
         {"dataframe_records": json.loads(features.to_json(orient="records"))},
         {"inputs": json.loads(features.to_json(orient="records"))},
-        {"inputs": {c: json.loads(features[c].to_json(orient="values")) for c in features.columns}},
         {"instances": json.loads(features.to_json(orient="values"))},
     ]
     for payload in payloads:
