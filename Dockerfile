@@ -3,9 +3,12 @@
 # server (`mlflow server`, PostgreSQL driver included) and the jobs (`fraudflow train|promote|
 # monitor|retrain`). Settings come from the environment: FRAUDFLOW__SECTION__KEY=value,
 # MLFLOW_TRACKING_URI, FRAUDFLOW_CONFIG (an overlay file) and gunicorn's own GUNICORN_CMD_ARGS.
-# The base image is pinned to a full Python and Debian release (Dependabot proposes updates);
-# `--build-arg PYTHON_IMAGE=...` builds on another one, e.g. a mirror's copy or a digest.
-ARG PYTHON_IMAGE=python:3.11.16-slim-bookworm
+# The base image is pinned to a full Python and Debian release in the `python-base` stage, a
+# plain FROM line that Dependabot updates (it does not follow ARGs); `--build-arg
+# PYTHON_IMAGE=<image>` builds on another one instead, e.g. a mirror's copy or a digest.
+ARG PYTHON_IMAGE=python-base
+
+FROM python:3.11.16-slim-bookworm AS python-base
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \

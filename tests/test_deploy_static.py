@@ -75,11 +75,14 @@ def test_dockerfile_passes_hadolint_which_catches_a_bad_one(tmp_path) -> None:
 
 def test_dockerfile_is_multistage_nonroot_with_healthcheck_and_gunicorn() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.M)
-    # the base image: a full Python release and Debian suite, still a build argument
-    assert len(stages) >= 2
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-(bookworm|trixie)$", text, re.M)
-    assert all(image == "${PYTHON_IMAGE}" for image, _ in stages)
+    stages = re.findall(r"^FROM (\S+)(?: AS ([\w-]+))?", text, re.M)
+    # the base image: a full Python and Debian release on a FROM line of its own (the one
+    # Dependabot can update), the default of the PYTHON_IMAGE build argument every stage uses
+    (base, alias), *stages = stages
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-(bookworm|trixie)", base)
+    assert re.search(rf"^ARG PYTHON_IMAGE={alias}$", text, re.M)
+    assert text.index("ARG PYTHON_IMAGE") < text.index("\nFROM ")  # global: visible to FROM
+    assert len(stages) >= 2 and all(image == "${PYTHON_IMAGE}" for image, _ in stages)
     assert re.search(r"pip install [^\n]*-c constraints\.txt", text)
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in ("root", "0")
