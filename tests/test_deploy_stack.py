@@ -116,14 +116,7 @@ def stack(tmp_path_factory, small_data_dir):
         config = write_config(root / "stack.yaml", settings)
         trained = cli("train", "--config", str(config), "--data", str(small_data_dir))
         assert trained.returncode == 0, trained.stdout + trained.stderr
-        account = subprocess.run(
-            [str(BIN / "python"), "-m", "fraudflow.registry_account"]
-            + ["--username", API_ACCOUNT[0], "--tracking-uri", tracking],
-            env=clean_env({**login(ADMIN), "FRAUDFLOW_REGISTRY_ACCOUNT_PASSWORD": API_ACCOUNT[1]}),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        account = registry_account(tracking, *API_ACCOUNT)
         assert account.returncode == 0, account.stdout + account.stderr
         assert "created" in account.stdout and API_ACCOUNT[1] not in account.stdout
         log = root / "gunicorn.log"
@@ -309,7 +302,11 @@ def test_record_promotion_writes_the_champion_from_the_tracking_server(stack, se
 
 
 def rest(tracking: str, method: str, path: str, auth=None, **body) -> requests.Response:
-    return requests.request(method, f"{tracking}/api/2.0/mlflow/{path}", json=body, auth=auth)
+    """One call of MLflow's REST API (GET: query parameters, else a JSON body)."""
+    url = f"{tracking}/api/2.0/mlflow/{path}"
+    if method == "GET":
+        return requests.get(url, params=body, auth=auth, timeout=60)
+    return requests.request(method, url, json=body, auth=auth, timeout=60)
 
 
 def test_anonymous_clients_can_neither_register_nor_promote(stack, served) -> None:
@@ -381,3 +378,34 @@ def test_no_log_or_error_holds_a_registry_password(stack, served, tmp_path) -> N
     for log in logs:
         text = log.read_text()
         assert text and ADMIN[1] not in text and API_ACCOUNT[1] not in text, log.name
+
+
+def registry_account(tracking: str, username: str, password: str) -> subprocess.CompletedProcess:
+    """`python -m fraudflow.registry_account` as the compose bootstrap job runs it."""
+    return subprocess.run(
+        [str(BIN / "python"), "-m", "fraudflow.registry_account"]
+        + ["--username", username, "--tracking-uri", tracking],
+        env=clean_env({**login(ADMIN), "FRAUDFLOW_REGISTRY_ACCOUNT_PASSWORD": password}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_registry_account_rotates_a_password_and_refuses_the_admin(stack, served) -> None:
+    tracking = stack["tracking"]
+    first, second = new_password(), new_password()
+    created = registry_account(tracking, "rotation-check", first)
+    assert created.returncode == 0 and "created" in created.stdout, created.stderr
+    rotated = registry_account(tracking, "rotation-check", second)
+    assert rotated.returncode == 0 and "updated" in rotated.stdout, rotated.stderr
+    account = ("rotation-check", second)
+    assert rest(tracking, "GET", "registered-models/search", auth=account).status_code == 200
+    for output in (created, rotated):
+        assert first not in output.stdout + output.stderr
+        assert second not in output.stdout + output.stderr
+    # the admin account is not a service account: left untouched, and the error says why
+    refused = registry_account(tracking, ADMIN[0], second)
+    assert refused.returncode == 1 and "admin account" in refused.stderr
+    assert second not in refused.stderr and ADMIN[1] not in refused.stderr
+    assert rest(tracking, "GET", "registered-models/search", auth=ADMIN).status_code == 200
