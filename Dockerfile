@@ -3,7 +3,12 @@
 # server (`mlflow server`, PostgreSQL driver included) and the jobs (`fraudflow train|promote|
 # monitor|retrain`). Settings come from the environment: FRAUDFLOW__SECTION__KEY=value,
 # MLFLOW_TRACKING_URI, FRAUDFLOW_CONFIG (an overlay file) and gunicorn's own GUNICORN_CMD_ARGS.
-ARG PYTHON_IMAGE=python:3.11-slim
+# The base image is pinned to a full Python and Debian release in the `python-base` stage, a
+# plain FROM line that Dependabot updates (it does not follow ARGs); `--build-arg
+# PYTHON_IMAGE=<image>` builds on another one instead, e.g. a mirror's copy or a digest.
+ARG PYTHON_IMAGE=python-base
+
+FROM python:3.11.16-slim-bookworm AS python-base
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -30,6 +35,11 @@ RUN pip install --no-cache-dir --no-deps -e .
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="fraudflow" \
       org.opencontainers.image.description="MLflow-centred card fraud detection: scoring API, tracking server and jobs"
+# LightGBM's wheel links the OpenMP runtime (libgomp.so.1) from the system: without it no model
+# loads. The version is bookworm's (update it with the base image).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 fraudflow \
     && useradd --system --uid 10001 --gid fraudflow --home-dir /data --no-create-home \
        --shell /usr/sbin/nologin fraudflow \

@@ -6,9 +6,11 @@ Every server runs in its own process group on a free port and is stopped with it
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PROMETHEUS_CONF = ROOT / "conf" / "prometheus" / "prometheus.yml"
 RULES = ROOT / "conf" / "prometheus" / "rules" / "fraudflow.yml"
+AUTH_CONF = ROOT / "conf" / "mlflow" / "basic_auth.ini"
 DASHBOARD = ROOT / "conf" / "grafana" / "dashboards" / "fraudflow.json"
 
 
@@ -112,16 +115,51 @@ def mlflow_server_command(port: int, artifacts: Path) -> list[str]:
     return command
 
 
+def registry_auth_config(path: Path, database: Path) -> Path:
+    """conf/mlflow/basic_auth.ini as the compose file's server reads it, its user store moved
+    to `database` (the container's /data is not here); every other setting kept."""
+    config = configparser.ConfigParser()
+    config.read(AUTH_CONF)
+    assert config["mlflow"]["database_uri"].startswith("sqlite:////data/")
+    config["mlflow"]["database_uri"] = f"sqlite:///{database}"
+    with open(path, "w") as out:
+        config.write(out)
+    return path
+
+
+def new_password() -> str:
+    """A throw-away password (MLflow wants 12 characters at least)."""
+    return secrets.token_urlsafe(18)
+
+
 @contextmanager
-def compose_mlflow_server(root: Path, backend_uri: str) -> Iterator[str]:
-    """`mlflow server` as the compose file runs it, on the given backend store; yields its URL."""
+def compose_mlflow_server(root: Path, backend_uri: str, admin: tuple[str, str]) -> Iterator[str]:
+    """`mlflow server` as the compose file runs it (the basic-auth app included), on the given
+    backend store, its admin account created from `admin` (username, password) as the compose
+    file's environment does; yields its URL."""
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     service = compose_service("mlflow")
-    assert "MLFLOW_BACKEND_STORE_URI" in service["environment"]
-    env = clean_env({"MLFLOW_BACKEND_STORE_URI": backend_uri})
+    wanted = {
+        "MLFLOW_BACKEND_STORE_URI",
+        "MLFLOW_AUTH_CONFIG_PATH",
+        "MLFLOW_AUTH_ADMIN_USERNAME",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    }
+    assert wanted <= set(service["environment"]), "docker-compose.yml's mlflow env changed"
+    auth = registry_auth_config(root / "basic_auth.ini", root / "mlflow-auth.db")
+    env = clean_env(
+        {
+            "MLFLOW_BACKEND_STORE_URI": backend_uri,
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth),
+            "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+        }
+    )
     command = mlflow_server_command(port, root / "artifacts")
-    # run in its folder: with no database reachable it would otherwise fall back to ./mlruns
+    # run in its folder: with no database reachable it would otherwise fall back to ./mlflow.db
     with background(command, root / "mlflow-server.log", env, grace=5.0, cwd=root) as process:
         url = f"http://127.0.0.1:{port}"
         wait_for(f"{url}/health", process=process, timeout=120)

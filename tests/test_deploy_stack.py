@@ -6,6 +6,10 @@ HTTP tracking URI → the gunicorn API loading its model from that server → a 
 the project's prometheus.yml (targets rewritten), rules and Alertmanager; after some traffic,
 `fraudflow monitor` checks it. Against that Prometheus, every dashboard query and every alert
 rule is evaluated.
+
+The tracking server runs MLflow's basic-auth app as the compose file does: the jobs use the
+admin account, the API a read-only account made by `python -m fraudflow.registry_account` (as
+the compose bootstrap job makes it), anonymous clients get 401.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import psycopg2
 import pytest
 import requests
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
@@ -31,6 +36,7 @@ from tests.stack_servers import (
     alert_rules,
     compose_mlflow_server,
     dashboard_expressions,
+    new_password,
     postgres_server,
     prometheus_and_alertmanager,
 )
@@ -51,10 +57,22 @@ def sha256(token: str) -> str:
 SELECTOR = re.compile(r"\b((?:fraudflow|flask)_[a-z_]+|up)\b\s*(\{[^}]*\})?")
 
 
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+ADMIN = ("admin", new_password())
+API_ACCOUNT = ("fraudflow-api", new_password())
+REGISTRY_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def login(account: tuple[str, str]) -> dict[str, str]:
+    """The environment MLflow clients take an account from."""
+    return dict(zip(REGISTRY_KEYS, account))
+
+
+def cli(
+    *args: str, timeout: float = 600, account: tuple[str, str] = ADMIN
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "fraudflow"), *args],
-        env=clean_env(),
+        env=clean_env(login(account)),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -87,7 +105,14 @@ def prom_query(prometheus: str, expr: str, start: float | None = None) -> list[d
 def stack(tmp_path_factory, small_data_dir):
     """The whole stack, with a model trained but not yet promoted and the API unready."""
     root = tmp_path_factory.mktemp("stack")
-    with postgres_server() as backend, compose_mlflow_server(root / "mlflow", backend) as tracking:
+    with (
+        postgres_server() as backend,
+        compose_mlflow_server(root / "mlflow", backend, ADMIN) as tracking,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        # this process's own MLflow clients (assertions on the registry) act as the admin
+        for key, value in login(ADMIN).items():
+            patch.setenv(key, value)
         settings = make_settings(
             root / "work",
             mlflow={"tracking_uri": tracking},
@@ -106,9 +131,13 @@ def stack(tmp_path_factory, small_data_dir):
         config = write_config(root / "stack.yaml", settings)
         trained = cli("train", "--config", str(config), "--data", str(small_data_dir))
         assert trained.returncode == 0, trained.stdout + trained.stderr
+        account = registry_account(tracking, *API_ACCOUNT)
+        assert account.returncode == 0, account.stdout + account.stderr
+        assert "created" in account.stdout and API_ACCOUNT[1] not in account.stdout
         log = root / "gunicorn.log"
+        api_env = login(API_ACCOUNT)
         with gunicorn_api(
-            config, log, version=None, workers=WORKERS, metrics_headers=SCRAPER
+            config, log, version=None, workers=WORKERS, env=api_env, metrics_headers=SCRAPER
         ) as api:
             target = api.removeprefix("http://")
             with prometheus_and_alertmanager(root / "prometheus", target, METRICS_TOKEN) as (
@@ -186,8 +215,10 @@ def test_the_api_serves_the_model_promoted_through_the_tracking_server(stack, se
     assert production.source.startswith(("mlflow-artifacts:", "models:/"))
     stored = list((stack["root"] / "mlflow" / "artifacts").rglob("MLmodel"))
     assert stored and not (stack["settings"].workdir / "mlartifacts").exists()
-    # the registry lives in PostgreSQL: the server was given no other store
-    assert "sqlite" not in (stack["root"] / "mlflow" / "mlflow-server.log").read_text().lower()
+    # the registry lives in PostgreSQL: the server fell back to no default store of its own
+    # (its user store is the SQLite file conf/mlflow/basic_auth.ini names, nothing else)
+    assert not (stack["root"] / "mlflow" / "mlflow.db").exists()
+    assert not (stack["root"] / "mlflow" / "mlruns").exists()
     with psycopg2.connect(stack["backend"].replace("+psycopg2", "")) as db, db.cursor() as cur:
         cur.execute("SELECT version FROM model_versions WHERE name = %s", (name,))
         assert str(production.version) in {str(row[0]) for row in cur.fetchall()}
@@ -276,7 +307,8 @@ def test_record_promotion_writes_the_champion_from_the_tracking_server(stack, se
             "--output",
             str(output),
         ],
-        env=clean_env(),
+        # reading the registry is all it does: the API's read-only account is enough
+        env=clean_env(login(API_ACCOUNT)),
         capture_output=True,
         text=True,
     )
@@ -286,3 +318,116 @@ def test_record_promotion_writes_the_champion_from_the_tracking_server(stack, se
     assert record["version"] == served_model["version"]
     assert record["run_id"] == served_model["run_id"] and record["alias"] == "champion"
     assert "threshold" in record["tags"] and any(k.startswith("test_") for k in record["tags"])
+
+
+# --- the registry's authentication -------------------------------------------------------------
+
+
+def rest(tracking: str, method: str, path: str, auth=None, **body) -> requests.Response:
+    """One call of MLflow's REST API (GET: query parameters, else a JSON body)."""
+    url = f"{tracking}/api/2.0/mlflow/{path}"
+    if method == "GET":
+        return requests.get(url, params=body, auth=auth, timeout=60)
+    return requests.request(method, url, json=body, auth=auth, timeout=60)
+
+
+def test_anonymous_clients_can_neither_register_nor_promote(stack, served) -> None:
+    """What an attacker on the network tries first: a model of their own, a version of ours
+    from their run, a stage move. Every call is refused before it reaches the registry."""
+    tracking, name = stack["tracking"], stack["settings"].mlflow.model_name
+    before = MlflowClient(tracking, tracking).get_latest_versions(name, stages=["Production"])[0]
+    source = f"runs:/{before.run_id}/model"
+    attempts = [
+        ("POST", "registered-models/create", {"name": "evil"}),
+        ("POST", "model-versions/create", {"name": name, "source": source}),
+        (
+            "POST",
+            "model-versions/transition-stage",
+            {"name": name, "version": before.version, "stage": "Archived"},
+        ),
+        ("POST", "registered-models/alias", {"name": name, "alias": "champion", "version": "1"}),
+        ("GET", "registered-models/search", {}),
+    ]
+    for method, path, body in attempts:
+        assert rest(tracking, method, path, **body).status_code == 401, path
+        wrong = ("admin", "not-the-password")
+        assert rest(tracking, method, path, auth=wrong, **body).status_code == 401, path
+    # MLflow's own client, with no account in its environment
+    with pytest.MonkeyPatch.context() as patch:
+        for key in REGISTRY_KEYS:
+            patch.delenv(key, raising=False)
+        anonymous = MlflowClient(tracking, tracking)
+        with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
+            anonymous.create_registered_model("evil")
+        with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
+            anonymous.transition_model_version_stage(name, before.version, "Archived")
+    after = MlflowClient(tracking, tracking).get_latest_versions(name, stages=["Production"])[0]
+    assert after.version == before.version
+    assert "evil" not in [
+        m.name for m in MlflowClient(tracking, tracking).search_registered_models()
+    ]
+
+
+def test_the_apis_account_reads_the_registry_but_cannot_change_it(stack, served) -> None:
+    """A compromised API holds only a read-only account: it cannot promote its own model."""
+    tracking, name = stack["tracking"], stack["settings"].mlflow.model_name
+    production = MlflowClient(tracking, tracking).get_latest_versions(name, stages=["Production"])
+    version = production[0]
+    read = rest(tracking, "GET", "registered-models/get", auth=API_ACCOUNT, name=name)
+    assert read.status_code == 200
+    source = f"runs:/{version.run_id}/model"
+    refused = [
+        ("model-versions/create", {"name": name, "source": source}),
+        (
+            "model-versions/transition-stage",
+            {"name": name, "version": version.version, "stage": "Archived"},
+        ),
+    ]
+    for path, body in refused:
+        assert rest(tracking, "POST", path, auth=API_ACCOUNT, **body).status_code == 403, path
+
+
+def test_no_log_or_error_holds_a_registry_password(stack, served, tmp_path) -> None:
+    """A wrong password fails the job with a message that does not echo it; no log of the
+    stack (the API, the tracking server) holds either account's password."""
+    wrong = ("admin", "wrong-" + new_password())
+    version = requests.get(f"{stack['api']}/model", timeout=5).json()["version"]
+    args = ["--config", str(stack["config"]), "--version", version, "--stage", "Production"]
+    failed = cli("promote", *args, timeout=300, account=wrong)
+    assert failed.returncode != 0
+    assert wrong[1] not in failed.stdout + failed.stderr
+    logs = [stack["root"] / "gunicorn.log", stack["root"] / "mlflow" / "mlflow-server.log"]
+    for log in logs:
+        text = log.read_text()
+        assert text and ADMIN[1] not in text and API_ACCOUNT[1] not in text, log.name
+
+
+def registry_account(tracking: str, username: str, password: str) -> subprocess.CompletedProcess:
+    """`python -m fraudflow.registry_account` as the compose bootstrap job runs it."""
+    return subprocess.run(
+        [str(BIN / "python"), "-m", "fraudflow.registry_account"]
+        + ["--username", username, "--tracking-uri", tracking],
+        env=clean_env({**login(ADMIN), "FRAUDFLOW_REGISTRY_ACCOUNT_PASSWORD": password}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_registry_account_rotates_a_password_and_refuses_the_admin(stack, served) -> None:
+    tracking = stack["tracking"]
+    first, second = new_password(), new_password()
+    created = registry_account(tracking, "rotation-check", first)
+    assert created.returncode == 0 and "created" in created.stdout, created.stderr
+    rotated = registry_account(tracking, "rotation-check", second)
+    assert rotated.returncode == 0 and "updated" in rotated.stdout, rotated.stderr
+    account = ("rotation-check", second)
+    assert rest(tracking, "GET", "registered-models/search", auth=account).status_code == 200
+    for output in (created, rotated):
+        assert first not in output.stdout + output.stderr
+        assert second not in output.stdout + output.stderr
+    # the admin account is not a service account: left untouched, and the error says why
+    refused = registry_account(tracking, ADMIN[0], second)
+    assert refused.returncode == 1 and "admin account" in refused.stderr
+    assert second not in refused.stderr and ADMIN[1] not in refused.stderr
+    assert rest(tracking, "GET", "registered-models/search", auth=ADMIN).status_code == 200

@@ -7,6 +7,7 @@ passes everything (wrong flag, missing schema) fails the suite instead of blessi
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 import shutil
@@ -34,6 +35,13 @@ from tests.stack_servers import (  # noqa: E402
 pytestmark = pytest.mark.deploy
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+DEPENDABOT = ROOT / ".github" / "dependabot.yml"
+EXPOSE_OVERLAY = ROOT / "docker-compose.expose.yml"
+# the operator UIs: on loopback unless the overlay opens them
+UIS = {"mlflow": 5000, "prometheus": 9090, "alertmanager": 9093, "grafana": 3000}
+# third-party actions are pinned by commit SHA; GitHub's own and Docker's by release tag
+SHA_PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+TAG_PINNED = re.compile(r"^(actions|docker)/[\w.-]+@v\d+$")
 K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 RULE_TESTS = sorted((ROOT / "conf" / "prometheus" / "tests").glob("*.yml"))
 MINUTE_RULE_TESTS = ROOT / "conf" / "prometheus" / "tests" / "fraudflow_test.yml"
@@ -67,9 +75,14 @@ def test_dockerfile_passes_hadolint_which_catches_a_bad_one(tmp_path) -> None:
 
 def test_dockerfile_is_multistage_nonroot_with_healthcheck_and_gunicorn() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.M)
-    assert len(stages) >= 2 and re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.M)
-    assert all(image == "${PYTHON_IMAGE}" for image, _ in stages)
+    stages = re.findall(r"^FROM (\S+)(?: AS ([\w-]+))?", text, re.M)
+    # the base image: a full Python and Debian release on a FROM line of its own (the one
+    # Dependabot can update), the default of the PYTHON_IMAGE build argument every stage uses
+    (base, alias), *stages = stages
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-(bookworm|trixie)", base)
+    assert re.search(rf"^ARG PYTHON_IMAGE={alias}$", text, re.M)
+    assert text.index("ARG PYTHON_IMAGE") < text.index("\nFROM ")  # global: visible to FROM
+    assert len(stages) >= 2 and all(image == "${PYTHON_IMAGE}" for image, _ in stages)
     assert re.search(r"pip install [^\n]*-c constraints\.txt", text)
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in ("root", "0")
@@ -78,6 +91,9 @@ def test_dockerfile_is_multistage_nonroot_with_healthcheck_and_gunicorn() -> Non
     assert entrypoint[0] == "gunicorn" and entrypoint[-1].endswith("serving/gunicorn.conf.py")
     # settings from the environment: the API binds on all interfaces inside the container
     assert "FRAUDFLOW__SERVING__HOST=0.0.0.0" in text
+    # LightGBM's wheel needs the system's OpenMP runtime where it runs: the runtime stage
+    runtime = text[text.rindex("\nFROM ") :]
+    assert re.search(r"apt-get install -y --no-install-recommends libgomp1=\S+", runtime)
 
 
 def test_the_image_holds_every_package_the_project_installs() -> None:
@@ -167,6 +183,64 @@ def test_compose_hands_the_api_and_prometheus_their_token_secrets() -> None:
     assert api_job["authorization"] == {"type": "Bearer", "credentials_file": metrics_file}
 
 
+def test_compose_publishes_only_the_api_on_every_interface() -> None:
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert set(published) == {"api", *UIS}
+    for name, port in UIS.items():
+        assert published[name] == [f"127.0.0.1:{port}:{port}"], name
+    assert not published["api"][0].startswith("127.")
+    # Prometheus' lifecycle API (POST /-/quit, /-/reload) stays off
+    assert not any("lifecycle" in flag for flag in services["prometheus"]["command"])
+
+
+class _OverrideLoader(yaml.SafeLoader):
+    """Reads Compose's `!override` tag (replace the base file's list instead of merging)."""
+
+
+_OverrideLoader.add_constructor(
+    "!override", lambda loader, node: {"!override": loader.construct_sequence(node)}
+)
+
+
+def test_the_expose_overlay_opens_exactly_the_uis_and_passes_the_compose_spec(tmp_path) -> None:
+    overlay = yaml.load(EXPOSE_OVERLAY.read_text(), Loader=_OverrideLoader)
+    assert set(overlay) == {"services"} and set(overlay["services"]) == set(UIS)
+    for name, port in UIS.items():
+        # replaced, not added: both a loopback and an all-interfaces binding cannot coexist
+        assert overlay["services"][name] == {"ports": {"!override": [f"{port}:{port}"]}}, name
+    # the spec knows no YAML tags: validate the overlay with them taken away
+    plain = tmp_path / "docker-compose.expose.yml"
+    plain.write_text(EXPOSE_OVERLAY.read_text().replace(" !override", ""))
+    assert_ok(run(BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", plain))
+
+
+def test_compose_registry_runs_basic_auth_and_every_client_logs_in() -> None:
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    services = compose["services"]
+    mlflow = services["mlflow"]
+    command = mlflow["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    env = mlflow["environment"]
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/app/conf/mlflow/basic_auth.ini"
+    for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", env[key]), key  # refused when unset
+    admin = env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    for name in ("api", "bootstrap", "monitor"):
+        client = services[name]["environment"]
+        assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(client), name
+    # the API logs in with its own read-only account, never the admin's
+    assert services["api"]["environment"]["MLFLOW_TRACKING_PASSWORD"] != admin
+    assert services["monitor"]["environment"]["MLFLOW_TRACKING_PASSWORD"] == admin
+    assert "fraudflow.registry_account" in services["bootstrap"]["command"][0]
+    # the auth settings the image carries: no secret in them, a deliberate default permission
+    auth = configparser.ConfigParser()
+    auth.read(ROOT / "conf" / "mlflow" / "basic_auth.ini")
+    assert auth["mlflow"]["default_permission"] == "READ"
+    assert auth["mlflow"]["database_uri"].startswith("sqlite:////data/")
+    assert "admin_password" not in auth["mlflow"]
+
+
 # --- GitHub workflows ------------------------------------------------------------------------
 
 
@@ -225,6 +299,8 @@ def test_ci_workflow_runs_the_projects_own_targets_in_order() -> None:
         "unit-tests",
         "model-performance",
         "integration-tests",
+        "dependency-audit",
+        "image-scan",
     }
     meta = next(s for s in jobs["image"]["steps"] if "metadata-action" in s.get("uses", ""))
     assert "type=ref,event=branch" in meta["with"]["tags"]
@@ -244,13 +320,49 @@ def test_workflows_take_secrets_only_from_secrets_and_no_event_data_in_run() -> 
             for step in job["steps"]:
                 assert "${{" not in step.get("run", ""), f"{path.name}: expression in run:"
                 if "uses" in step:
-                    assert re.search(r"@v\d+$", step["uses"]), step["uses"]
+                    uses = step["uses"]
+                    assert TAG_PINNED.match(uses) or SHA_PINNED.match(uses), uses
         text = path.read_text()
         assert not re.search(r"(?i)(password|token|kubeconfig)\w*:\s*['\"]?[A-Za-z0-9/+]{12}", text)
     monitor = (ROOT / ".github" / "workflows" / "monitor.yml").read_text()
     assert "schedule:" in monitor and "fraudflow monitor" in monitor
     assert "fraudflow monitor --retrain" in monitor and "actions/upload-artifact" in monitor
     assert "scripts/record_promotion.py" in monitor and "gh pr create" in monitor
+
+
+def test_ci_audits_the_pins_and_scans_the_image_before_pushing_it() -> None:
+    jobs = load_yaml(ROOT / ".github" / "workflows" / "ci.yml")["jobs"]
+    audit = "\n".join(step.get("run", "") for step in jobs["dependency-audit"]["steps"])
+    assert re.search(r'pip install [^\n]*"pip-audit==[\d.]+"', audit)  # the auditor is pinned
+    assert "--requirement constraints.txt --no-deps --disable-pip" in audit
+    assert "--strict" in audit and "|| true" not in audit
+    steps = jobs["image-scan"]["steps"]
+    trivy = [s for s in steps if s.get("uses", "").startswith("aquasecurity/trivy-action@")]
+    assert trivy and all(SHA_PINNED.match(s["uses"]) for s in trivy)
+    sbom = next(s for s in trivy if s["with"]["format"] == "cyclonedx")
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["with"]["path"] == sbom["with"]["output"]
+    assert upload["with"]["if-no-files-found"] == "error"
+    gate = next(s for s in trivy if s["with"].get("exit-code") == "1")
+    assert gate["with"]["severity"] == "HIGH,CRITICAL" and gate["with"]["ignore-unfixed"] is True
+    build = next(s for s in steps if "build-push-action" in s.get("uses", ""))
+    assert build["with"]["push"] is False and build["with"]["load"] is True
+    assert all(s["with"]["image-ref"] == build["with"]["tags"] for s in trivy)
+    assert not any("continue-on-error" in s for s in steps)
+
+
+def test_dependabot_config_passes_its_schema_which_catches_a_bad_one(tmp_path) -> None:
+    validate = (BIN / "check-jsonschema", "--builtin-schema", "vendor.dependabot")
+    assert_ok(run(*validate, DEPENDABOT))
+    ecosystems = {u["package-ecosystem"] for u in load_yaml(DEPENDABOT)["updates"]}
+    assert {"pip", "github-actions", "docker"} <= ecosystems
+    bad = tmp_path / "dependabot.yml"
+    bad.write_text(
+        "version: 2\nupdates:\n  - package-ecosystem: pipx\n    directory: /\n"
+        "    schedule:\n      interval: sometimes\n"
+    )
+    found = run(*validate, bad)
+    assert found.returncode != 0 and "sometimes" in found.stdout + found.stderr
 
 
 # --- Kubernetes -------------------------------------------------------------------------------
@@ -293,6 +405,148 @@ def test_k8s_api_has_probes_resources_and_an_autoscaler() -> None:
         "name": "fraudflow-api",
     }
     assert hpa["spec"]["minReplicas"] >= 2
+
+
+def k8s_documents() -> dict[tuple[str, str], dict]:
+    documents = [d for path in K8S for d in yaml.safe_load_all(path.read_text()) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in documents}
+
+
+def test_k8s_monitor_runs_with_the_apis_security_context() -> None:
+    by_kind = k8s_documents()
+    api = by_kind[("Deployment", "fraudflow-api")]["spec"]["template"]["spec"]
+    cronjob = by_kind[("CronJob", "fraudflow-monitor")]["spec"]["jobTemplate"]["spec"]
+    monitor = cronjob["template"]["spec"]
+    assert monitor["securityContext"] == api["securityContext"]
+    assert monitor["containers"][0]["securityContext"] == api["containers"][0]["securityContext"]
+    # a read-only root: /tmp must be a volume, as the API's is
+    mounts = {m["mountPath"] for m in monitor["containers"][0]["volumeMounts"]}
+    assert {"/data", "/tmp"} <= mounts
+
+
+def secret_env(container: dict) -> dict[str, tuple[str, str]]:
+    """name -> (Secret, key) of every MLflow variable a container takes from a Secret, which
+    must be required (a missing one stops the pod instead of running it without a login)."""
+    found = {}
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref and var["name"].startswith("MLFLOW_"):
+            assert not ref.get("optional", False), f"{var['name']}: an optional Secret"
+            found[var["name"]] = (ref["name"], ref["key"])
+    return found
+
+
+def test_k8s_registry_runs_basic_auth_and_its_clients_log_in_from_secrets() -> None:
+    by_kind = k8s_documents()
+    server = by_kind[("Deployment", "fraudflow-mlflow")]["spec"]["template"]["spec"]
+    container = server["containers"][0]
+    assert container["command"] == ["mlflow", "server"]
+    assert container["args"][container["args"].index("--app-name") + 1] == "basic-auth"
+    secrets = secret_env(container)
+    assert {
+        "MLFLOW_BACKEND_STORE_URI",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "MLFLOW_AUTH_ADMIN_USERNAME",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+    } <= set(secrets)
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/app/conf/mlflow/basic_auth.ini"
+    assert by_kind[("Service", "mlflow")]["spec"]["ports"][0]["port"] == 5000
+    api = by_kind[("Deployment", "fraudflow-api")]["spec"]["template"]["spec"]["containers"][0]
+    cronjob = by_kind[("CronJob", "fraudflow-monitor")]["spec"]["jobTemplate"]["spec"]
+    monitor = cronjob["template"]["spec"]["containers"][0]
+    login = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    api_login, monitor_login = secret_env(api), secret_env(monitor)
+    assert set(login) <= set(api_login) and set(login) <= set(monitor_login)
+    # the monitor retrains and promotes as the admin; the API has an account of its own
+    assert monitor_login["MLFLOW_TRACKING_PASSWORD"] == secrets["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert api_login["MLFLOW_TRACKING_PASSWORD"][0] != secrets["MLFLOW_AUTH_ADMIN_PASSWORD"][0]
+
+
+PODS = {
+    "api": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "api"},
+    "monitor": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "monitor"},
+    "mlflow": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "mlflow"},
+    "postgres": {"app.kubernetes.io/component": "postgres"},
+    "redis": {"app": "redis"},
+    "other": {"app": "debug-shell"},
+    # a pod of another namespace (an ingress controller, a compromised neighbour): our policies
+    # do not govern its egress, and peers without a namespaceSelector never match it
+    "outside": None,
+}
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _peer_matches(peers: list[dict] | None, labels: dict) -> bool:
+    """A rule's from/to list against a pod (absent: every source)."""
+    if peers is None:
+        return True
+    if labels is None:
+        return False
+    return any(
+        "podSelector" in peer
+        and "namespaceSelector" not in peer
+        and _selects(peer["podSelector"], labels)
+        for peer in peers
+    )
+
+
+def _port_matches(ports: list[dict] | None, port: int) -> bool:
+    return ports is None or any(p["port"] == port for p in ports)
+
+
+def network_allows(policies: list[dict], source: str, target: str, port: int) -> bool:
+    """Kubernetes' semantics within one namespace: a pod selected by a policy of a direction
+    accepts only what some such policy's rule lets through; unselected, everything."""
+
+    def direction(pod: str, kind: str, peer: str, rules: str, other: str) -> bool:
+        if PODS[pod] is None:
+            return True
+        selecting = [
+            p
+            for p in policies
+            if kind in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], PODS[pod])
+        ]
+        return not selecting or any(
+            _peer_matches(rule.get(peer), PODS[other]) and _port_matches(rule.get("ports"), port)
+            for p in selecting
+            for rule in p["spec"].get(rules, [])
+        )
+
+    egress = direction(source, "Egress", "to", "egress", target)
+    ingress = direction(target, "Ingress", "from", "ingress", source)
+    return egress and ingress
+
+
+def test_k8s_network_policies_let_through_only_the_documented_paths() -> None:
+    policies = [d for (kind, _), d in k8s_documents().items() if kind == "NetworkPolicy"]
+    assert all(p["metadata"]["namespace"] == "fraudflow" for p in policies)
+    allowed = {
+        ("api", "mlflow", 5000),
+        ("monitor", "mlflow", 5000),
+        ("api", "redis", 6379),
+        ("monitor", "redis", 6379),
+        ("mlflow", "postgres", 5432),
+    }
+    for source in PODS:
+        for target in PODS:
+            for port in (5000, 5432, 6379, 8080):
+                if source == target or target in ("api", "outside"):
+                    continue
+                expected = (source, target, port) in allowed
+                got = network_allows(policies, source, target, port)
+                assert got == expected, (source, target, port)
+    # the API takes requests on its port from any source (ingress controller, Prometheus),
+    # on no other port
+    api = [p for p in policies if _selects(p["spec"]["podSelector"], PODS["api"])]
+    rules = [rule for p in api for rule in p["spec"].get("ingress", [])]
+    assert rules == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    # no pod can leave the namespace but for DNS and the database port (a managed PostgreSQL)
+    dns = next(p for p in policies if p["metadata"]["name"] == "allow-dns")
+    assert {r["port"] for rule in dns["spec"]["egress"] for r in rule["ports"]} == {53}
 
 
 # --- Prometheus, Alertmanager, Grafana --------------------------------------------------------
