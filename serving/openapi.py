@@ -154,7 +154,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 }
                             ),
                         },
-                        **_errors(400, 401, 413, 415, 422),
+                        **_errors(400, 401, 413, 415, 422, 503),
                     },
                 }
             },
@@ -215,10 +215,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
             "/ready": {
                 "get": {
-                    "summary": "Readiness: a model is loaded",
+                    "summary": "Readiness: a model is loaded and the online state answers",
                     "responses": {
                         "200": {"description": "ready"},
-                        "503": {"description": "no model yet"},
+                        "503": {"description": "no model yet, or the online state is down"},
                     },
                 }
             },
