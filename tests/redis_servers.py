@@ -19,13 +19,25 @@ from tests.stack_servers import system_tool
 class RedisServer:
     """One redis-server process; `start` again after `stop`/`kill` reuses port and folder."""
 
-    def __init__(self, root: Path, appendonly: bool, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        root: Path,
+        appendonly: bool,
+        host: str = "127.0.0.1",
+        also_bind: tuple = (),
+        password: str | None = None,
+    ) -> None:
         self.root, self.appendonly, self.host = root, appendonly, host
+        self.bind, self.password = [host, *also_bind], password
         self.port = free_port()
-        self.url = f"redis://{host}:{self.port}/0"
+        self.url = self.url_on(host)
         self.binary = system_tool("redis-server")
         self.process: subprocess.Popen | None = None
         root.mkdir(parents=True, exist_ok=True)
+
+    def url_on(self, address: str) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{address}:{self.port}/0"
 
     def start(self, timeout: float = 60.0) -> None:
         command = [
@@ -33,7 +45,7 @@ class RedisServer:
             "--port",
             str(self.port),
             "--bind",
-            self.host,
+            *self.bind,
             "--dir",
             str(self.root),
             "--save",
@@ -45,6 +57,8 @@ class RedisServer:
             "--daemonize",
             "no",
         ]
+        if self.password:  # protected mode refuses clients beyond loopback without one
+            command += ["--requirepass", self.password]
         with open(self.root / "redis.log", "ab") as out:
             self.process = subprocess.Popen(
                 command,
@@ -83,10 +97,14 @@ class RedisServer:
 
 @contextmanager
 def redis_server(
-    root: Path, appendonly: bool = False, host: str = "127.0.0.1"
+    root: Path,
+    appendonly: bool = False,
+    host: str = "127.0.0.1",
+    also_bind: tuple = (),
+    password: str | None = None,
 ) -> Iterator[RedisServer]:
     """A running redis-server (no snapshots; AOF when `appendonly`), stopped at the end."""
-    server = RedisServer(root, appendonly, host)
+    server = RedisServer(root, appendonly, host, also_bind, password)
     server.start()
     try:
         yield server
