@@ -26,6 +26,7 @@ import requests
 from pipelines.features import build_features, feature_names
 from pipelines.prediction_log import log_folder, read_predictions
 from pipelines.promotion import set_stage
+from pipelines.settings import Settings
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
 from tests.helpers import make_settings, write_config
@@ -47,7 +48,7 @@ class Host:
     address: str
     redis_address: str
     prefix: list[str]
-    settings: object = None
+    settings: Settings | None = None
     url: str = ""
     process: subprocess.Popen | None = None
     log: Path = field(default_factory=Path)
@@ -141,7 +142,7 @@ def register(transactions: pd.DataFrame, settings) -> str:
 class World:
     hosts: list[Host]
     redis: RedisServer
-    settings: object
+    settings: Settings
     versions: tuple[str, str]
     network: str
 

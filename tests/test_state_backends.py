@@ -7,8 +7,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.online_state import OnlineState, SqliteOnlineState, StateUnavailable
+from fraudflow.cli import main
+from pipelines.data import load_transactions
+from pipelines.online_state import (
+    OnlineState,
+    SqliteOnlineState,
+    StateUnavailable,
+    received_labels,
+)
 from pipelines.online_state_redis import RedisOnlineState
+from tests.helpers import make_settings, write_config
 from tests.redis_servers import redis_server
 
 DAY_MS = 86_400_000
@@ -143,3 +151,22 @@ def test_redis_down_is_a_clear_error_and_a_restart_is_survived(tmp_path) -> None
         server.start()
         assert not state.observe("t3", "c1", "m1", 3 * DAY_MS, 1.0).already_seen
         state.check()
+
+
+@pytest.mark.multihost
+def test_warm_and_the_label_reader_go_through_the_configured_backend(
+    redis_url, tmp_path, small_data_dir, capsys
+) -> None:
+    """`fraudflow warm` fills Redis (and says how fast); monitoring's label reader reads it."""
+    settings = make_settings(
+        tmp_path / "work", serving={"state": {"backend": "redis", "url": redis_url}}
+    )
+    config = write_config(tmp_path / "redis.yaml", settings)
+    assert main(["warm", "--config", str(config), "--data", str(small_data_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "online state (redis):" in printed and "rows/s" in printed
+    transactions = load_transactions(small_data_dir)
+    labels = received_labels(settings).set_index("transaction_id")["tx_fraud"]
+    expected = transactions.set_index("transaction_id")["tx_fraud"].astype(int)
+    assert len(labels) == len(expected) and labels.loc[expected.index].equals(expected)
+    assert not (tmp_path / "work" / settings.serving.state_path).exists()  # no SQLite file
