@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from redis.exceptions import BusyLoadingError, ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fraudflow.cli import main
 from pipelines.data import load_transactions
@@ -15,7 +17,7 @@ from pipelines.online_state import (
     StateUnavailable,
     received_labels,
 )
-from pipelines.online_state_redis import RedisOnlineState
+from pipelines.online_state_redis import RedisOnlineState, unavailable_reason
 from tests.helpers import make_settings, write_config
 from tests.redis_servers import redis_server
 
@@ -170,3 +172,19 @@ def test_warm_and_the_label_reader_go_through_the_configured_backend(
     expected = transactions.set_index("transaction_id")["tx_fraud"].astype(int)
     assert len(labels) == len(expected) and labels.loc[expected.index].equals(expected)
     assert not (tmp_path / "work" / settings.serving.state_path).exists()  # no SQLite file
+
+
+def test_redis_failures_are_named_by_kind_never_by_host() -> None:
+    """What a 503 says of a Redis failure (the exceptions carry hosts and ports)."""
+    cases = {
+        BusyLoadingError("Redis is loading the dataset in memory"): "Redis is loading its data set",
+        ConnectionError("Error 111 connecting to 10.1.2.3:6379. Connection refused."): (
+            "no connection to Redis"
+        ),
+        RedisTimeoutError("Timeout reading from 10.1.2.3:6379"): "Redis did not answer in time",
+        ResponseError("OOM command not allowed when used memory > 'maxmemory'."): (
+            "Redis refused the command (OOM)"
+        ),
+    }
+    for error, reason in cases.items():
+        assert unavailable_reason(error) == reason
