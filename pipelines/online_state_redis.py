@@ -38,7 +38,7 @@ from pipelines.settings import Settings
 log = logging.getLogger(__name__)
 
 SEQ_DIGITS = 16
-WARM_BATCH = 2000
+WARM_BATCH = 1000
 
 # KEYS: 1 tx key, 2 card set, 3 terminal set, 4 seq counter
 # ARGV: 1 transaction id, 2 customer, 3 terminal, 4 ts_ms, 5 amount (as Python wrote it),
@@ -84,17 +84,31 @@ end
 return {seen, card, terminal, labels}
 """
 
-# KEYS and ARGV as OBSERVE's first ten; stores without reading; returns 1 if added
-STORE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local seq = string.format('%016d', redis.call('INCR', KEYS[4]))
-redis.call('HSET', KEYS[1], 's', seq, 'c', ARGV[2], 'm', ARGV[3], 't', ARGV[4], 'a', ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[4], seq .. '|' .. ARGV[4] .. '|' .. ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[4], seq .. '|' .. ARGV[4] .. '|' .. ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[9])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[9])
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[10]) end
-return 1
+# warm: many rows per call. KEYS: 1 seq counter. ARGV: 1 key prefix, 2 ttl s, 3 retention ms,
+# then 5 per row: transaction id, customer, terminal, ts_ms, amount. Returns rows added.
+WARM = """
+local p, ttl, keep = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local added = 0
+for i = 4, #ARGV, 5 do
+  local tid, ts, amount = ARGV[i], ARGV[i + 3], ARGV[i + 4]
+  local tx = p .. 'tx:' .. tid
+  if redis.call('EXISTS', tx) == 0 then
+    local seq = string.format('%016d', redis.call('INCR', KEYS[1]))
+    local card, terminal = p .. 'card:' .. ARGV[i + 1], p .. 'terminal:' .. ARGV[i + 2]
+    local trim = '(' .. string.format('%d', tonumber(ts) - keep)
+    redis.call('HSET', tx, 's', seq, 'c', ARGV[i + 1], 'm', ARGV[i + 2], 't', ts, 'a', amount)
+    redis.call('ZADD', card, ts, seq .. '|' .. ts .. '|' .. amount)
+    redis.call('ZADD', terminal, ts, seq .. '|' .. ts .. '|' .. tid)
+    redis.call('ZREMRANGEBYSCORE', card, '-inf', trim)
+    redis.call('ZREMRANGEBYSCORE', terminal, '-inf', trim)
+    redis.call('EXPIRE', tx, ttl)
+    redis.call('EXPIRE', card, ttl)
+    redis.call('EXPIRE', terminal, ttl)
+    added = added + 1
+  end
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+return added
 """
 
 
@@ -154,7 +168,7 @@ class RedisOnlineState:
             retry=Retry(NoBackoff(), 1),
         )
         self._observe = self.client.register_script(OBSERVE)
-        self._store = self.client.register_script(STORE)
+        self._warm = self.client.register_script(WARM)
 
     def _keys(self, transaction_id: str, customer_id: str, terminal_id: str) -> list[str]:
         p = self.prefix
@@ -213,8 +227,8 @@ class RedisOnlineState:
         return int(sum(replies[len(labels) :]))
 
     def warm(self, transactions: pd.DataFrame) -> int:
-        """Load historical raw transactions (and their labels, if any) in pipelined batches, in
-        the frame's order; returns rows added."""
+        """Load historical raw transactions (and their labels, if any) in batches of
+        `WARM_BATCH` rows per script call, in the frame's order; returns rows added."""
         times = transactions["tx_datetime"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
         rows = zip(
             transactions["transaction_id"].astype(str),
@@ -230,20 +244,21 @@ class RedisOnlineState:
                 zip(labelled["transaction_id"].astype(str), labelled["tx_fraud"].astype(int))
             )
         added = 0
-        seq_key = f"{self.prefix}seq"
+        head = [self.prefix, self.ttl_s, self.retention_ms]
         with _redis_errors("warm"):
             for start in range(0, len(labels), WARM_BATCH):
                 pipe = self.client.pipeline(transaction=False)
                 for transaction_id, label in labels[start : start + WARM_BATCH]:
                     pipe.set(f"{self.prefix}label:{transaction_id}", label, ex=self.ttl_s)
                 pipe.execute()
-            pipe = self.client.pipeline(transaction=False)
-            for row in rows:
-                keys = self._keys(*row[:3]) + [seq_key]
-                self._store(keys=keys, args=self._args(*row)[:10], client=pipe)
-                if len(pipe) >= WARM_BATCH:
-                    added += sum(pipe.execute())
-            added += sum(pipe.execute())
+            batch: list[str | int] = []
+            for transaction_id, customer_id, terminal_id, ts_ms, amount in rows:
+                batch += [transaction_id, customer_id, terminal_id, ts_ms, repr(amount)]
+                if len(batch) >= 5 * WARM_BATCH:
+                    added += self._warm(keys=[f"{self.prefix}seq"], args=head + batch)
+                    batch = []
+            if batch:
+                added += self._warm(keys=[f"{self.prefix}seq"], args=head + batch)
         return added
 
     def labels(self) -> pd.DataFrame:
