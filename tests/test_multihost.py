@@ -64,22 +64,17 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
 
 
-@contextmanager
-def network_hosts() -> Iterator[tuple[list[Host], str]]:
-    """Two hosts in namespaces of their own (veth pairs), or on two loopback addresses."""
-    tag = f"ff{os.getpid() % 100000}"
-    subnet = 20 + os.getpid() % 200
-    if shutil.which("ip") is None or os.geteuid() != 0:
-        yield _loopback_hosts(), "loopback"
-        return
-    created: list[str] = []
+def _namespace_hosts(tag: str, subnet: int, created: list[str]) -> list[Host] | None:
+    """Two namespaces, each joined to this one by a veth pair; None where that is refused (a
+    container without CAP_SYS_ADMIN). `created` collects what to delete."""
+    hosts = []
     try:
-        hosts = []
         for i, name in enumerate(("a", "b"), start=1):
             ns, outside, inside = f"{tag}{name}", f"{tag}{name}h", f"{tag}{name}n"
             _ip("netns", "add", ns)
             created.append(ns)
             _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+            created.append(outside)
             _ip("link", "set", inside, "netns", ns)
             _ip("addr", "add", f"10.{subnet}.{i}.1/24", "dev", outside)
             _ip("link", "set", outside, "up")
@@ -92,17 +87,25 @@ def network_hosts() -> Iterator[tuple[list[Host], str]]:
             hosts.append(
                 Host(name, f"10.{subnet}.{i}.2", f"10.{subnet}.{i}.1", ["ip", "netns", "exec", ns])
             )
-    except subprocess.CalledProcessError as exc:  # no namespaces here (a container without
-        for ns in created:  # CAP_SYS_ADMIN): fall back to loopback addresses
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+    except subprocess.CalledProcessError as exc:
         print(f"network namespaces unavailable ({exc.stderr.strip()}): loopback hosts")
-        yield _loopback_hosts(), "loopback"
-        return
+        return None
+    return hosts
+
+
+@contextmanager
+def network_hosts() -> Iterator[tuple[list[Host], str]]:
+    """Two hosts in namespaces of their own, or on two loopback addresses."""
+    created: list[str] = []
+    hosts = None
+    if shutil.which("ip") is not None and os.geteuid() == 0:
+        hosts = _namespace_hosts(f"ff{os.getpid() % 100000}", 20 + os.getpid() % 200, created)
     try:
-        yield hosts, "netns"
+        yield (hosts, "netns") if hosts else (_loopback_hosts(), "loopback")
     finally:
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        for name in reversed(created):  # a veth pair goes with its namespace, else by name
+            kind = ["link", "del"] if name.endswith("h") else ["netns", "del"]
+            subprocess.run(["ip", *kind, name], capture_output=True, timeout=30)
 
 
 def _loopback_hosts() -> list[Host]:
