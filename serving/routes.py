@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from pipelines import prediction_log
+from pipelines.online_state import StateUnavailable
 from serving.auth import METRICS_ENDPOINT, ROUTE_SCOPES, bearer
 from serving.mlflow_payload import PayloadError, feature_matrix
 from serving.openapi import openapi_document
@@ -46,6 +47,14 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
         if name.lower() != "content-type":
             response.headers[name] = value
     return response, error.code or 500
+
+
+@api.app_errorhandler(StateUnavailable)
+def _state_unavailable(error: StateUnavailable) -> tuple[Response, int]:
+    """The state's server is down or restarting: nothing was scored or stored, retry later."""
+    response = jsonify({"error": str(error)})
+    response.headers["Retry-After"] = "1"
+    return response, 503
 
 
 @api.app_errorhandler(Exception)
@@ -221,6 +230,10 @@ def ready() -> tuple[Response, int]:
     holder = service().holder
     if holder.model is None:
         return jsonify({"ready": False, "reason": f"no model loaded from {holder.target_uri}"}), 503
+    try:
+        service().state.check()
+    except StateUnavailable as exc:
+        return jsonify({"ready": False, "reason": str(exc)}), 503
     return jsonify({"ready": True, "model_version": holder.model.version}), 200
 
 

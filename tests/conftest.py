@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -13,6 +14,7 @@ import pytest
 from pipelines.data import load_transactions
 from pipelines.simulate import simulate_transactions, write_daily_parquet
 from tests.helpers import make_settings
+from tests.redis_servers import RedisServer, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +40,18 @@ def _no_leaking_tracking_state(monkeypatch: pytest.MonkeyPatch):
     yield
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session's tests that need one (marker `multihost`)."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_service: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    with redis_service.client() as client:
+        client.flushall()
+    return redis_service.url

@@ -241,6 +241,26 @@ def test_compose_registry_runs_basic_auth_and_every_client_logs_in() -> None:
     assert "admin_password" not in auth["mlflow"]
 
 
+def test_compose_api_shares_its_online_state_in_a_durable_redis() -> None:
+    """Replicas of the API share one Redis (AOF, fsync every second, its own volume, healthy
+    before the API starts, reached only on the compose network); no SQLite state is shared."""
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    redis = services["redis"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-\w+)?", redis["image"])  # a full tag
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+    assert "ports" not in redis  # not published on the host
+    for name in ("api", "monitor"):
+        service = services[name]
+        environment = service["environment"]
+        assert environment["FRAUDFLOW__SERVING__STATE__BACKEND"] == "redis"
+        assert environment["FRAUDFLOW__SERVING__STATE__URL"].startswith("redis://redis:6379/")
+        assert service["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
 # --- GitHub workflows ------------------------------------------------------------------------
 
 
@@ -547,6 +567,38 @@ def test_k8s_network_policies_let_through_only_the_documented_paths() -> None:
     # no pod can leave the namespace but for DNS and the database port (a managed PostgreSQL)
     dns = next(p for p in policies if p["metadata"]["name"] == "allow-dns")
     assert {r["port"] for rule in dns["spec"]["egress"] for r in rule["ports"]} == {53}
+
+
+def test_k8s_api_pods_share_a_redis_statefulset_not_a_sqlite_file() -> None:
+    documents = [d for path in K8S for d in yaml.safe_load_all(path.read_text()) if d]
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    config = by_kind[("ConfigMap", "fraudflow-config")]["data"]
+    assert config["FRAUDFLOW__SERVING__STATE__BACKEND"] == "redis"
+    assert not any("STATE_PATH" in key for key in config)
+    redis = by_kind[("StatefulSet", "fraudflow-redis")]
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-\w+)?", container["image"])
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] == "everysec"
+    assert "--requirepass" in args and container["readinessProbe"]
+    claim = redis["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert container["volumeMounts"][0]["name"] == claim["metadata"]["name"]
+    service = by_kind[("Service", "fraudflow-redis")]
+    assert service["spec"]["ports"][0]["port"] == 6379
+    assert service["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
+    # the API and the monitor take the URL (it holds the password) from the Secret
+    pods = [
+        by_kind[("Deployment", "fraudflow-api")]["spec"]["template"]["spec"],
+        by_kind[("CronJob", "fraudflow-monitor")]["spec"]["jobTemplate"]["spec"]["template"][
+            "spec"
+        ],
+    ]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        source = env["FRAUDFLOW__SERVING__STATE__URL"]["valueFrom"]["secretKeyRef"]
+        assert source == {"name": "fraudflow-redis", "key": "url"}
 
 
 # --- Prometheus, Alertmanager, Grafana --------------------------------------------------------

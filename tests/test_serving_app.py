@@ -14,7 +14,7 @@ from pipelines import tracking
 from pipelines.features import build_features, feature_names
 from pipelines.prediction_log import read_predictions
 from pipelines.promotion import set_stage
-from pipelines.settings import ApiToken
+from pipelines.settings import ApiToken, StateSettings
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
 from serving.app import create_app
@@ -35,10 +35,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.Dat
 
 
 @pytest.fixture
-def app(trained, tmp_path: Path):
-    """A fresh app per test: its own online state, prediction log and metrics registry."""
+def app(trained, tmp_path: Path, request):
+    """A fresh app per test: its own online state, prediction log and metrics registry. The
+    state is a SQLite file unless the test asks for "redis" (indirect parametrization)."""
     settings, _ = trained
-    application = create_app(private_serving(settings, tmp_path), start_polling=False)
+    serving = {}
+    if getattr(request, "param", "sqlite") == "redis":
+        url = request.getfixturevalue("redis_url")
+        serving["state"] = StateSettings(backend="redis", url=url)
+    settings = private_serving(settings, tmp_path, **serving)
+    application = create_app(settings, start_polling=False)
     yield application
     application.extensions["fraudflow"].holder.stop()
 
@@ -98,11 +104,15 @@ def test_decisions_follow_the_thresholds(client, app) -> None:
         assert body["decision"] == expected, (i, p)
 
 
+@pytest.mark.parametrize(
+    "app", ["sqlite", pytest.param("redis", marks=pytest.mark.multihost)], indirect=True
+)
 def test_online_features_equal_offline_on_a_replayed_stream(
     client, app, small_transactions
 ) -> None:
     """Parity: warm the state with history, replay a stream with late labels; the logged online
-    feature vectors equal build_features on the same history + stream, to 1e-9."""
+    feature vectors equal build_features on the same history + stream, to 1e-9. On both
+    backends: the SQLite file and a Redis server."""
     svc = app.extensions["fraudflow"]
     split = len(small_transactions) - 2000
     history, stream = small_transactions.iloc[:split], small_transactions.iloc[split:]

@@ -1,0 +1,190 @@
+"""The online state's semantics, the same on every backend: SQLite and Redis (a real server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from redis.exceptions import BusyLoadingError, ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from fraudflow.cli import main
+from pipelines.data import load_transactions
+from pipelines.online_state import (
+    OnlineState,
+    SqliteOnlineState,
+    StateUnavailable,
+    received_labels,
+)
+from pipelines.online_state_redis import RedisOnlineState, unavailable_reason
+from tests.helpers import make_settings, write_config
+from tests.redis_servers import redis_server
+
+DAY_MS = 86_400_000
+SPANS = {"customer_window_days": 44, "terminal_span_days": 37, "terminal_delay_days": 7}
+BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.multihost)]
+
+
+def redis_state(url: str, **changes) -> RedisOnlineState:
+    return RedisOnlineState(url, **{**SPANS, "retention_days": 58, **changes})
+
+
+@pytest.fixture(params=BACKENDS)
+def opener(request, tmp_path: Path):
+    """Opens a state (again: a second worker or host on the same data)."""
+    if request.param == "sqlite":
+        return lambda: SqliteOnlineState(tmp_path / "state.sqlite", **SPANS)
+    url = request.getfixturevalue("redis_url")
+    return lambda: redis_state(url)
+
+
+def cards(history) -> list[tuple[int, float]]:
+    return list(zip(history.customer_times_ms, history.customer_amounts))
+
+
+def terminal(state: OnlineState, terminal_id: str, at_ms: int, probe: str) -> dict[int, object]:
+    history = state.observe(probe, "nobody", terminal_id, at_ms, 0.0)
+    return dict(zip(history.terminal_times_ms, history.terminal_labels))
+
+
+def test_observe_stores_once_and_returns_the_rows_stored_before(opener) -> None:
+    state = opener()
+    seen: list[tuple[int, float]] = []
+    for tid, day, amount in [("t1", 1, 10.0), ("t2", 2, 20.1), ("t3", 2, 1 / 3), ("t4", 3, 4e-7)]:
+        history = state.observe(tid, "c1", "m1", day * DAY_MS, amount)
+        assert not history.already_seen and cards(history) == seen  # amounts bit for bit
+        seen.append((day * DAY_MS, amount))
+    # the same time as t2 and t3, arrived later: sees both (arrival order breaks the tie)
+    assert state.observe("t5", "c1", "m1", 2 * DAY_MS, 5.0).customer_amounts == (10.0, 20.1, 1 / 3)
+    again = state.observe("t2", "c1", "m1", 2 * DAY_MS, 20.1)
+    assert again.already_seen and again.customer_amounts == (10.0,)
+
+
+def test_rows_stored_later_by_another_worker_stay_out(opener) -> None:
+    first, other = opener(), opener()
+    first.observe("mine", "c1", "m1", 5 * DAY_MS, 10.0)
+    other.observe("theirs", "c1", "m1", 4 * DAY_MS, 99.0)
+    assert first.observe("mine", "c1", "m1", 5 * DAY_MS, 10.0).customer_amounts == ()
+    assert other.observe("later", "c1", "m1", 6 * DAY_MS, 1.0).customer_amounts == (99.0, 10.0)
+
+
+def test_windows_and_the_label_delay(opener) -> None:
+    state = opener()
+    for day in (1, 5, 9):
+        state.observe(f"t{day}", "c1", "m1", day * DAY_MS, float(day))
+    assert set(terminal(state, "m1", 12 * DAY_MS, "p1")) == {DAY_MS, 5 * DAY_MS}  # matured only
+    history = state.observe("p2", "c1", "m2", 12 * DAY_MS, 1.0)
+    assert history.customer_times_ms == (DAY_MS, 5 * DAY_MS, 9 * DAY_MS)
+    late = state.observe("p3", "c1", "m1", 48 * DAY_MS, 1.0)
+    assert late.customer_times_ms == (5 * DAY_MS, 9 * DAY_MS, 12 * DAY_MS)  # (48-44, 48]
+    assert late.terminal_times_ms == (12 * DAY_MS,)  # (48-37, 48-7]
+
+
+def test_labels_in_any_order_and_corrections(opener) -> None:
+    state = opener()
+    assert state.add_labels([("early", 1)], received_ms=0) == 0  # before its transaction
+    state.observe("early", "c1", "m1", DAY_MS, 1.0)
+    state.observe("late", "c1", "m1", 2 * DAY_MS, 1.0)
+    state.observe("never", "c2", "m1", 3 * DAY_MS, 1.0)
+    assert state.add_labels([("late", 0)], received_ms=0) == 1
+    assert terminal(state, "m1", 20 * DAY_MS, "p1") == {DAY_MS: 1, 2 * DAY_MS: 0, 3 * DAY_MS: None}
+    assert state.add_labels([("late", 1), ("early", 0)], received_ms=1) == 2
+    assert terminal(state, "m1", 20 * DAY_MS, "p2") == {DAY_MS: 0, 2 * DAY_MS: 1, 3 * DAY_MS: None}
+    labels = opener().labels().sort_values("transaction_id").reset_index(drop=True)
+    assert labels.to_dict("records") == [
+        {"transaction_id": "early", "tx_fraud": 0},
+        {"transaction_id": "late", "tx_fraud": 1},
+    ]
+
+
+def test_warm_adds_new_rows_once_with_their_labels(opener) -> None:
+    state = opener()
+    state.observe("old", "c1", "m1", DAY_MS, 10.0)
+    warm = pd.DataFrame(
+        {
+            "transaction_id": ["old", "new", "unlabelled"],
+            "tx_datetime": pd.to_datetime(["1970-01-02", "1970-01-03", "1970-01-04"]),
+            "customer_id": ["c1", "c1", "c2"],
+            "terminal_id": ["m1", "m1", "m1"],
+            "tx_amount": [10.0, 20.0, 30.0],
+            "tx_fraud": [1, 0, None],
+        }
+    )
+    assert state.warm(warm) == 2
+    assert state.warm(warm) == 0
+    assert terminal(state, "m1", 20 * DAY_MS, "p") == {DAY_MS: 1, 2 * DAY_MS: 0, 3 * DAY_MS: None}
+    assert state.observe("q", "c1", "m9", 5 * DAY_MS, 1.0).customer_amounts == (10.0, 20.0)
+
+
+@pytest.mark.multihost
+def test_redis_trims_rows_past_the_retention_and_keys_expire(redis_url) -> None:
+    state = redis_state(redis_url, retention_days=10)
+    state.observe("a", "c1", "m1", DAY_MS, 1.0)
+    state.observe("b", "c1", "m1", 12 * DAY_MS, 2.0)  # a is 11 days older: trimmed
+    assert state.client.zcard("fraudflow:card:c1") == 1
+    assert state.client.zcard("fraudflow:terminal:m1") == 1
+    for key in ("fraudflow:card:c1", "fraudflow:terminal:m1", "fraudflow:tx:b", "fraudflow:seq"):
+        assert 0 < state.client.ttl(key) <= 10 * 86_400
+    state.add_labels([("b", 1)], received_ms=0)
+    assert 0 < state.client.ttl("fraudflow:label:b") <= 10 * 86_400
+
+
+@pytest.mark.multihost
+def test_redis_down_is_a_clear_error_and_a_restart_is_survived(tmp_path) -> None:
+    """Down: StateUnavailable naming no host. Restarted (its scripts and, without persistence,
+    its data gone): the same client serves again by itself."""
+    with redis_server(tmp_path / "redis") as server:
+        state = redis_state(server.url)
+        state.observe("t1", "c1", "m1", DAY_MS, 1.0)
+        state.check()
+        server.stop()
+        for call in (
+            lambda: state.observe("t2", "c1", "m1", 2 * DAY_MS, 1.0),
+            lambda: state.add_labels([("t1", 1)], 0),
+            state.check,
+            state.labels,
+        ):
+            with pytest.raises(StateUnavailable) as failure:
+                call()
+            message = str(failure.value)
+            assert message.startswith("online state unavailable: ")
+            assert str(server.port) not in message and "127.0.0.1" not in message
+        server.start()
+        assert not state.observe("t3", "c1", "m1", 3 * DAY_MS, 1.0).already_seen
+        state.check()
+
+
+@pytest.mark.multihost
+def test_warm_and_the_label_reader_go_through_the_configured_backend(
+    redis_url, tmp_path, small_data_dir, capsys
+) -> None:
+    """`fraudflow warm` fills Redis (and says how fast); monitoring's label reader reads it."""
+    settings = make_settings(
+        tmp_path / "work", serving={"state": {"backend": "redis", "url": redis_url}}
+    )
+    config = write_config(tmp_path / "redis.yaml", settings)
+    assert main(["warm", "--config", str(config), "--data", str(small_data_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "online state (redis):" in printed and "rows/s" in printed
+    transactions = load_transactions(small_data_dir)
+    labels = received_labels(settings).set_index("transaction_id")["tx_fraud"]
+    expected = transactions.set_index("transaction_id")["tx_fraud"].astype(int)
+    assert len(labels) == len(expected) and labels.loc[expected.index].equals(expected)
+    assert not (tmp_path / "work" / settings.serving.state_path).exists()  # no SQLite file
+
+
+def test_redis_failures_are_named_by_kind_never_by_host() -> None:
+    """What a 503 says of a Redis failure (the exceptions carry hosts and ports)."""
+    cases = {
+        BusyLoadingError("Redis is loading the dataset in memory"): "Redis is loading its data set",
+        ConnectionError("Error 111 connecting to 10.1.2.3:6379. Connection refused."): (
+            "no connection to Redis"
+        ),
+        RedisTimeoutError("Timeout reading from 10.1.2.3:6379"): "Redis did not answer in time",
+        ResponseError("OOM command not allowed when used memory > 'maxmemory'."): (
+            "Redis refused the command (OOM)"
+        ),
+    }
+    for error, reason in cases.items():
+        assert unavailable_reason(error) == reason
