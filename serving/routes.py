@@ -116,6 +116,12 @@ def _model_or_503():
                 f"no model to serve: the version at {holder.target_uri} failed to load; the "
                 "server log and the metric fraudflow_model_reload_failures_total say why",
             )
+        if not holder.status.reachable:
+            raise ApiError(
+                503,
+                "no model to serve: the registry is unreachable and this replica has no usable "
+                "cached model; it serves once the registry answers (the server log says why)",
+            )
         raise ApiError(
             503,
             f"no model to serve: nothing is at {holder.target_uri} in the registry yet; train "
@@ -260,6 +266,7 @@ def health() -> Response:
             "registry": "ok" if status.reachable else "unreachable",
             "model_loaded": holder.model is not None,
             "model_version": holder.model.version if holder.model else None,
+            "model_source": holder.model.source if holder.model else None,
         }
     )
 
