@@ -103,6 +103,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "Score raw transactions with online features",
                     "security": secured,
+                    "parameters": [
+                        {
+                            "name": "explain",
+                            "in": "query",
+                            "required": False,
+                            "description": "reasons for every transaction; without it only "
+                            "review and decline decisions get reasons, approvals get []",
+                            "schema": {"type": "boolean", "default": False},
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         **_json(_one_or_many("#/components/schemas/Transaction", limit)),

@@ -130,6 +130,18 @@ def _model_or_503():
     return model
 
 
+def _explain() -> bool:
+    """The `explain` query parameter of /predict: reasons for every transaction, approvals too."""
+    value = request.args.get("explain", "false")
+    if value not in ("true", "false"):
+        raise ApiError(
+            400,
+            f"query parameter 'explain' must be true or false, not {value[:50]!r}",
+            [{"field": "explain", "message": "must be true or false"}],
+        )
+    return value == "true"
+
+
 @api.post("/predict")
 def predict() -> Response:
     started = time.perf_counter()
@@ -137,8 +149,9 @@ def predict() -> Response:
     body = _json_body()
     items, as_list = _items(body, svc.settings.serving.max_batch)
     transactions = _validate(TransactionIn, items, as_list)
+    explain = _explain()
     model = _model_or_503()
-    predictions = svc.predictor.predict(transactions, model)
+    predictions = svc.predictor.predict(transactions, model, explain)
     latency_ms = (time.perf_counter() - started) * 1000
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     records = []

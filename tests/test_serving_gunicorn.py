@@ -273,9 +273,7 @@ def test_a_replica_started_while_the_registry_is_down_serves_its_cached_model(
     with mlflow_server(tmp_path / "mlflow") as (tracking, server):
         settings = serving_settings(tmp_path, tracking_uri=tracking)
         v1 = register(small_transactions, settings)
-        v2 = register(
-            small_transactions, make_settings(settings.workdir, training={"max_rounds": 40})
-        )
+        v2 = register(small_transactions, settings)
         set_stage(settings, v1, "Production", "via the tracking server")
         config = write_config(tmp_path / "serve.yaml", settings)
         with gunicorn_api(config, log, version=v1, workers=WORKERS) as url:
