@@ -32,8 +32,9 @@ PROFILE_FRAMES = (
         "SqliteOnlineState.observe (pipelines/online_state.py",
     ),
     ("    features_from_history", "features_from_history (pipelines/features.py"),
+    ("    LightGBM predict, one row", "SingleRowProbability.__call__ (serving/online_scorer.py"),
     (
-        "    LightGBM pred_contrib, one row",
+        "    LightGBM pred_contrib, one row (review, decline, explain)",
         "SingleRowContributions.__call__ (serving/online_scorer.py",
     ),
     ("    formatting the reasons", "Predictor.reasons (serving/predictor.py"),

@@ -132,6 +132,8 @@ def _model_or_503():
 
 def _explain() -> bool:
     """The `explain` query parameter of /predict: reasons for every transaction, approvals too."""
+    if not request.query_string:  # the usual request: no query string to parse
+        return False
     value = request.args.get("explain", "false")
     if value not in ("true", "false"):
         raise ApiError(

@@ -392,6 +392,8 @@ def test_approvals_get_reasons_only_when_explained(trained, tmp_path) -> None:
     assert len(features) == 3
     assert explained["reasons"] == expected_reasons(model, features[2], 3)
     assert explained["reasons"], "an approval has features that pushed its score up"
+    other = client.post("/predict?unrelated=1", json=tx(4, tx_amount=5.0)).json
+    assert other["decision"] == "approve" and other["reasons"] == []
     app.extensions["fraudflow"].holder.stop()
 
 
