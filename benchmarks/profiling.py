@@ -32,9 +32,10 @@ PROFILE_FRAMES = (
         "SqliteOnlineState.observe (pipelines/online_state.py",
     ),
     ("    features_from_history", "features_from_history (pipelines/features.py"),
+    ("    LightGBM predict, one row", "SingleRowProbability.__call__ (serving/online_scorer.py"),
     (
-        "    LightGBM single-row fast API (probability or pred_contrib)",
-        "SingleRowFast.__call__ (serving/online_scorer.py",
+        "    LightGBM pred_contrib, one row (review, decline, explain)",
+        "SingleRowContributions.__call__ (serving/online_scorer.py",
     ),
     ("    formatting the reasons", "Predictor.reasons (serving/predictor.py"),
     ("  prediction log write", "PredictionLogWriter.write (pipelines/prediction_log.py"),

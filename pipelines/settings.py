@@ -250,6 +250,9 @@ class ServingSettings(_Frozen):
     state_path: str
     prediction_log_dir: str
     metrics_dir: str
+    # the last served model, kept on the replica's own disk for a start while the registry is
+    # unreachable; None: no cache
+    model_cache_dir: str | None = None
 
 
 PERFORMANCE_METRICS = ("precision", "recall", "average_precision", "card_precision_at_100")

@@ -234,21 +234,27 @@ def training_configuration(settings: Settings, run_id: str) -> TrainingSettings 
 # --- models and what was logged with them --------------------------------------------------
 
 
+def download_model_files(settings: Settings, model_uri: str, folder: Path) -> tuple[Path, Path]:
+    """The booster and metadata files of a logged model (`models:/…`, `runs:/…`), downloaded
+    into `folder` as they are stored, unchecked: `FraudScorer.load` checks them."""
+    use_store(settings)
+    booster, meta = (
+        Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri.rstrip('/')}/{ARTIFACTS_FOLDER}/{name}",
+                dst_path=str(folder),
+            )
+        )
+        for name in (BOOSTER_FILE, META_FILE)
+    )
+    return booster, meta
+
+
 def load_scorer(settings: Settings, model_uri: str) -> FraudScorer:
     """The booster and metadata of a logged model (`models:/…`, `runs:/…`), read as data and
     checked (`FraudScorer.load`): nothing logged with the model is executed or unpickled."""
-    use_store(settings)
     with tempfile.TemporaryDirectory() as folder:
-        paths = [
-            Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{model_uri.rstrip('/')}/{ARTIFACTS_FOLDER}/{name}",
-                    dst_path=folder,
-                )
-            )
-            for name in (BOOSTER_FILE, META_FILE)
-        ]
-        return FraudScorer.load(*paths)
+        return FraudScorer.load(*download_model_files(settings, model_uri, Path(folder)))
 
 
 def load_reference(settings: Settings, run_id: str) -> pd.DataFrame:

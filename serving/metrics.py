@@ -54,6 +54,10 @@ class ServiceMetrics:
 
     def on_model_event(self, event: str, model: ServedModel | None) -> None:
         """ModelHolder listener: reloads, failures and registry health."""
+        if event == "cache_load" and model is not None:  # the registry stays down
+            self.model_version.set(float(model.version))
+            self.model_loaded_at.set(time.time())
+            return
         if event == "reload" and model is not None:
             self.reloads.inc()
             self.model_version.set(float(model.version))

@@ -2,18 +2,23 @@
 
 Each worker holds one `ServedModel` reference; a request reads it once and finishes on that
 model even if a newer one is swapped in meanwhile. Registry failures never unload a model.
+Every model loaded from the registry is kept in the replica's model cache; a worker that has no
+model and cannot get one from the registry serves the cached one until the registry answers.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from pipelines import tracking
@@ -21,6 +26,7 @@ from pipelines.features import feature_names
 from pipelines.model import FraudScorer
 from pipelines.registry import served_uri, served_version
 from pipelines.settings import Settings
+from serving.model_cache import ModelCache
 from serving.online_scorer import OnlineScorer
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,8 @@ class ServedModel:
     scorer: FraudScorer
     online: OnlineScorer
     loaded_at: str
+    # "registry", or "cache": loaded from the model cache while the registry could not serve it
+    source: str = "registry"
 
     def describe(self) -> dict[str, object]:
         return {
@@ -54,6 +62,7 @@ class ServedModel:
             "threshold": self.scorer.threshold,
             "features": list(self.scorer.features),
             "loaded_at": self.loaded_at,
+            "model_source": self.source,
         }
 
 
@@ -74,6 +83,9 @@ class ModelHolder:
         self.settings = settings
         self.client = client or tracking.client(settings)
         self.status = RegistryStatus()
+        folder = settings.serving.model_cache_dir
+        self.cache = ModelCache(settings.under_workdir(folder)) if folder else None
+        self._cache_tried = False
         self._model: ServedModel | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -88,7 +100,10 @@ class ModelHolder:
         return served_uri(self.settings)
 
     def refresh(self) -> bool:
-        """Check the registry once; load and swap in a new version. True if it swapped."""
+        """Check the registry once; load and swap in a new version. True if it swapped.
+
+        Without a model yet, a registry that cannot be read or a version that cannot be loaded
+        falls back to the model cache (once per process)."""
         with self._lock:
             try:
                 target = served_version(self.client, self.settings)
@@ -100,43 +115,110 @@ class ModelHolder:
                 self.status.last_error = redact(f"{type(exc).__name__}: {exc}")[:500]
                 log.warning("registry unreachable: %s", self.status.last_error)
                 self._notify("registry_error", self._model)
-                return False
+                return self._serve_cached()
             finally:
                 self.status.last_check = time.time()
-            if target is None or (self._model and self._model.version == str(target.version)):
+            if target is None:
+                return False
+            current = self._model
+            if current and current.version == str(target.version) and current.source != "cache":
                 return False
             try:
-                scorer = tracking.load_scorer(
-                    self.settings, f"models:/{target.name}/{target.version}"
-                )
-                expected = tuple(feature_names(self.settings.features))
-                if scorer.features != expected:
-                    missing = sorted(set(expected) - set(scorer.features))
-                    extra = sorted(set(scorer.features) - set(expected))
-                    raise ValueError(
-                        "trained on other features than this service computes (align the "
-                        f"features settings): model lacks {missing}, has extra {extra}"
+                with tempfile.TemporaryDirectory() as folder:
+                    booster, meta = tracking.download_model_files(
+                        self.settings, f"models:/{target.name}/{target.version}", Path(folder)
                     )
+                    scorer = self._checked(FraudScorer.load(booster, meta))
+                    self._swap(target, scorer)
+                    self._keep(booster, meta)
             except Exception as exc:
                 self.status.reload_failures += 1
                 self.status.last_error = redact(f"loading v{target.version} failed: {exc}")[:500]
                 log.error("%s", self.status.last_error)
                 self._notify("reload_failure", self._model)
-                return False
-            self._model = ServedModel(
-                name=target.name,
-                version=str(target.version),
-                stage=target.current_stage,
-                aliases=tuple(target.aliases or ()),
-                run_id=target.run_id,
-                scorer=scorer,
-                online=OnlineScorer(scorer),
-                loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            )
-            self.status.reloads += 1
-            log.info("serving %s v%s", target.name, target.version)
-            self._notify("reload", self._model)
+                return self._serve_cached()
             return True
+
+    def _checked(self, scorer: FraudScorer) -> FraudScorer:
+        """The scorer, if it was trained on the features this service computes."""
+        expected = tuple(feature_names(self.settings.features))
+        if scorer.features != expected:
+            missing = sorted(set(expected) - set(scorer.features))
+            extra = sorted(set(scorer.features) - set(expected))
+            raise ValueError(
+                "trained on other features than this service computes (align the "
+                f"features settings): model lacks {missing}, has extra {extra}"
+            )
+        return scorer
+
+    def _swap(self, target: ModelVersion, scorer: FraudScorer) -> None:
+        self._model = ServedModel(
+            name=target.name,
+            version=str(target.version),
+            stage=target.current_stage,
+            aliases=tuple(target.aliases or ()),
+            run_id=target.run_id,
+            scorer=scorer,
+            online=OnlineScorer(scorer),
+            loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        self.status.reloads += 1
+        log.info("serving %s v%s", target.name, target.version)
+        self._notify("reload", self._model)
+
+    def _keep(self, booster: Path, meta: Path) -> None:
+        """Cache the files of the model just swapped in; a failure only costs the cache."""
+        model = self._model
+        if self.cache is None or model is None:
+            return
+        try:
+            self.cache.save(
+                booster,
+                meta,
+                name=model.name,
+                version=model.version,
+                stage=model.stage,
+                aliases=model.aliases,
+                run_id=model.run_id,
+            )
+        except Exception as exc:
+            log.warning("could not cache v%s at %s: %s", model.version, self.cache.folder, exc)
+
+    def _serve_cached(self) -> bool:
+        """Serve the cached model if there is no model yet; True if it was swapped in."""
+        if self._model is not None or self.cache is None or self._cache_tried:
+            return False
+        self._cache_tried = True
+        folder = self.cache.folder
+        try:
+            cached = self.cache.load(self.settings.mlflow.model_name)
+            if cached is None:
+                log.warning("no model from the registry and none cached at %s", folder)
+                return False
+            scorer = self._checked(cached.scorer)
+        except Exception as exc:  # damaged, altered, half-written or another model: never served
+            log.error("model cache at %s ignored, nothing served from it: %s", folder, exc)
+            return False
+        self._model = ServedModel(
+            name=cached.name,
+            version=cached.version,
+            stage=cached.stage,
+            aliases=cached.aliases,
+            run_id=cached.run_id,
+            scorer=scorer,
+            online=OnlineScorer(scorer),
+            loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            source="cache",
+        )
+        log.warning(
+            "serving %s v%s from the model cache at %s (cached %s) until the registry serves",
+            cached.name,
+            cached.version,
+            folder,
+            cached.cached_at,
+        )
+        self._notify("cache_load", self._model)
+        return True
 
     def add_listener(self, listener: Callable[[str, ServedModel | None], None]) -> None:
         self.status.listeners.append(listener)

@@ -175,6 +175,16 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                 "post": {
                     "summary": "Score raw transactions with online features",
                     "security": _security("bearer", [SCORE], tokens),
+                    "parameters": [
+                        {
+                            "name": "explain",
+                            "in": "query",
+                            "required": False,
+                            "description": "reasons for every transaction; without it only "
+                            "review and decline decisions get reasons, approvals get []",
+                            "schema": {"type": "boolean", "default": False},
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         **_json(_one_or_many("Transaction", limit)),

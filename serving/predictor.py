@@ -89,32 +89,50 @@ class Predictor:
         )
         return row, history.already_seen, time.perf_counter() - start
 
-    def predict(self, transactions: list[TransactionIn], model: ServedModel) -> list[Prediction]:
-        """Score in order; each transaction is stored before the next one's features are read."""
+    def predict(
+        self, transactions: list[TransactionIn], model: ServedModel, explain: bool = False
+    ) -> list[Prediction]:
+        """Score in order; each transaction is stored before the next one's features are read.
+
+        Reasons (TreeSHAP contributions, the costly part of scoring) are computed for review
+        and decline decisions, and for every transaction when `explain`; approvals otherwise
+        get none."""
         rows, seen, lookups = [], [], []
         for tx in transactions:
             row, already, seconds = self.features(tx, epoch_ms(tx.tx_datetime))
             rows.append(row)
             seen.append(already)
             lookups.append(seconds)
-        explain = self.settings.serving.reasons > 0
-        probabilities, contributions = model.online.score(rows, explain)
+        probabilities = model.online.probabilities(rows)
+        decisions = [self.decide(p, model) for p in probabilities]
+        explained = [
+            i
+            for i, decision in enumerate(decisions)
+            if self.settings.serving.reasons > 0 and (explain or decision != "approve")
+        ]
+        contributions = (
+            dict(zip(explained, model.online.contributions([rows[i] for i in explained])))
+            if explained
+            else {}
+        )
         predictions = []
-        for tx, row, probability, row_contributions, already, seconds in zip(
-            transactions, rows, probabilities, contributions, seen, lookups
-        ):
-            reasons = self.reasons(model, row.tolist(), row_contributions) if explain else []
+        for i, tx in enumerate(transactions):
+            reasons = (
+                self.reasons(model, rows[i].tolist(), contributions[i])
+                if i in contributions
+                else []
+            )
             predictions.append(
                 Prediction(
                     transaction_id=tx.transaction_id,
-                    fraud_probability=float(probability),
-                    decision=self.decide(float(probability), model),
+                    fraud_probability=probabilities[i],
+                    decision=decisions[i],
                     reasons=reasons,
                     model_name=model.name,
                     model_version=model.version,
-                    features=row,
-                    already_seen=already,
-                    lookup_seconds=seconds,
+                    features=rows[i],
+                    already_seen=seen[i],
+                    lookup_seconds=lookups[i],
                 )
             )
         return predictions

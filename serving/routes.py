@@ -139,12 +139,32 @@ def _model_or_503():
                 f"no model to serve: the version at {holder.target_uri} failed to load; the "
                 "server log and the metric fraudflow_model_reload_failures_total say why",
             )
+        if not holder.status.reachable:
+            raise ApiError(
+                503,
+                "no model to serve: the registry is unreachable and this replica has no usable "
+                "cached model; it serves once the registry answers (the server log says why)",
+            )
         raise ApiError(
             503,
             f"no model to serve: nothing is at {holder.target_uri} in the registry yet; train "
             "one and promote it (fraudflow promote --version N --stage Production)",
         )
     return model
+
+
+def _explain() -> bool:
+    """The `explain` query parameter of /predict: reasons for every transaction, approvals too."""
+    if not request.query_string:  # the usual request: no query string to parse
+        return False
+    value = request.args.get("explain", "false")
+    if value not in ("true", "false"):
+        raise ApiError(
+            400,
+            f"query parameter 'explain' must be true or false, not {value[:50]!r}",
+            [{"field": "explain", "message": "must be true or false"}],
+        )
+    return value == "true"
 
 
 @api.post("/predict")
@@ -154,8 +174,9 @@ def predict() -> Response:
     body = _json_body()
     items, as_list = _items(body, svc.settings.serving.max_batch)
     transactions = _validate(TransactionIn, items, as_list)
+    explain = _explain()
     model = _model_or_503()
-    predictions = svc.predictor.predict(transactions, model)
+    predictions = svc.predictor.predict(transactions, model, explain)
     latency_ms = (time.perf_counter() - started) * 1000
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     records = []
@@ -221,6 +242,7 @@ def health() -> Response:
             "registry": "ok" if status.reachable else "unreachable",
             "model_loaded": holder.model is not None,
             "model_version": holder.model.version if holder.model else None,
+            "model_source": holder.model.source if holder.model else None,
         }
     )
 

@@ -94,11 +94,13 @@ def copy_store(source: Path, target: Path) -> None:
 
 
 def private_serving(settings: Settings, folder: Path, **serving: Any) -> Settings:
-    """`settings` with an online state and prediction log of its own under `folder` (and any
-    other `serving` values), so that an app shares nothing with another test's."""
+    """`settings` with an online state, prediction log and model cache of its own under
+    `folder` (and any other `serving` values), so that an app shares nothing with another
+    test's."""
     update = {
         "state_path": str(Path(folder) / "state.sqlite"),
         "prediction_log_dir": str(Path(folder) / "predictions"),
+        "model_cache_dir": str(Path(folder) / "model-cache"),
         **serving,
     }
     return settings.model_copy(update={"serving": settings.serving.model_copy(update=update)})

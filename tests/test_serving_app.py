@@ -73,7 +73,7 @@ def stored_rows(app) -> int:
 
 
 def test_predict_returns_probability_decision_reasons_and_version(client) -> None:
-    response = client.post("/predict", json=tx(amount := 1, tx_amount=480.0))
+    response = client.post("/predict?explain=true", json=tx(amount := 1, tx_amount=480.0))
     assert response.status_code == 200, response.json
     body = response.json
     assert body["transaction_id"] == f"t{amount}"
@@ -340,14 +340,16 @@ def test_a_model_trained_on_other_features_is_refused(trained, tmp_path) -> None
     assert app.test_client().get("/ready").status_code == 503
 
 
-def test_probability_from_contributions_equals_the_model_probability(app) -> None:
-    """The one-pass shortcut (sigmoid of the summed contributions) is exact for this model."""
-    svc = app.extensions["fraudflow"]
-    model = svc.holder.model
-    assert model.online.probability_from_contributions
-    matrix = np.random.default_rng(0).uniform(0, 50, size=(200, len(model.scorer.features)))
-    derived, _ = model.online.score(list(matrix), explain=True)
-    np.testing.assert_allclose(derived, model.scorer.predict_rows(matrix), rtol=0, atol=1e-12)
+def test_single_row_probability_equals_the_matrix_path(app) -> None:
+    """The fast one-row LightGBM call gives exactly the batch probability."""
+    model = app.extensions["fraudflow"].holder.model
+    assert model.online.row_probability is not None
+    matrix = np.random.default_rng(0).uniform(0, 500, size=(200, len(model.scorer.features)))
+    matrix[::5, 3] = np.nan
+    expected = model.scorer.predict_rows(matrix)
+    for row, want in zip(matrix, expected):
+        assert model.online.probabilities([row]) == [want]
+    assert model.online.probabilities(list(matrix)) == expected.tolist()
 
 
 def test_single_row_contributions_equal_the_matrix_path(app) -> None:
@@ -358,28 +360,99 @@ def test_single_row_contributions_equal_the_matrix_path(app) -> None:
     matrix = np.random.default_rng(1).uniform(0, 500, size=(200, len(model.scorer.features)))
     matrix[::5, 3] = np.nan
     expected = model.scorer.contribution_rows(matrix)
-    probabilities = model.scorer.predict_rows(matrix)
-    for row, want, probability in zip(matrix, expected, probabilities):
+    for row, want in zip(matrix, expected):
         np.testing.assert_array_equal(model.online.row_contributions(row), want)
-        [derived], [contributions] = model.online.score([row], explain=True)
-        assert derived == pytest.approx(probability, abs=1e-12)
+        [contributions] = model.online.contributions([row])
         np.testing.assert_array_equal(contributions, want[:-1])
 
 
-def test_single_row_probability_equals_the_matrix_path(app) -> None:
-    """The fast one-row probability (/invocations, /predict without reasons) is exactly the
-    batch number, missing values included; a batch of rows takes the matrix path."""
+def expected_reasons(model, features: list[float], count: int) -> list[dict]:
+    """The reasons of one feature row, straight from LightGBM's matrix path."""
+    contributions = model.scorer.contribution_rows(np.array([features]))[0, :-1]
+    order = np.argsort(-contributions, kind="stable")[:count]
+    return [
+        {
+            "feature": model.scorer.features[i],
+            "value": None if np.isnan(features[i]) else features[i],
+            "contribution": round(float(contributions[i]), 6),
+        }
+        for i in order
+        if contributions[i] > 0
+    ]
+
+
+def logged_features(app) -> list[list[float]]:
     svc = app.extensions["fraudflow"]
-    model = svc.holder.model
-    assert model.online.row_probability is not None
-    matrix = np.random.default_rng(2).uniform(0, 500, size=(200, len(model.scorer.features)))
-    matrix[::4, 5] = np.nan
-    expected = model.scorer.predict_rows(matrix)
-    for row, want in zip(matrix, expected):
-        assert model.online.probabilities(row.reshape(1, -1)) == [want]
-        [probability], [reasons] = model.online.score([row], explain=False)
-        assert (probability, reasons) == (want, [])
-    np.testing.assert_array_equal(model.online.probabilities(matrix), expected)
+    names = list(svc.holder.model.scorer.features)
+    logged = read_predictions(svc.log.folder, features=names)
+    return logged[names].astype(float).to_numpy().tolist()
+
+
+def test_approvals_get_reasons_only_when_explained(trained, tmp_path) -> None:
+    """Reasons cost a TreeSHAP pass: approvals skip it unless `?explain=true` asks."""
+    settings, _ = trained
+    thresholds = {"review_threshold": 1.0, "decline_threshold": 1.0}  # everything approved
+    app = create_app(private_serving(settings, tmp_path, **thresholds), start_polling=False)
+    client = app.test_client()
+    model = app.extensions["fraudflow"].holder.model
+    plain = client.post("/predict", json=tx(1, tx_amount=5.0)).json
+    same = client.post("/predict?explain=false", json=tx(2, tx_amount=5.0)).json
+    explained = client.post("/predict?explain=true", json=tx(3, tx_amount=5.0)).json
+    assert [b["decision"] for b in (plain, same, explained)] == ["approve"] * 3
+    assert plain["reasons"] == [] and same["reasons"] == []
+    # the log keeps the features of every prediction, approvals included
+    features = logged_features(app)
+    assert len(features) == 3
+    assert explained["reasons"] == expected_reasons(model, features[2], 3)
+    assert explained["reasons"], "an approval has features that pushed its score up"
+    other = client.post("/predict?unrelated=1", json=tx(4, tx_amount=5.0)).json
+    assert other["decision"] == "approve" and other["reasons"] == []
+    app.extensions["fraudflow"].holder.stop()
+
+
+@pytest.mark.parametrize(
+    "thresholds, decision",
+    [
+        ({"review_threshold": 0.0, "decline_threshold": 1.0}, "review"),
+        ({"review_threshold": 0.0, "decline_threshold": 0.0}, "decline"),
+    ],
+)
+def test_review_and_decline_decisions_get_reasons(trained, tmp_path, thresholds, decision):
+    settings, _ = trained
+    app = create_app(private_serving(settings, tmp_path, **thresholds), start_polling=False)
+    client = app.test_client()
+    model = app.extensions["fraudflow"].holder.model
+    batch = client.post("/predict", json=[tx(i, tx_amount=5.0 + 90 * i) for i in range(3)]).json
+    answers = batch["predictions"]
+    assert [a["decision"] for a in answers] == [decision] * 3
+    for answer, features in zip(answers, logged_features(app)):
+        assert answer["reasons"] and answer["reasons"] == expected_reasons(model, features, 3)
+    app.extensions["fraudflow"].holder.stop()
+
+
+@pytest.mark.parametrize("value", ["yes", "True", "1", ""])
+def test_an_invalid_explain_value_is_refused_naming_the_parameter(client, app, value) -> None:
+    response = client.post(f"/predict?explain={value}", json=tx(1))
+    assert response.status_code == 400, response.json
+    assert "'explain'" in response.json["error"]
+    assert response.json["details"] == [{"field": "explain", "message": "must be true or false"}]
+    assert stored_rows(app) == 0
+
+
+def test_the_prediction_does_not_depend_on_the_reasons(trained, tmp_path) -> None:
+    """The same stream with and without `explain`: the same probabilities and decisions."""
+    settings, _ = trained
+    answers = []
+    for query in ("", "?explain=true"):
+        app = create_app(private_serving(settings, tmp_path / query.strip("?=")), False)
+        stream = [tx(i, tx_amount=float(5 + 61 * i)) for i in range(8)]
+        answers.append([app.test_client().post(f"/predict{query}", json=t).json for t in stream])
+        app.extensions["fraudflow"].holder.stop()
+    plain, explained = answers
+    assert [a["fraud_probability"] for a in plain] == [a["fraud_probability"] for a in explained]
+    assert [a["decision"] for a in plain] == [a["decision"] for a in explained]
+    for a, b in zip(plain, explained):
+        assert a["reasons"] == (b["reasons"] if a["decision"] != "approve" else [])
 
 
 def test_a_body_over_the_size_limit_is_refused_before_it_is_parsed(trained, tmp_path) -> None:

@@ -261,3 +261,49 @@ def test_registry_outage_keeps_serving_and_reports_degraded(tmp_path, small_tran
 def registry_up(url: str) -> set[float]:
     """The value of fraudflow_registry_up of every live worker."""
     return set(metric_values(url, "fraudflow_registry_up"))
+
+
+def test_a_replica_started_while_the_registry_is_down_serves_its_cached_model(
+    tmp_path, small_transactions
+) -> None:
+    """Served once from a real `mlflow server` (which fills the replica's model cache), then
+    restarted while that server is down: it serves the cached version and says so, and once
+    the registry is back it follows a promotion."""
+    log = tmp_path / "gunicorn.log"
+    with mlflow_server(tmp_path / "mlflow") as (tracking, server):
+        settings = serving_settings(tmp_path, tracking_uri=tracking)
+        v1 = register(small_transactions, settings)
+        v2 = register(small_transactions, settings)
+        set_stage(settings, v1, "Production", "via the tracking server")
+        config = write_config(tmp_path / "serve.yaml", settings)
+        with gunicorn_api(config, log, version=v1, workers=WORKERS) as url:
+            health = requests.get(f"{url}/health", timeout=30).json()
+            assert health["model_source"] == "registry" and health["registry"] == "ok"
+        port = int(tracking.rsplit(":", 1)[1])
+    cache = settings.under_workdir(settings.serving.model_cache_dir)
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [
+        "current.json",
+        f"v{v1}",
+    ]
+    with gunicorn_api(config, log, version=v1, workers=WORKERS) as url:
+        for _ in range(4):  # whichever worker answers
+            health = requests.get(f"{url}/health", timeout=30).json()
+            assert health["registry"] == "unreachable", health
+            assert health["model_source"] == "cache" and health["model_version"] == v1, health
+        for i in range(6):
+            response = requests.post(f"{url}/predict", json=tx(i), timeout=30)
+            assert response.status_code == 200, response.text
+            assert response.json()["model"]["version"] == v1
+        assert requests.get(f"{url}/ready", timeout=30).status_code == 200
+        assert requests.get(f"{url}/model", timeout=30).json()["model_source"] == "cache"
+        assert registry_up(url) == {0.0}
+        with mlflow_server(tmp_path / "mlflow", port=port):
+            set_stage(settings, v2, "Production", "promoted while the replica ran on its cache")
+            wait_every_worker(url, WORKERS, v2)
+            for _ in range(4):
+                health = requests.get(f"{url}/health", timeout=30).json()
+                assert health["registry"] == "ok" and health["model_source"] == "registry", health
+                response = requests.post(f"{url}/predict", json=tx(100), timeout=30)
+                assert response.status_code == 200 and response.json()["model"]["version"] == v2
+    text = log.read_text()
+    assert "from the model cache" in text and "Traceback" not in text, text[-3000:]
