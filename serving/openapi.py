@@ -254,6 +254,7 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                                         "registry": {"enum": ["ok", "unreachable"]},
                                         "model_loaded": {"type": "boolean"},
                                         "model_version": {"type": ["string", "null"]},
+                                        "model_source": {"enum": ["registry", "cache", None]},
                                     }
                                 )
                             ),
@@ -293,6 +294,7 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                                         "threshold": {"type": "number"},
                                         "features": {"type": "array", "items": STRING},
                                         "loaded_at": STRING,
+                                        "model_source": {"enum": ["registry", "cache"]},
                                         "source": STRING,
                                         "registry": {"enum": ["ok", "unreachable"]},
                                         "reloads": {"type": "integer", "minimum": 0},
