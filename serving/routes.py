@@ -158,7 +158,11 @@ def predict() -> Response:
                 resent=prediction.already_seen,
             )
         )
-    svc.log.write(records)
+    try:
+        svc.log.write(records)
+    except prediction_log.PredictionLogError as exc:
+        current_app.logger.error("prediction log unavailable: %s", exc)
+        raise ApiError(503, f"prediction log unavailable: {exc.strerror or exc}") from exc
     responses = [p.response() for p in predictions]
     return jsonify({"predictions": responses} if as_list else responses[0])
 
