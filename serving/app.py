@@ -6,7 +6,7 @@ import os
 
 from flask import Flask
 
-from pipelines.online_state import open_state
+from pipelines.online_state import SqliteOnlineState, open_state
 from pipelines.prediction_log import PredictionLogWriter, log_folder
 from pipelines.settings import Settings, load_settings
 from serving.metrics import create_metrics
@@ -14,6 +14,7 @@ from serving.model_holder import ModelHolder
 from serving.predictor import Predictor
 from serving.routes import api
 from serving.service import EXTENSION, Service
+from serving.storage_metrics import StorageCollector
 
 CONFIG_ENV = "FRAUDFLOW_CONFIG"
 
@@ -30,7 +31,10 @@ def create_app(settings: Settings | None = None, start_polling: bool = True) -> 
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = settings.serving.max_body_bytes
     state = open_state(settings)
-    metrics = create_metrics(app, settings.monitor_latest)
+    storage = StorageCollector(
+        log_folder(settings), state.path if isinstance(state, SqliteOnlineState) else None
+    )
+    metrics = create_metrics(app, settings.monitor_latest, storage)
     holder = ModelHolder(settings)
     holder.add_listener(metrics.on_model_event)
     app.extensions[EXTENSION] = Service(
