@@ -276,6 +276,59 @@ class SqliteOnlineState:
         """Every label received (`transaction_id`, `tx_fraud`)."""
         return read_sqlite_labels(self.path, self.timeout_s)
 
+    def prune(self, keep_ms: int, labels_received_before_ms: int) -> "Pruned":
+        """Delete the transactions older than `keep_ms` before the newest one (`retention_ms`:
+        no feature of a later transaction reads them), and the labels received before
+        `labels_received_before_ms` whose transaction is gone. In small batches, each its own
+        write transaction, so that /predict waits for one batch at most."""
+        db = self.connection
+        newest = db.execute("SELECT MAX(ts_ms) FROM transactions").fetchone()[0]
+        transactions = 0
+        if newest is not None:
+            transactions = self._delete_batches(
+                "DELETE FROM transactions WHERE seq IN (SELECT seq FROM transactions "
+                "WHERE ts_ms < ? LIMIT ?)",
+                newest - keep_ms,
+            )
+        labels = self._delete_batches(
+            "DELETE FROM labels WHERE transaction_id IN (SELECT l.transaction_id FROM labels l "
+            "WHERE l.received_ms < ? AND NOT EXISTS (SELECT 1 FROM transactions t "
+            "WHERE t.transaction_id = l.transaction_id) LIMIT ?)",
+            labels_received_before_ms,
+        )
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return Pruned(transactions, labels)
+
+    def _delete_batches(self, statement: str, bound: int, batch: int = 5000) -> int:
+        deleted = 0
+        while True:
+            count = self.connection.execute(statement, (bound, batch)).rowcount
+            deleted += count
+            if count < batch:
+                return deleted
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """Rows a prune deleted."""
+
+    transactions: int
+    labels: int
+
+
+# rows are kept this much longer than any feature reads back: transactions that arrive out of
+# order (a delayed batch, a clock skew between hosts) still see their full history
+RETENTION_MARGIN_DAYS = 2
+
+
+def retention_ms(settings: Settings) -> int:
+    """How long before the newest transaction a state keeps rows: the longest window a feature
+    reads (a card's history, a terminal's) + the label delay + a margin. Every backend applies
+    this one rule (SQLite in `prune`, Redis when it writes)."""
+    features = settings.features
+    longest = max(features.customer_history_days, max(features.terminal_windows_days))
+    return (longest + features.label_delay_days + RETENTION_MARGIN_DAYS) * DAY_MS
+
 
 def read_sqlite_labels(path: Path, timeout_s: float = 10) -> pd.DataFrame:
     """The labels of a SQLite state file, through a read-only connection: a reader beside a
