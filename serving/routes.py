@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -162,7 +163,8 @@ def predict() -> Response:
         svc.log.write(records)
     except prediction_log.PredictionLogError as exc:
         current_app.logger.error("prediction log unavailable: %s", exc)
-        raise ApiError(503, f"prediction log unavailable: {exc.strerror or exc}") from exc
+        reason = os.strerror(exc.errno) if exc.errno else "write failed"  # no path, no detail
+        raise ApiError(503, f"prediction log unavailable: {reason}") from exc
     responses = [p.response() for p in predictions]
     return jsonify({"predictions": responses} if as_list else responses[0])
 
