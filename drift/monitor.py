@@ -29,7 +29,7 @@ from pipelines import tracking
 from pipelines.data import load_transactions
 from pipelines.files import write_json_atomic
 from pipelines.monitor_summary import MonitorSummary, Verdict, write_summary
-from pipelines.prediction_log import MonitoringInputError, Window, log_folder, read_predictions
+from pipelines.prediction_log import MonitoringInputError, Window, log_folder, read_log
 from pipelines.production import attach_labels, label_sources, production_transactions
 from pipelines.retrain import retrain
 from pipelines.settings import Settings
@@ -119,6 +119,7 @@ def _log_run(summary: MonitorSummary, folder: Path, settings: Settings) -> str:
         "rows_compared": summary.rows["compared"],
         "labelled_rows": performance["labelled_rows"],
         "labelled_frauds": performance["labelled_frauds"],
+        "torn_log_records": summary.rows.get("torn_records", 0),
         **{f"drift_{c['column']}": c["score"] for c in drift["columns"]},
     }
     if drift["score"]:
@@ -135,7 +136,8 @@ def run_monitor(
     monitoring = settings.monitoring
     log_dir = log_folder(settings)
     features = list(champion.scorer.features)
-    current = read_predictions(log_dir, window, features)
+    logged = read_log(log_dir, window, features)
+    current = logged.predictions
     if len(current) < monitoring.min_rows:
         raise MonitoringInputError(
             f"{len(current)} logged predictions in {log_dir} between {window.start.isoformat()} "
@@ -178,6 +180,8 @@ def run_monitor(
         "current": len(current),
         "compared": len(compared),
         "reference": len(champion.reference),
+        # records a failed or killed writer never finished (never acknowledged), left out
+        "torn_records": logged.torn_records,
     }
     summary = _summary(champion, window, rows, drift, performance, verdict, settings, files)
     _write_pages(summary, folder)
@@ -294,6 +298,8 @@ def verdict_line(summary: MonitorSummary, seconds: float) -> str:
         parts.append(f"performance not assessed ({performance['labelled_frauds']} labelled frauds)")
     model = summary.model
     parts.append(f"- {model['name']} v{model['version']}, {summary.rows['current']:,} predictions")
+    if summary.rows.get("torn_records"):
+        parts.append(f"({summary.rows['torn_records']} torn log records skipped)")
     parts.append(f"in {seconds:.1f}s")
     return " ".join(parts)
 

@@ -223,6 +223,18 @@ def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     }
 
 
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: the prediction log, the reports, the online state. Produces: closed log days
+    compacted to Parquet; log days, labels, report folders and state rows past their retention
+    deleted (monitoring.prediction_log_retention_days, monitoring.reports_retention_days, the
+    features' longest window + label delay + a margin)."""
+    from fraudflow.prune import prune_and_describe
+
+    result, line = prune_and_describe(settings)
+    print(line)
+    return result
+
+
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
     """Reads: the registry (model in service, its reference sample and training metrics), the
     prediction log, late labels. Produces: HTML reports and a JSON summary under reports/, a
@@ -322,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", help="host:port (default: serving.host:serving.port)")
     p.add_argument("--workers", type=_whole)
     add("warm", cmd_warm, "load history into the online state", data=True, summary=False)
+    add("prune", cmd_prune, "compact the log, delete what is past its retention")
     p = add("retrain", cmd_retrain, "retrain on the latest labelled data, gated", data=True)
     p.add_argument("--labels", action="append", default=[], help="labelled file(s)")
     p.add_argument("--trigger", default="manual", help="why (tagged on the runs)")

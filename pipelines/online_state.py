@@ -288,6 +288,51 @@ class SqliteOnlineState:
     def check(self) -> None:
         """A local file: nothing to reach."""
 
+    def prune(self, keep_ms: int, labels_received_before_ms: int) -> "Pruned":
+        """Delete the transactions older than `keep_ms` before the newest one (`retention_ms`:
+        no feature of a later transaction reads them), and the labels received before
+        `labels_received_before_ms` whose transaction is gone. In small batches, each its own
+        write transaction, so that /predict waits for one batch at most."""
+        db = self.connection
+        newest = db.execute("SELECT MAX(ts_ms) FROM transactions").fetchone()[0]
+        transactions = 0
+        if newest is not None:
+            transactions = self._delete_batches(
+                "DELETE FROM transactions WHERE seq IN (SELECT seq FROM transactions "
+                "WHERE ts_ms < ? LIMIT ?)",
+                newest - keep_ms,
+            )
+        labels = self._delete_batches(
+            "DELETE FROM labels WHERE transaction_id IN (SELECT l.transaction_id FROM labels l "
+            "WHERE l.received_ms < ? AND NOT EXISTS (SELECT 1 FROM transactions t "
+            "WHERE t.transaction_id = l.transaction_id) LIMIT ?)",
+            labels_received_before_ms,
+        )
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return Pruned(transactions, labels)
+
+    def _delete_batches(self, statement: str, bound: int, batch: int = 5000) -> int:
+        deleted = 0
+        while True:
+            count = self.connection.execute(statement, (bound, batch)).rowcount
+            deleted += count
+            if count < batch:
+                return deleted
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """Rows a prune deleted."""
+
+    transactions: int
+    labels: int
+
+
+def retention_ms(settings: Settings) -> int:
+    """How long before the newest transaction a state keeps rows (`retention_days`). Every
+    backend applies this one rule: SQLite in `prune`, Redis as it writes."""
+    return retention_days(settings) * DAY_MS
+
 
 def read_sqlite_labels(path: Path, timeout_s: float = 10) -> pd.DataFrame:
     """The labels of a SQLite state file, through a read-only connection: a reader beside a
@@ -318,7 +363,9 @@ def open_state(settings: Settings) -> OnlineState:
 
 def retention_days(settings: Settings) -> int:
     """How long a row is kept: the longest history any feature reads, the label delay on top
-    (a label may still arrive for it) and the configured margin."""
+    (a label may still arrive for it) and the configured margin
+    (`serving.state.retention_margin_days`: transactions that arrive out of order, a delayed
+    batch or a clock skew between hosts, still see their full history)."""
     features = settings.features
     longest = max(features.customer_history_days, features.terminal_history_days)
     return longest + features.label_delay_days + settings.serving.state.retention_margin_days

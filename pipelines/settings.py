@@ -278,6 +278,11 @@ class MonitoringSettings(_Frozen):
     tolerance: dict[str, float]
     label_files: tuple[str, ...] = ()
     retrain_on: tuple[Literal["drift", "degraded"], ...]
+    # `fraudflow prune`: prediction-log files (and /feedback labels) of days that ended more
+    # than this many days ago are deleted; report folders older than reports_retention_days
+    # too (the newest one is always kept)
+    prediction_log_retention_days: int = Field(default=90, gt=0)
+    reports_retention_days: int = Field(default=90, gt=0)
 
     @field_validator("tolerance")
     @classmethod

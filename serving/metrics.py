@@ -113,8 +113,11 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def create_metrics(app: Flask, monitor_summary: Path | None = None) -> ServiceMetrics:
-    """`monitor_summary`: the monitor's latest.json, exported as gauges at each scrape."""
+def create_metrics(
+    app: Flask, monitor_summary: Path | None = None, storage: Collector | None = None
+) -> ServiceMetrics:
+    """`monitor_summary`: the monitor's latest.json, exported as gauges at each scrape;
+    `storage`: a collector of the data volume's figures, also read at each scrape."""
     if multiprocess_mode():
         exporter: PrometheusMetrics = GunicornExporter(app, group_by="endpoint")
         registry = None  # values live in the multiprocess files, collected at /metrics
@@ -169,8 +172,10 @@ def create_metrics(app: Flask, monitor_summary: Path | None = None) -> ServiceMe
             "fraudflow_feedback_labels_total", "Late labels received", ["label"], registry=registry
         ),
     )
+    scraped: list[Collector] = [] if storage is None else [storage]
     if monitor_summary is not None:
-        collector = MonitorCollector(monitor_summary)
+        scraped.append(MonitorCollector(monitor_summary))
+    for collector in scraped:
         if isinstance(exporter, GunicornExporter):
             exporter.scrape_collectors.append(collector)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -202,7 +203,12 @@ def predict() -> Response:
                 resent=prediction.already_seen,
             )
         )
-    svc.log.write(records)
+    try:
+        svc.log.write(records)
+    except prediction_log.PredictionLogError as exc:
+        current_app.logger.error("prediction log unavailable: %s", exc)
+        reason = os.strerror(exc.errno) if exc.errno else "write failed"  # no path, no detail
+        raise ApiError(503, f"prediction log unavailable: {reason}") from exc
     responses = [p.response() for p in predictions]
     return jsonify({"predictions": responses} if as_list else responses[0])
 

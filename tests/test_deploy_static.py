@@ -442,6 +442,14 @@ def test_k8s_monitor_runs_with_the_apis_security_context() -> None:
     # a read-only root: /tmp must be a volume, as the API's is
     mounts = {m["mountPath"] for m in monitor["containers"][0]["volumeMounts"]}
     assert {"/data", "/tmp"} <= mounts
+    # the prune step before it: hardened alike, and given what its settings need (the Redis
+    # URL when the state is on Redis, or loading the settings fails)
+    [prune] = monitor["initContainers"]
+    assert prune["args"] == ["prune"]
+    assert prune["securityContext"] == api["containers"][0]["securityContext"]
+    assert {m["mountPath"] for m in prune["volumeMounts"]} == {"/data", "/tmp"}
+    names = {e["name"] for e in prune.get("env", [])}
+    assert "FRAUDFLOW__SERVING__STATE__URL" in names
 
 
 def secret_env(container: dict) -> dict[str, tuple[str, str]]:

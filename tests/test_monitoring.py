@@ -22,7 +22,13 @@ from fraudflow.cli import main as cli_main
 from pipelines import tracking
 from pipelines.monitor_summary import Verdict
 from pipelines.online_state import open_state
-from pipelines.prediction_log import MonitoringInputError, Window, read_predictions
+from pipelines.prediction_log import (
+    MonitoringInputError,
+    Window,
+    log_files,
+    log_folder,
+    read_predictions,
+)
 from pipelines.production import attach_labels, labels_from_file
 from pipelines.settings import load_settings
 from serving.app import create_app
@@ -253,8 +259,12 @@ def _monitor(settings, tmp_path: Path, *args: str) -> tuple[int, dict]:
 def test_traffic_like_training_gives_no_drift_and_no_retraining(world, tmp_path: Path) -> None:
     settings, history, traffic, champion, version, data = world
     log_traffic(settings, history, traffic, champion.scorer, version)
+    (logged,) = log_files(log_folder(settings))
+    with open(logged, "ab") as handle:  # a worker that died in the middle of a record
+        handle.write(b'{"logged_at":"2026-')
     code, summary = _monitor(settings, tmp_path, "--retrain", "--data", str(data))
     assert code == 0 and summary["verdict"] == "no_drift"
+    assert summary["rows"]["torn_records"] == 1 and summary["rows"]["current"] == len(traffic)
     assert summary["drift"]["drifted_share"] < settings.monitoring.drift_share
     assert not summary["drift"]["score"]["drifted"]
     assert "retrain" not in summary
@@ -263,6 +273,7 @@ def test_traffic_like_training_gives_no_drift_and_no_retraining(world, tmp_path:
     run = client.get_run(summary["run_id"])
     assert run.data.tags["verdict"] == "no_drift" and run.data.tags["model_version"] == version
     assert "retrain_run_id" not in run.data.tags
+    assert run.data.metrics["torn_log_records"] == 1
     latest = json.loads(settings.monitor_latest.read_text())
     assert latest["run_id"] == summary["run_id"]
     # the API exports the verdict for Prometheus

@@ -504,3 +504,78 @@ def test_errors_never_show_the_registry_address_or_its_error(tmp_path, monkeypat
         for secret in ("hunter2", "fraud-admin", "127.0.0.1", "Connection"):
             assert secret not in text, (answer.request.path, text)
     app.extensions["fraudflow"].holder.stop()
+
+
+def test_a_full_disk_for_the_log_answers_503_and_leaves_no_torn_record(
+    client, app, monkeypatch
+) -> None:
+    """The disk takes half the record, then no more: /predict answers 503 naming the log, the
+    file is cut back to its last whole record, and the next request is logged normally."""
+    import errno
+    import os
+
+    from pipelines import prediction_log
+
+    assert client.post("/predict", json=tx(1)).status_code == 200
+    folder = app.extensions["fraudflow"].log.folder
+    (path,) = prediction_log.log_files(folder)
+    size = path.stat().st_size
+    real = os.write
+
+    def full(fd: int, data) -> int:
+        if "predictions-" not in os.readlink(f"/proc/self/fd/{fd}"):
+            return real(fd, data)
+        if len(data) > 64:
+            return real(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prediction_log.os, "write", full)
+    response = client.post("/predict", json=[tx(2), tx(3)])
+    monkeypatch.undo()
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "prediction log unavailable: No space left on device"}
+    assert path.stat().st_size == size and path.read_bytes().endswith(b"\n")
+    assert client.post("/predict", json=tx(4)).status_code == 200
+    read = prediction_log.read_log(folder)
+    assert list(read.predictions["transaction_id"]) == ["t1", "t4"] and not read.torn_files
+
+
+def test_a_short_write_on_predict_is_completed(client, app, monkeypatch) -> None:
+    import os
+
+    from pipelines import prediction_log
+
+    real = os.write
+    monkeypatch.setattr(prediction_log.os, "write", lambda fd, data: real(fd, bytes(data[:100])))
+    response = client.post("/predict", json=[tx(5), tx(6)])
+    monkeypatch.undo()
+    assert response.status_code == 200
+    read = prediction_log.read_log(app.extensions["fraudflow"].log.folder)
+    assert list(read.predictions["transaction_id"]) == ["t5", "t6"] and not read.torn_files
+
+
+def test_metrics_show_the_data_volume_and_the_state_size(client, app) -> None:
+    import os
+
+    client.post("/predict", json=tx(7))
+    text = client.get("/metrics").get_data(as_text=True)
+    values = {
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("fraudflow_") and " " in line and not line.startswith("#")
+    }
+    svc = app.extensions["fraudflow"]
+    volume = os.statvfs(svc.log.folder)
+    assert (
+        0 < values["fraudflow_data_volume_free_bytes"] <= values["fraudflow_data_volume_size_bytes"]
+    )
+    assert values["fraudflow_data_volume_size_bytes"] == volume.f_blocks * volume.f_frsize
+    state = svc.state.path
+    expected = sum(
+        Path(f"{state}{s}").stat().st_size
+        for s in ("", "-wal", "-shm")
+        if Path(f"{state}{s}").exists()
+    )
+    assert values["fraudflow_online_state_bytes"] == expected > 0
+    logged = sum(p.stat().st_size for p in svc.log.folder.iterdir())
+    assert values["fraudflow_prediction_log_bytes"] == logged > 0

@@ -140,6 +140,9 @@ def test_the_monitor_verdict_is_exported_by_every_worker(api, two_versions) -> N
         assert 'fraudflow_monitor_verdict{verdict="no_drift"} 0.0' in text
         assert "fraudflow_monitor_last_run_timestamp_seconds " in text
         assert "fraudflow_drift_share" not in text  # an error carries no drift figures
+        # computed at scrape time too: the data volume and what grows on it
+        for gauge in ("data_volume_free_bytes", "data_volume_size_bytes", "online_state_bytes"):
+            assert f"\nfraudflow_{gauge} " in text
 
 
 def test_promotion_swaps_the_model_with_no_failed_request(api, two_versions) -> None:

@@ -1,0 +1,65 @@
+"""The data volume's free space and the size of what grows on it, on /metrics.
+
+Computed at each scrape (a statvfs and a few stats): no state in the workers, the same figure
+from whichever worker answers. The alert on free space is in conf/prometheus/rules.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from pipelines.prediction_log import FILE_PREFIX
+
+
+class StorageCollector(Collector):
+    """`log_folder`: the prediction log's folder (its volume is the one watched);
+    `state_file`: the SQLite online state (with its -wal and -shm files), None for a networked
+    backend."""
+
+    def __init__(self, log_folder: Path, state_file: Path | None) -> None:
+        self.log_folder = Path(log_folder)
+        self.state_file = None if state_file is None else Path(state_file)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            volume = os.statvfs(self.log_folder)
+        except OSError:
+            volume = None
+        if volume is not None:
+            yield GaugeMetricFamily(
+                "fraudflow_data_volume_free_bytes",
+                "Bytes free for the API on the volume of the prediction log",
+                value=volume.f_bavail * volume.f_frsize,
+            )
+            yield GaugeMetricFamily(
+                "fraudflow_data_volume_size_bytes",
+                "Size of the volume of the prediction log",
+                value=volume.f_blocks * volume.f_frsize,
+            )
+        yield GaugeMetricFamily(
+            "fraudflow_prediction_log_bytes",
+            "Bytes of the prediction log's files (JSON lines and Parquet)",
+            value=_total_size(self.log_folder.glob(f"{FILE_PREFIX}*")),
+        )
+        if self.state_file is not None:
+            files = [Path(f"{self.state_file}{suffix}") for suffix in ("", "-wal", "-shm")]
+            yield GaugeMetricFamily(
+                "fraudflow_online_state_bytes",
+                "Bytes of the SQLite online state (database, WAL and shared-memory files)",
+                value=_total_size(files),
+            )
+
+
+def _total_size(paths) -> float:
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            continue  # removed by a prune since it was listed
+    return float(total)
