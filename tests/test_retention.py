@@ -61,7 +61,8 @@ def test_pruning_the_state_keeps_every_later_feature(tmp_path: Path, small_trans
         states.append(state)
     kept, pruned = states
     keep = retention_ms(settings)
-    assert keep == (44 + 7 + 2) * DAY_MS  # customer history 30 + 14 days, label delay 7
+    # card history 30 + 14 days, label delay 7, the margin for late arrivals
+    assert keep == (44 + 7 + settings.serving.state.retention_margin_days) * DAY_MS
     times = history["tx_datetime"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
     cutoff = times.max() - keep
     result = pruned.prune(keep, labels_received_before_ms=0)
