@@ -96,8 +96,9 @@ class History:
 
 class OnlineState(Protocol):
     """What callers need of a state: `observe` on /predict, `add_labels` on /feedback, `warm`
-    for history loaded in bulk, `labels` for monitoring and retraining, `check` for /ready.
-    Any of them raises StateUnavailable when the state's server cannot be reached."""
+    for history loaded in bulk, `labels` for monitoring and retraining, `check` for /ready,
+    `size_bytes` for /metrics. Any of them but `size_bytes` raises StateUnavailable when the
+    state's server cannot be reached."""
 
     def observe(
         self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
@@ -110,6 +111,8 @@ class OnlineState(Protocol):
     def labels(self) -> pd.DataFrame: ...
 
     def check(self) -> None: ...
+
+    def size_bytes(self) -> float | None: ...
 
 
 class SqliteOnlineState:
@@ -287,6 +290,16 @@ class SqliteOnlineState:
 
     def check(self) -> None:
         """A local file: nothing to reach."""
+
+    def size_bytes(self) -> float | None:
+        """Bytes of the database with its -wal and -shm files."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += Path(f"{self.path}{suffix}").stat().st_size
+            except FileNotFoundError:
+                continue
+        return float(total)
 
     def prune(self, keep_ms: int, labels_received_before_ms: int) -> "Pruned":
         """Delete the transactions older than `keep_ms` before the newest one (`retention_ms`:

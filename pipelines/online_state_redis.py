@@ -290,6 +290,14 @@ class RedisOnlineState:
         with _redis_errors("ping"):
             self.client.ping()
 
+    def size_bytes(self) -> float | None:
+        """Bytes of Redis's data set (INFO memory, `used_memory_dataset`: the server's whole
+        memory for this database's keys); None while Redis cannot be reached."""
+        try:
+            return float(self.client.info("memory")["used_memory_dataset"])
+        except (redis.RedisError, KeyError):
+            return None
+
     def close(self) -> None:
         self.client.close()
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from flask import Flask
 
-from pipelines.online_state import SqliteOnlineState, open_state
+from pipelines.online_state import open_state
 from pipelines.prediction_log import PredictionLogWriter, log_folder
 from pipelines.settings import Settings, load_settings
 from serving import access_log
@@ -47,9 +47,7 @@ def create_app(
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = settings.serving.max_body_bytes
     state = open_state(settings)
-    storage = StorageCollector(
-        log_folder(settings), state.path if isinstance(state, SqliteOnlineState) else None
-    )
+    storage = StorageCollector(log_folder(settings), state)
     metrics = create_metrics(app, settings.monitor_latest, storage)
     if settings.serving.access_log == "json":
         access_log.install(app)

@@ -13,17 +13,18 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pipelines.online_state import OnlineState
 from pipelines.prediction_log import FILE_PREFIX
 
 
 class StorageCollector(Collector):
     """`log_folder`: the prediction log's folder (its volume is the one watched);
-    `state_file`: the SQLite online state (with its -wal and -shm files), None for a networked
-    backend."""
+    `state`: the online state, whose size it reports (SQLite: its files; Redis: its data
+    set)."""
 
-    def __init__(self, log_folder: Path, state_file: Path | None) -> None:
+    def __init__(self, log_folder: Path, state: OnlineState) -> None:
         self.log_folder = Path(log_folder)
-        self.state_file = None if state_file is None else Path(state_file)
+        self.state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
@@ -46,12 +47,13 @@ class StorageCollector(Collector):
             "Bytes of the prediction log's files (JSON lines and Parquet)",
             value=_total_size(self.log_folder.glob(f"{FILE_PREFIX}*")),
         )
-        if self.state_file is not None:
-            files = [Path(f"{self.state_file}{suffix}") for suffix in ("", "-wal", "-shm")]
+        size = self.state.size_bytes()
+        if size is not None:  # a state server that does not answer: no sample, no failed scrape
             yield GaugeMetricFamily(
                 "fraudflow_online_state_bytes",
-                "Bytes of the SQLite online state (database, WAL and shared-memory files)",
-                value=_total_size(files),
+                "Bytes of the online state (SQLite: database, WAL and shared-memory files; "
+                "Redis: its data set)",
+                value=size,
             )
 
 

@@ -188,3 +188,23 @@ def test_redis_failures_are_named_by_kind_never_by_host() -> None:
     }
     for error, reason in cases.items():
         assert unavailable_reason(error) == reason
+
+
+def test_the_state_reports_its_size_for_metrics(opener) -> None:
+    """/metrics' fraudflow_online_state_bytes: the state's size grows as rows are stored."""
+    state = opener()
+    state.observe("first", "c1", "m1", DAY_MS, 1.0)
+    before = state.size_bytes()
+    for i in range(2_000):
+        state.observe(f"s{i}", f"c{i % 50}", f"m{i % 70}", DAY_MS + i * 60_000, 10.0 + i)
+    after = state.size_bytes()
+    assert before is not None and after is not None and after > before > 0
+
+
+def test_an_unreachable_redis_reports_no_size(tmp_path) -> None:
+    """A scrape while Redis is down leaves the gauge out instead of failing /metrics."""
+    with redis_server(tmp_path / "redis") as server:
+        state = redis_state(server.url, socket_timeout_s=0.5, connect_timeout_s=0.5)
+        assert state.size_bytes() > 0
+        server.stop()
+        assert state.size_bytes() is None
