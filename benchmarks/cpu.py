@@ -36,11 +36,11 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def with_server_cpu(pid: int, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run LOAD (one wrk run) and add `cpu_us`: the CPU microseconds the process tree of PID
-    spent during it, per request."""
-    before = tree_cpu_seconds(pid)
+def with_server_cpu(pids: list[int], load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run LOAD (one wrk run) and add `cpu_us`: the CPU microseconds the process trees of PIDS
+    (a server, and the state server it uses) spent during it, per request."""
+    before = sum(tree_cpu_seconds(pid) for pid in pids)
     run = load()
-    cpu = tree_cpu_seconds(pid) - before
+    cpu = sum(tree_cpu_seconds(pid) for pid in pids) - before
     run["cpu_us"] = cpu * 1e6 / max(run["requests"], 1)
     return run

@@ -7,7 +7,8 @@ Production), warms the online state with the history, then starts on free loopba
 with 2 workers and OMP_NUM_THREADS=1:
 
 - a bare Flask "hello" app (benchmarks/hello_app.py) under serving/gunicorn.conf.py: the floor;
-- our API, `fraudflow serve` (the same gunicorn settings);
+- our API, `fraudflow serve` (the same gunicorn settings), twice: on the embedded SQLite state
+  and on a Redis server the benchmark starts (Debian's `redis-server`, AOF, fsync every second);
 - `mlflow models serve -m models:/fraud-detector/Production --env-manager local` (uvicorn);
 - Seldon MLServer with its LightGBM runtime serving the same booster file (benchmarks/mlserver.py;
   its own venv, `--mlserver-venv`, created from benchmarks/mlserver-requirements.txt on first use).
@@ -43,6 +44,7 @@ from benchmarks.table import loadavg, machine_info, render
 from benchmarks.targets import Target, advance, targets
 from benchmarks.world import build_world
 from benchmarks.wrk import describe, lua_script, run_wrk
+from tests.redis_servers import redis_server
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,70 +105,78 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     try:
         mlserver_bin = mlserver.ensure_venv(Path(args.mlserver_venv))
-        print(f"building the world in {root} ...", flush=True)
-        world = build_world(root)
-        print(
-            f"  {world.history_rows:,} transactions, model v{world.version} in Production "
-            f"({time.monotonic() - began:.0f} s)",
-            flush=True,
-        )
-        scripts = root / "lua"
-        scripts.mkdir()
-        for name in ("load_static.lua", "load_predict.lua"):
-            lua_script(name, scripts)
-        with servers(world, mlserver_bin, args.mlserver_workers) as running:
-            print(f"servers ready ({time.monotonic() - began:.0f} s)", flush=True)
-            probability = sanity_check(world, running)
-            info = machine_info(wrk)
-            load_before = loadavg()
-            items, cursor = targets(world, args.threads)
+        # the Redis the second API shares its state in, as deployed: AOF, fsync every second
+        with redis_server(root / "redis", appendonly=True, appendfsync="everysec") as redis:
+            print(f"building the world in {root} ...", flush=True)
+            world = build_world(root, redis.url)
+            print(
+                f"  {world.history_rows:,} transactions, model v{world.version} in Production "
+                f"({time.monotonic() - began:.0f} s)",
+                flush=True,
+            )
+            scripts = root / "lua"
+            scripts.mkdir()
+            for name in ("load_static.lua", "load_predict.lua"):
+                lua_script(name, scripts)
+            with servers(world, mlserver_bin, args.mlserver_workers) as running:
+                print(f"servers ready ({time.monotonic() - began:.0f} s)", flush=True)
+                probability = sanity_check(world, running)
+                info = machine_info(wrk)
+                load_before = loadavg()
+                items, cursor = targets(world, args.threads)
 
-            def one(target: Target, seconds: int) -> dict[str, Any]:
-                server = running[target.server]
-                run = with_server_cpu(
-                    server.process.pid,
-                    lambda: run_wrk(
-                        wrk,
-                        server.url + target.path,
-                        scripts / target.script,
-                        target.env(seconds),
-                        seconds,
-                        threads=args.threads,
-                        connections=args.connections,
-                        timeout=args.timeout,
-                    ),
-                )
-                if target.key == "predict":
-                    advance(cursor, run, world.step_s, args.threads, args.connections)
-                return run
+                def one(target: Target, seconds: int) -> dict[str, Any]:
+                    server = running[target.server]
+                    # the Redis-backed API's CPU includes the Redis server's
+                    pids = [server.process.pid]
+                    if target.server == "api_redis" and redis.process is not None:
+                        pids.append(redis.process.pid)
+                    run = with_server_cpu(
+                        pids,
+                        lambda: run_wrk(
+                            wrk,
+                            server.url + target.path,
+                            scripts / target.script,
+                            target.env(seconds),
+                            seconds,
+                            threads=args.threads,
+                            connections=args.connections,
+                            timeout=args.timeout,
+                        ),
+                    )
+                    if target.key.startswith("predict"):
+                        advance(cursor, run, world.step_s, args.threads, args.connections)
+                    return run
 
-            for target in items:
-                run = one(target, args.warmup)
-                print(f"warm-up  {target.label:28s} {describe(run)}", flush=True)
-            for repeat in range(args.repeats):
                 for target in items:
-                    run = one(target, args.duration)
-                    target.runs.append(run)
-                    print(f"run {repeat + 1}/{args.repeats} {target.label:28s} {describe(run)}")
-                    sys.stdout.flush()
-            profile = ""
-            if args.profile:
-                by_key = {t.key: t for t in items}
-                run, shares = profile_predict(
-                    spy,
-                    running["api"].process.pid,
-                    lambda seconds: one(by_key["predict"], seconds),
-                    args.duration,
-                    root,
-                )
-                profile = render_profile(run, shares)
-            notes = {
-                "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "load_before": load_before,
-                "load_after": loadavg(),
-                "history": f"{world.history_rows:,}",
-                "probability": f"{probability:.6f}",
-            }
+                    run = one(target, args.warmup)
+                    print(f"warm-up  {target.label:28s} {describe(run)}", flush=True)
+                for repeat in range(args.repeats):
+                    for target in items:
+                        run = one(target, args.duration)
+                        target.runs.append(run)
+                        print(f"run {repeat + 1}/{args.repeats} {target.label:28s} {describe(run)}")
+                        sys.stdout.flush()
+                profile = ""
+                if args.profile:
+                    by_key = {t.key: t for t in items}
+                    run, shares = profile_predict(
+                        spy,
+                        running["api"].process.pid,
+                        lambda seconds: one(by_key["predict"], seconds),
+                        args.duration,
+                        root,
+                    )
+                    profile = render_profile(run, shares)
+                notes = {
+                    "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                    "load_before": load_before,
+                    "load_after": loadavg(),
+                    "history": f"{world.history_rows:,}",
+                    "probability": f"{probability:.6f}",
+                    "warm": world.warm,
+                    "rows": world.history_rows,
+                }
         text = render(items, args, info, notes, command) + profile
         print()
         print(text)

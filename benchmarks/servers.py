@@ -133,6 +133,15 @@ def servers(
             port,
         )
         port = free_port()
+        started["api_redis"] = launch(
+            "api_redis",
+            [str(BIN / "fraudflow"), "serve", "--config", str(world.redis_config)]
+            + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)],
+            clean_env({}),
+            world.root,
+            port,
+        )
+        port = free_port()
         started["mlflow"] = launch(
             "mlflow",
             [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{world.model_name}/Production"]
@@ -158,7 +167,8 @@ def servers(
             started["hello"],
             lambda url: requests.post(f"{url}/hello", data=hello_body, headers=JSON, timeout=2).ok,
         )
-        wait_ready(started["api"], lambda url: requests.get(f"{url}/ready", timeout=2).ok)
+        for name in ("api", "api_redis"):
+            wait_ready(started[name], lambda url: requests.get(f"{url}/ready", timeout=2).ok)
         wait_ready(started["mlflow"], lambda url: requests.get(f"{url}/ping", timeout=2).ok)
         wait_ready(
             started["mlserver"],
@@ -211,7 +221,10 @@ def sanity_check(world: World, running: dict[str, Server]) -> float:
         "terminal_id": "1",
         "tx_amount": 12.5,
     }
-    predict = requests.post(f"{running['api'].url}/predict", json=transaction, timeout=10)
-    if predict.status_code != 200:
-        raise RuntimeError(f"/predict answered {predict.status_code}: {predict.text[:500]}")
+    for name in ("api", "api_redis"):
+        predict = requests.post(f"{running[name].url}/predict", json=transaction, timeout=10)
+        if predict.status_code != 200:
+            raise RuntimeError(
+                f"{name} /predict answered {predict.status_code}: {predict.text[:500]}"
+            )
     return float(ours_p)

@@ -69,7 +69,7 @@ def render(
     items: list[Target],
     args: argparse.Namespace,
     info: dict[str, str],
-    notes: dict[str, str],
+    notes: dict[str, Any],
     command: str,
 ) -> str:
     """The Markdown section: setup, the table, the two ratios against their targets."""
@@ -113,6 +113,25 @@ def render(
     floor_text = "—" if floor is None else f"{floor:.0%}"
     cpu = ratio(median_of(by["predict"].runs, "cpu_us"), median_of(by["hello"].runs, "cpu_us"))
     cpu_text = "—" if cpu is None else f"{cpu:.1f}×"
+    floor_redis = ratio(
+        median_of(by["predict_redis"].runs, "rps"), median_of(by["hello"].runs, "rps")
+    )
+    floor_redis_text = "—" if floor_redis is None else f"{floor_redis:.0%}"
+    cpu_redis = ratio(
+        median_of(by["predict_redis"].runs, "cpu_us"), median_of(by["hello"].runs, "cpu_us")
+    )
+    cpu_redis_text = "—" if cpu_redis is None else f"{cpu_redis:.1f}×"
+    warm_rows = [
+        "| online state | warm: rows | seconds | rows/s | state after it, MB | MB per million "
+        "transactions |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for backend, figures in notes["warm"].items():
+        per_million = figures["bytes"] / notes["rows"] * 1e6 / 1e6
+        warm_rows.append(
+            f"| {backend} | {notes['rows']:,} | {figures['seconds']:.1f} | "
+            f"{figures['rows_per_s']:,.0f} | {figures['bytes'] / 1e6:.1f} | {per_million:.0f} |"
+        )
     invalid = [
         f"- {t.label}, run {i + 1}: {r['errors']} of {r['requests']} requests"
         for t in items
@@ -153,11 +172,19 @@ def render(
         f"- our /invocations ÷ MLServer throughput: **{seldon_text}** (target ≥ "
         f"{TARGETS_MLSERVER_RATIO:.0f}×; MLServer's CPU per request is {seldon_cpu_text} ours) — "
         f"{verdict(seldon, TARGETS_MLSERVER_RATIO)}",
-        f"- our /predict ÷ hello floor throughput: **{floor_text}** (target ≥ "
-        f"{TARGETS_FLOOR_SHARE:.0%}) — {verdict(floor, TARGETS_FLOOR_SHARE)}",
+        f"- our /predict ÷ hello floor throughput: **{floor_text}** on SQLite, "
+        f"**{floor_redis_text}** on Redis (target ≥ {TARGETS_FLOOR_SHARE:.0%}) — "
+        f"{verdict(floor, TARGETS_FLOOR_SHARE)} / {verdict(floor_redis, TARGETS_FLOOR_SHARE)}",
         f"- server CPU per request (all processes of the server, wrk excluded), /predict ÷ hello: "
-        f"**{cpu_text}** — what throughput ratios measure on an idle machine, but unaffected "
+        f"**{cpu_text}** on SQLite, **{cpu_redis_text}** on Redis (the Redis server's CPU "
+        "included) — what throughput ratios measure on an idle machine, but unaffected "
         "by other jobs competing for the cores",
+        "",
+        "`fraudflow warm` of the same history into each backend (its own timing, process "
+        "start-up apart), and the state's size after it (SQLite: the database files; Redis: "
+        "`used_memory_dataset`):",
+        "",
+        *warm_rows,
     ]
     if invalid:
         lines += ["", "Runs with errors (not measurements):", *invalid]

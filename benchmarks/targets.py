@@ -30,7 +30,7 @@ class Target:
 
 
 def targets(world: World, threads: int) -> tuple[list[Target], dict[str, float]]:
-    """The five targets in round-robin order, and the /predict clock (moved after each run)."""
+    """The six targets in round-robin order, and the /predict clock (moved after each run)."""
     cursor = {"start": world.start_s, "run": 0}
     hello_body = json.dumps(
         {
@@ -60,7 +60,22 @@ def targets(world: World, threads: int) -> tuple[list[Target], dict[str, float]]
         Target(
             "hello", "Flask hello (floor)", "hello", "/hello", "load_static.lua", static(hello_body)
         ),
-        Target("predict", "fraudflow /predict", "api", "/predict", "load_predict.lua", predict_env),
+        Target(
+            "predict",
+            "fraudflow /predict (SQLite)",
+            "api",
+            "/predict",
+            "load_predict.lua",
+            predict_env,
+        ),
+        Target(
+            "predict_redis",
+            "fraudflow /predict (Redis)",
+            "api_redis",
+            "/predict",
+            "load_predict.lua",
+            predict_env,
+        ),
         Target(
             "ours_inv",
             "fraudflow /invocations",

@@ -7,6 +7,7 @@ runs stored; nothing here is timed.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ class World:
 
     root: Path
     config: Path
+    redis_config: Path
     tracking_uri: str
     model_name: str
     version: str
@@ -32,15 +34,41 @@ class World:
     start_s: float
     step_s: float
     history_rows: int
+    # per backend: the warm's seconds and rows/s (as `fraudflow warm` reports them) and the
+    # state's bytes after it
+    warm: dict[str, dict[str, float]]
 
 
-def build_world(root: Path) -> World:
-    """Simulate, train, register and promote; warm the online state; write the payloads.
+WARM_LINE = re.compile(r"in ([\d.]+) s, ([\d,]+) rows/s")
+
+
+def warm_state(config: Path, data: Path) -> dict[str, float]:
+    """`fraudflow warm` with CONFIG: its own figures (the load alone, process start-up apart)."""
+    warm = subprocess.run(
+        [str(BIN / "fraudflow"), "warm", "--config", str(config), "--data", str(data)],
+        env=clean_env({}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if warm.returncode != 0:
+        raise RuntimeError(f"fraudflow warm failed ({warm.returncode}):\n{warm.stderr[-2000:]}")
+    found = WARM_LINE.search(warm.stdout)
+    if found is None:
+        raise RuntimeError(f"no timing in fraudflow warm's output:\n{warm.stdout[-2000:]}")
+    return {"seconds": float(found[1]), "rows_per_s": float(found[2].replace(",", ""))}
+
+
+def build_world(root: Path, redis_url: str) -> World:
+    """Simulate, train, register and promote; warm the online state on both backends (SQLite,
+    and the Redis server at REDIS_URL); write the payloads.
 
     /predict must see real customer/terminal pairs and time moving past the warmed history, and
     both /invocations the same finite feature row, or the targets would not be comparable."""
     from pipelines.data import load_transactions
     from pipelines.model import BOOSTER_FILE
+    from pipelines.online_state import open_state
     from pipelines.promotion import set_stage
     from pipelines.simulate import simulate_transactions, write_daily_parquet
     from pipelines.tracking import log_training_run
@@ -65,16 +93,18 @@ def build_world(root: Path) -> World:
     config = write_config(root / "serve.yaml", settings)
     model_files = root / "model"
     result.scorer.save(model_files)  # the booster file as logged, for MLServer
-    warm = subprocess.run(
-        [str(BIN / "fraudflow"), "warm", "--config", str(config), "--data", str(data)],
-        env=clean_env({}),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    redis_settings = make_settings(
+        root / "work",
+        serving={
+            "state": {"backend": "redis", "url": redis_url},
+            "prediction_log_dir": str(root / "predictions-redis"),
+            "metrics_dir": str(root / "prom-api-redis"),
+        },
     )
-    if warm.returncode != 0:
-        raise RuntimeError(f"fraudflow warm failed ({warm.returncode}):\n{warm.stderr[-2000:]}")
+    redis_config = write_config(root / "serve-redis.yaml", redis_settings)
+    warm = {"sqlite": warm_state(config, data), "redis": warm_state(redis_config, data)}
+    warm["sqlite"]["bytes"] = open_state(settings).size_bytes() or 0.0
+    warm["redis"]["bytes"] = open_state(redis_settings).size_bytes() or 0.0
 
     columns = list(result.scorer.features)
     test_rows = result.test.features.loc[:, columns]
@@ -103,6 +133,7 @@ def build_world(root: Path) -> World:
     return World(
         root=root,
         config=config,
+        redis_config=redis_config,
         tracking_uri=settings.tracking_uri,
         model_name=settings.mlflow.model_name,
         version=version,
@@ -112,4 +143,5 @@ def build_world(root: Path) -> World:
         start_s=start_s,
         step_s=step_s,
         history_rows=len(transactions),
+        warm=warm,
     )

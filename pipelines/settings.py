@@ -235,6 +235,15 @@ class ServingSettings(_Frozen):
     # one JSON line per request (who, method, route, status, latency) on stderr, or none
     access_log: Literal["json", "off"] = "json"
 
+    state: StateSettings = StateSettings()
+    # the SQLite state's file (backend sqlite)
+    state_path: str
+    prediction_log_dir: str
+    metrics_dir: str
+    # the last served model, kept on the replica's own disk for a start while the registry is
+    # unreachable; None: no cache
+    model_cache_dir: str | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, value: Any) -> Any:
@@ -245,14 +254,11 @@ class ServingSettings(_Frozen):
             )
         return value
 
-    state: StateSettings = StateSettings()
-    # the SQLite state's file (backend sqlite)
-    state_path: str
-    prediction_log_dir: str
-    metrics_dir: str
-    # the last served model, kept on the replica's own disk for a start while the registry is
-    # unreachable; None: no cache
-    model_cache_dir: str | None = None
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare `off` (config file, FRAUDFLOW__SERVING__ACCESS_LOG=off) as false."""
+        return "off" if value is False else value
 
 
 PERFORMANCE_METRICS = ("precision", "recall", "average_precision", "card_precision_at_100")

@@ -26,8 +26,10 @@ class RedisServer:
         host: str = "127.0.0.1",
         also_bind: tuple = (),
         password: str | None = None,
+        appendfsync: str = "always",
     ) -> None:
         self.root, self.appendonly, self.host = root, appendonly, host
+        self.appendfsync = appendfsync
         self.bind, self.password = [host, *also_bind], password
         self.port = free_port()
         self.url = self.url_on(host)
@@ -53,7 +55,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "always",  # the kill test: what Redis acknowledged is on disk
+            self.appendfsync,  # always (the kill test: what Redis acknowledged is on disk)
             "--daemonize",
             "no",
         ]
@@ -102,9 +104,10 @@ def redis_server(
     host: str = "127.0.0.1",
     also_bind: tuple = (),
     password: str | None = None,
+    appendfsync: str = "always",
 ) -> Iterator[RedisServer]:
     """A running redis-server (no snapshots; AOF when `appendonly`), stopped at the end."""
-    server = RedisServer(root, appendonly, host, also_bind, password)
+    server = RedisServer(root, appendonly, host, also_bind, password, appendfsync)
     server.start()
     try:
         yield server

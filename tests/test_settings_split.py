@@ -89,3 +89,14 @@ def test_end_date_and_train_start_are_exclusive() -> None:
             environ={},
             overrides={"training": {"end_date": "2018-08-01", "train_start": "2018-05-01"}},
         )
+
+
+def test_access_log_off_reads_as_off_from_yaml_and_the_environment(tmp_path: Path) -> None:
+    """YAML 1.1 reads a bare `off` as false: the setting still means what the operator wrote."""
+    overlay = tmp_path / "quiet.yaml"
+    overlay.write_text("serving:\n  access_log: off\n")
+    assert load_settings(str(overlay), environ={}).serving.access_log == "off"
+    env = {"FRAUDFLOW__SERVING__ACCESS_LOG": "off"}
+    assert load_settings(None, environ=env).serving.access_log == "off"
+    with pytest.raises(SettingsError, match="access_log"):
+        load_settings(None, environ={"FRAUDFLOW__SERVING__ACCESS_LOG": "loud"})
