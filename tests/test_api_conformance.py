@@ -7,6 +7,7 @@ cases; tests/test_api_contract.py holds the in-process checks of each fix."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -32,7 +33,8 @@ WORKERS = 2
 def auth_settings(token: str) -> dict:
     """The `serving` settings that make the API require `token` (both scopes) on its protected
     routes."""
-    return {"tokens": [{"name": "conformance", "scopes": ["score", "label"], "token": token}]}
+    digest = hashlib.sha256(token.encode()).hexdigest()  # as a deployment gives it
+    return {"tokens": [{"name": "conformance", "scopes": ["score", "label"], "sha256": digest}]}
 
 
 @pytest.fixture(scope="module")
