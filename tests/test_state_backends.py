@@ -130,6 +130,30 @@ def test_redis_trims_rows_past_the_retention_and_keys_expire(redis_url) -> None:
     assert 0 < state.client.ttl("fraudflow:label:b") <= 10 * 86_400
 
 
+def test_redis_warm_trims_each_key_by_its_newest_row_and_sets_expiries(redis_url) -> None:
+    """warm trims once per key and batch: what is left is what per-row trimming keeps."""
+    state = redis_state(redis_url, retention_days=10, key_prefix="warmtrim:")
+    days = [1, 3, 12, 14, 15]  # the card's newest row is day 15: days 1 and 3 are past 10 days
+    rows = pd.DataFrame(
+        {
+            "transaction_id": [f"w{d}" for d in days],
+            "tx_datetime": pd.to_datetime([d * DAY_MS for d in days], unit="ms"),
+            "customer_id": ["c1"] * 5,
+            "terminal_id": ["m1", "m1", "m1", "m2", "m2"],  # m1's newest is day 12: day 1 goes
+            "tx_amount": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "tx_fraud": [0] * 5,
+        }
+    )
+    assert state.warm(rows) == 5
+    card = state.client.zrange("warmtrim:card:c1", 0, -1, withscores=True)
+    assert [int(score) // DAY_MS for _, score in card] == [12, 14, 15]
+    terminal_m1 = state.client.zrange("warmtrim:terminal:m1", 0, -1, withscores=True)
+    assert [int(score) // DAY_MS for _, score in terminal_m1] == [3, 12]
+    assert state.client.zcard("warmtrim:terminal:m2") == 2
+    for key in ("warmtrim:card:c1", "warmtrim:terminal:m1", "warmtrim:tx:w1", "warmtrim:seq"):
+        assert 0 < state.client.ttl(key) <= 10 * 86_400
+
+
 @pytest.mark.multihost
 def test_redis_down_is_a_clear_error_and_a_restart_is_survived(tmp_path) -> None:
     """Down: StateUnavailable naming no host. Restarted (its scripts and, without persistence,
