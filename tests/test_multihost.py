@@ -7,6 +7,7 @@ The tests run in file order on the same two hosts; the last one kills host A."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -38,6 +39,9 @@ WORKERS = 2
 API_PORT = 18080
 DAY = pd.Timedelta(days=1)
 PASSWORD = "multihost-secret"
+# the hosts listen on addresses other hosts reach, so the API insists on tokens (fail closed)
+TOKEN = "multihost-client-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Host:
     log: Path = field(default_factory=Path)
 
     def predict(self, body: dict, timeout: float = 30) -> requests.Response:
-        return requests.post(f"{self.url}/predict", json=body, timeout=timeout)
+        return requests.post(f"{self.url}/predict", json=body, headers=AUTH, timeout=timeout)
 
     def logged(self, names: list[str] | None = None) -> pd.DataFrame:
         return read_predictions(log_folder(self.settings), features=names)
@@ -171,6 +175,13 @@ def world(tmp_path_factory, small_transactions) -> Iterator[World]:
                 mlflow={"tracking_uri": store.tracking_uri},  # one registry, read by both
                 serving={
                     "poll_interval_s": 1.0,
+                    "tokens": [
+                        {
+                            "name": "multihost",
+                            "scopes": ["score", "label"],
+                            "sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+                        }
+                    ],
                     "state": {
                         "backend": "redis",
                         "url": redis.url_on(host.redis_address),
@@ -214,7 +225,7 @@ def test_a_cards_transactions_alternated_between_hosts_see_each_others_history(
         assert response.status_code == 200, response.text
         labels.append({"transaction_id": row.transaction_id, "tx_fraud": int(row.tx_fraud)})
         if len(labels) == 20 or i == len(stream) - 1:
-            fed = requests.post(f"{a.url}/feedback", json=labels, timeout=30)
+            fed = requests.post(f"{a.url}/feedback", json=labels, headers=AUTH, timeout=30)
             assert fed.status_code == 200 and fed.json()["known_transactions"] == len(labels)
             labels = []
     names = feature_names(world.settings.features)
@@ -244,7 +255,9 @@ def test_a_label_fed_to_host_a_changes_host_b_terminal_risk_after_the_delay(worl
         }
 
     assert a.predict(tx("delay-1", 0)).status_code == 200
-    fed = requests.post(f"{a.url}/feedback", json={"transaction_id": "delay-1", "tx_fraud": 1})
+    fed = requests.post(
+        f"{a.url}/feedback", json={"transaction_id": "delay-1", "tx_fraud": 1}, headers=AUTH
+    )
     assert fed.json() == {"received": 1, "known_transactions": 1}
     assert b.predict(tx("delay-2", 3)).status_code == 200  # 3 days later: not matured
     assert b.predict(tx("delay-3", 8)).status_code == 200  # 8 days later: matured
@@ -278,7 +291,9 @@ def traffic(host: Host, prefix: str, stop: threading.Event, statuses: list) -> N
                 "tx_amount": float(5 + i % 90),
             }
             try:
-                response = session.post(f"{host.url}/predict", json=payload, timeout=30)
+                response = session.post(
+                    f"{host.url}/predict", json=payload, headers=AUTH, timeout=30
+                )
                 statuses.append((tid, response.status_code, response.text))
             except requests.RequestException as exc:
                 statuses.append((tid, None, repr(exc)))
@@ -293,30 +308,32 @@ def test_redis_down_mid_traffic_is_503_and_serving_recovers_by_itself(world) -> 
     stop = threading.Event()
     statuses: dict[str, list] = {host.name: [] for host in world.hosts}
     with ThreadPoolExecutor(len(world.hosts)) as pool:
-        for host in world.hosts:
-            pool.submit(traffic, host, f"outage-{host.name}", stop, statuses[host.name])
-        poll_until(
-            lambda: (all(len(s) >= 20 for s in statuses.values()), len(statuses["a"])),
-            "traffic on both hosts",
-            60,
-        )
-        acknowledged = [tid for tid, status, _ in statuses["a"] if status == 200]
-        world.redis.kill()
-        for host in world.hosts:
-            until_status(host, 503)
-            down = host.predict(_probe(host))
-            assert down.status_code == 503
-            assert down.json()["error"].startswith("online state unavailable: ")
-            assert str(world.redis.port) not in down.text and PASSWORD not in down.text
-            ready = requests.get(f"{host.url}/ready", timeout=10)
-            assert ready.status_code == 503 and ready.json()["ready"] is False
-            assert "online state unavailable" in ready.json()["reason"]
-            assert requests.get(f"{host.url}/health", timeout=10).status_code == 200
-        world.redis.start()
-        for host in world.hosts:
-            wait_for(f"{host.url}/ready", timeout=60, process=host.process)
-            until_status(host, 200)
-        stop.set()
+        try:
+            for host in world.hosts:
+                pool.submit(traffic, host, f"outage-{host.name}", stop, statuses[host.name])
+            poll_until(
+                lambda: (all(len(s) >= 20 for s in statuses.values()), len(statuses["a"])),
+                "traffic on both hosts",
+                60,
+            )
+            acknowledged = [tid for tid, status, _ in statuses["a"] if status == 200]
+            world.redis.kill()
+            for host in world.hosts:
+                until_status(host, 503)
+                down = host.predict(_probe(host))
+                assert down.status_code == 503
+                assert down.json()["error"].startswith("online state unavailable: ")
+                assert str(world.redis.port) not in down.text and PASSWORD not in down.text
+                ready = requests.get(f"{host.url}/ready", timeout=10)
+                assert ready.status_code == 503 and ready.json()["ready"] is False
+                assert "online state unavailable" in ready.json()["reason"]
+                assert requests.get(f"{host.url}/health", timeout=10).status_code == 200
+            world.redis.start()
+            for host in world.hosts:
+                wait_for(f"{host.url}/ready", timeout=60, process=host.process)
+                until_status(host, 200)
+        finally:  # the traffic threads end whatever happened, or the pool waits forever
+            stop.set()
     for name, seen in statuses.items():
         codes = {status for _, status, _ in seen}
         assert codes <= {200, 503}, (name, [s for s in seen if s[1] not in (200, 503)][:3])
@@ -353,22 +370,24 @@ def test_killing_host_a_loses_no_acknowledged_prediction(world) -> None:
     stop = threading.Event()
     statuses: dict[str, list] = {"a": [], "b": []}
     with ThreadPoolExecutor(4) as pool:
-        for n, host in enumerate((a, a, b, b)):
-            pool.submit(traffic, host, f"kill-{host.name}-{n}", stop, statuses[host.name])
-        poll_until(
-            lambda: (sum(s[1] == 200 for s in statuses["a"]) >= 50, len(statuses["a"])),
-            "host A scoring",
-            60,
-        )
-        os.killpg(a.process.pid, signal.SIGKILL)
-        a.process.wait(30)
-        after = len(statuses["b"])
-        poll_until(
-            lambda: (sum(s[1] == 200 for s in statuses["b"][after:]) >= 50, len(statuses["b"])),
-            "host B scoring after A died",
-            60,
-        )
-        stop.set()
+        try:
+            for n, host in enumerate((a, a, b, b)):
+                pool.submit(traffic, host, f"kill-{host.name}-{n}", stop, statuses[host.name])
+            poll_until(
+                lambda: (sum(s[1] == 200 for s in statuses["a"]) >= 50, len(statuses["a"])),
+                "host A scoring",
+                60,
+            )
+            os.killpg(a.process.pid, signal.SIGKILL)
+            a.process.wait(30)
+            after = len(statuses["b"])
+            poll_until(
+                lambda: (sum(s[1] == 200 for s in statuses["b"][after:]) >= 50, len(statuses["b"])),
+                "host B scoring after A died",
+                60,
+            )
+        finally:
+            stop.set()
     acknowledged = [tid for seen in statuses.values() for tid, status, _ in seen if status == 200]
     assert all(status in (200, None) for seen in statuses.values() for _, status, _ in seen)
     logged = set(a.logged()["transaction_id"]) | set(b.logged()["transaction_id"])
