@@ -17,14 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from benchmarks.monitor import FAST, write_log
-from pipelines.features import build_features
+from benchmarks.monitor import scored_world, write_log
 from pipelines.prediction_log import compact_file, log_files, read_log
-from pipelines.settings import RAW_COLUMNS, load_settings
-from pipelines.simulate import simulate_transactions
-from pipelines.train import train_model
 
 
 def _timed(function, *args):
@@ -39,16 +33,8 @@ def main() -> int:
     parser.add_argument("--markdown", help="write the results table here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(environ={}, overrides={"workdir": tmp, "training": FAST})
-        transactions = simulate_transactions(settings.simulation)
-        print(f"simulated {len(transactions):,} transactions; training the champion")
-        result = train_model(transactions, settings)
-        features = build_features(transactions, settings.features)
+        _, result, scored = scored_world(tmp)
         names = list(result.scorer.features)
-        scored = transactions[list(RAW_COLUMNS)].assign(
-            fraud_probability=result.scorer.predict_proba(features)
-        )
-        scored = pd.concat([scored, features.drop(columns=["tx_amount"])], axis=1)
         frame = scored.iloc[-args.rows :]
         folder = Path(tmp) / "predictions"
         write_log(folder, frame, names, "1")

@@ -36,7 +36,7 @@ from pipelines.promotion import set_stage
 from pipelines.settings import RAW_COLUMNS, Settings, load_settings
 from pipelines.simulate import simulate_transactions
 from pipelines.tracking import log_training_run
-from pipelines.train import train_model
+from pipelines.train import TrainingResult, train_model
 
 FAST = {
     "train_days": 21,
@@ -95,6 +95,20 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".html")
 
 
+def scored_world(workdir: str) -> tuple[Settings, TrainingResult, pd.DataFrame]:
+    """The default simulated world under WORKDIR, a champion trained on it (fast settings),
+    and every transaction as the API logs it: raw columns, probability, features."""
+    settings = load_settings(environ={}, overrides={"workdir": workdir, "training": FAST})
+    transactions = simulate_transactions(settings.simulation)
+    print(f"simulated {len(transactions):,} transactions; training the champion")
+    result = train_model(transactions, settings)
+    features = build_features(transactions, settings.features)
+    scored = transactions[list(RAW_COLUMNS)].assign(
+        fraud_probability=result.scorer.predict_proba(features)
+    )
+    return settings, result, pd.concat([scored, features.drop(columns=["tx_amount"])], axis=1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -102,18 +116,10 @@ def main() -> int:
     parser.add_argument("--markdown", help="write the results table here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(environ={}, overrides={"workdir": tmp, "training": FAST})
-        transactions = simulate_transactions(settings.simulation)
-        print(f"simulated {len(transactions):,} transactions; training the champion")
-        result = train_model(transactions, settings)
+        settings, result, scored = scored_world(tmp)
+        names = list(result.scorer.features)
         _, version = log_training_run(result, settings, {"data_path": "benchmark"})
         set_stage(settings, str(version.version), "Production", "benchmark", "benchmark")
-        features = build_features(transactions, settings.features)
-        names = list(result.scorer.features)
-        scored = transactions[list(RAW_COLUMNS)].assign(
-            fraud_probability=result.scorer.predict_proba(features)
-        )
-        scored = pd.concat([scored, features.drop(columns=["tx_amount"])], axis=1)
         rows = []
         for size in args.sizes:
             rows += measure(settings, scored.iloc[-size:], names, str(version.version), args)

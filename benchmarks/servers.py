@@ -24,6 +24,7 @@ import requests
 from benchmarks import mlserver
 from benchmarks.env import BIN, ROOT, clean_env
 from benchmarks.world import World
+from tests.servers import wait_every_worker
 
 GUNICORN_CONF = ROOT / "serving" / "gunicorn.conf.py"
 JSON = {"Content-Type": "application/json"}
@@ -123,24 +124,16 @@ def servers(
             world.root,
             port,
         )
-        port = free_port()
-        started["api"] = launch(
-            "api",
-            [str(BIN / "fraudflow"), "serve", "--config", str(world.config)]
-            + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)],
-            clean_env({}),
-            world.root,
-            port,
-        )
-        port = free_port()
-        started["api_redis"] = launch(
-            "api_redis",
-            [str(BIN / "fraudflow"), "serve", "--config", str(world.redis_config)]
-            + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)],
-            clean_env({}),
-            world.root,
-            port,
-        )
+        for name, config in (("api", world.config), ("api_redis", world.redis_config)):
+            port = free_port()
+            started[name] = launch(
+                name,
+                [str(BIN / "fraudflow"), "serve", "--config", str(config)]
+                + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)],
+                clean_env({}),
+                world.root,
+                port,
+            )
         port = free_port()
         started["mlflow"] = launch(
             "mlflow",
@@ -169,6 +162,10 @@ def servers(
         )
         for name in ("api", "api_redis"):
             wait_ready(started[name], lambda url: requests.get(f"{url}/ready", timeout=2).ok)
+            # one worker's /ready says nothing of the other: each loads its model at boot
+            wait_every_worker(
+                started[name].url, WORKERS, world.version, process=started[name].process
+            )
         wait_ready(started["mlflow"], lambda url: requests.get(f"{url}/ping", timeout=2).ok)
         wait_ready(
             started["mlserver"],

@@ -7,6 +7,7 @@ MLFLOW_TRACKING_URI wins over mlflow.tracking_uri. Nothing here runs at import t
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
@@ -254,12 +255,6 @@ class ServingSettings(_Frozen):
             )
         return value
 
-    @field_validator("access_log", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: Any) -> Any:
-        """YAML reads a bare `off` (config file, FRAUDFLOW__SERVING__ACCESS_LOG=off) as false."""
-        return "off" if value is False else value
-
 
 PERFORMANCE_METRICS = ("precision", "recall", "average_precision", "card_precision_at_100")
 
@@ -358,11 +353,30 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
     return merged
 
 
+class _SettingsLoader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true and false. YAML 1.1 (PyYAML's default) also reads a bare
+    on/off/yes/no as a boolean, so `access_log: off` would arrive as false; here it stays the
+    text written (pydantic still takes yes/no/on/off for a boolean setting)."""
+
+
+_SettingsLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_SettingsLoader)  # a SafeLoader: builds no Python objects
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SettingsError(f"config file not found: {path}")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = _parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(content, dict):
@@ -382,7 +396,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         node = result
         for key in keys[:-1]:
             node = node.setdefault(key, {})
-        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+        node[keys[-1]] = _parse_yaml(raw) if raw != "" else None
     if environ.get("MLFLOW_TRACKING_URI"):
         result.setdefault("mlflow", {})["tracking_uri"] = environ["MLFLOW_TRACKING_URI"]
     return result

@@ -9,9 +9,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
+from pipelines.promotion import set_stage
 from pipelines.settings import Settings, load_settings
+from pipelines.tracking import log_training_run
+from pipelines.train import TrainingResult, train_model
 
 # 90 days of a small world: enough history for 30-day windows, a 7-day delay and three periods.
 SMALL_WORLD = {
@@ -104,3 +108,21 @@ def private_serving(settings: Settings, folder: Path, **serving: Any) -> Setting
         **serving,
     }
     return settings.model_copy(update={"serving": settings.serving.model_copy(update=update)})
+
+
+def train_and_register(
+    transactions: pd.DataFrame, settings: Settings, production: str | None = None
+) -> tuple[str, TrainingResult]:
+    """Train on TRANSACTIONS, log the run and register its model; with PRODUCTION (the reason
+    given), also place that version in Production. Returns the version and the result."""
+    result = train_model(transactions, settings)
+    _, model_version = log_training_run(result, settings, {"data_path": "test"})
+    version = str(model_version.version)
+    if production is not None:
+        set_stage(settings, version, "Production", production)
+    return version, result
+
+
+def register(transactions: pd.DataFrame, settings: Settings) -> str:
+    """The version `train_and_register` registers (not placed in any stage)."""
+    return train_and_register(transactions, settings)[0]

@@ -136,10 +136,12 @@ def gunicorn_api(
     workers: int = 2,
     env: dict[str, str] | None = None,
     metrics_headers: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[str]:
     """`fraudflow serve` on a free port; yields the base URL once every worker has booted and
     serves model `version` (None: no model, the registry checked): see wait_every_worker
-    (`metrics_headers`: what /metrics wants, if the config sets serving.metrics_token)."""
+    (`metrics_headers`: what /metrics wants, if the config sets serving.metrics_token; `host`:
+    the address bound, 0.0.0.0 for every interface; the URL is always on loopback)."""
     port = free_port()
     command = [
         str(BIN / "fraudflow"),
@@ -147,7 +149,7 @@ def gunicorn_api(
         "--config",
         str(config),
         "--bind",
-        f"127.0.0.1:{port}",
+        f"{host}:{port}",
         "--workers",
         str(workers),
     ]

@@ -15,10 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.promotion import set_stage
-from pipelines.tracking import log_training_run
-from pipelines.train import train_model
-from tests.helpers import make_settings, write_config
+from tests.helpers import make_settings, train_and_register, write_config
 from tests.servers import BIN, clean_env, gunicorn_api
 
 pytestmark = pytest.mark.integration
@@ -49,12 +46,10 @@ def api(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFra
             **auth_settings(TOKEN),
         },
     )
-    result = train_model(small_transactions, settings)
-    _, version = log_training_run(result, settings, {"data_path": "test"})
-    set_stage(settings, str(version.version), "Production", "conformance")
+    version, _ = train_and_register(small_transactions, settings, production="conformance")
     config = write_config(root / "serve.yaml", settings)
     log = root / "gunicorn.log"
-    with gunicorn_api(config, log, version=str(version.version), workers=WORKERS) as url:
+    with gunicorn_api(config, log, version=version, workers=WORKERS) as url:
         yield url, log
 
 

@@ -10,21 +10,16 @@ import jsonschema_rs
 import pandas as pd
 import pytest
 
-from pipelines.promotion import set_stage
-from pipelines.tracking import log_training_run
-from pipelines.train import train_model
 from serving.app import create_app
 from serving.schemas import LARGEST_INTEGER
-from tests.helpers import make_settings, private_serving
+from tests.helpers import make_settings, private_serving, train_and_register
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame):
     root = tmp_path_factory.mktemp("contract")
     settings = make_settings(root / "work")
-    result = train_model(small_transactions, settings)
-    _, version = log_training_run(result, settings, {"data_path": "test"})
-    set_stage(settings, str(version.version), "Production", "serve it")
+    _, result = train_and_register(small_transactions, settings, production="serve it")
     return settings, result
 
 

@@ -23,9 +23,8 @@ from pipelines import model as model_files
 from pipelines import tracking
 from pipelines.model import FraudScorer, ModelArtifactError
 from pipelines.promotion import set_stage
-from pipelines.train import train_model
 from serving.app import create_app
-from tests.helpers import make_settings, private_serving
+from tests.helpers import make_settings, private_serving, train_and_register
 
 NAME = "fraud-detector"
 
@@ -46,9 +45,7 @@ class Trap(mlflow.pyfunc.PythonModel):
 def register_good(root: Path, transactions: pd.DataFrame):
     """A store with a good v1 in Production, and the result that trained it."""
     settings = make_settings(root / "work")
-    result = train_model(transactions, settings)
-    _, version = tracking.log_training_run(result, settings, {"data_path": "test"})
-    set_stage(settings, str(version.version), "Production", "serve it")
+    _, result = train_and_register(transactions, settings, production="serve it")
     return settings, result
 
 

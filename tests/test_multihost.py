@@ -28,9 +28,7 @@ from pipelines.features import build_features, feature_names
 from pipelines.prediction_log import log_folder, read_predictions
 from pipelines.promotion import set_stage
 from pipelines.settings import Settings
-from pipelines.tracking import log_training_run
-from pipelines.train import train_model
-from tests.helpers import make_settings, write_config
+from tests.helpers import make_settings, register, write_config
 from tests.redis_servers import RedisServer, redis_server
 from tests.servers import BIN, clean_env, kill_group, poll_until, wait_every_worker, wait_for
 
@@ -137,12 +135,6 @@ def serve(host: Host, config: Path, version: str) -> Iterator[Host]:
         yield host
     finally:
         kill_group(host.process)
-
-
-def register(transactions: pd.DataFrame, settings) -> str:
-    result = train_model(transactions, settings)
-    _, version = log_training_run(result, settings, {"data_path": "test"})
-    return str(version.version)
 
 
 @dataclass

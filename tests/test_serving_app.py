@@ -13,12 +13,9 @@ import pytest
 from pipelines import tracking
 from pipelines.features import build_features, feature_names
 from pipelines.prediction_log import read_predictions
-from pipelines.promotion import set_stage
 from pipelines.settings import ApiToken, StateSettings
-from pipelines.tracking import log_training_run
-from pipelines.train import train_model
 from serving.app import create_app
-from tests.helpers import make_settings, private_serving
+from tests.helpers import make_settings, private_serving, train_and_register
 
 NAME = "fraud-detector"
 
@@ -28,9 +25,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.Dat
     """A store with v1 in Production, and the training result for its test features."""
     root = tmp_path_factory.mktemp("served")
     settings = make_settings(root / "work")
-    result = train_model(small_transactions, settings)
-    _, version = log_training_run(result, settings, {"data_path": "test"})
-    set_stage(settings, str(version.version), "Production", "serve it")
+    _, result = train_and_register(small_transactions, settings, production="serve it")
     return settings, result
 
 

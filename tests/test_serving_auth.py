@@ -20,7 +20,7 @@ from serving.app import create_app
 from serving.auth import AuthConfigError, is_loopback
 from serving.model_holder import redact
 from tests.helpers import make_settings, private_serving, write_config
-from tests.servers import BIN, background, clean_env, free_port, gunicorn_api, wait_for
+from tests.servers import BIN, clean_env, free_port, gunicorn_api
 
 SCORER = "scorer-token-0123456789"
 LABELLER = "labeller-token-0123456789"
@@ -338,19 +338,8 @@ def test_gunicorn_refuses_to_start_on_an_exposed_address_without_tokens(tmp_path
         tmp_path / "work", serving=secured_serving(tmp_path, tokens=[], allow_anonymous=True)
     )
     config = write_config(tmp_path / "allowed.yaml", allowed)
-    command = [
-        str(BIN / "fraudflow"),
-        "serve",
-        "--config",
-        str(config),
-        "--bind",
-        f"0.0.0.0:{port}",
-        "--workers",
-        "1",
-    ]
-    with background(command, tmp_path / "allowed.log") as process:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(f"{url}/health", process=process)
+    log = tmp_path / "allowed.log"
+    with gunicorn_api(config, log, version=None, workers=1, host="0.0.0.0") as url:
         assert requests.post(f"{url}/feedback", json=LABEL, timeout=30).status_code == 200
 
 

@@ -7,16 +7,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import requests
 
 from drift.monitor import record_error
 from pipelines.prediction_log import log_files, read_predictions
 from pipelines.promotion import set_stage
-from pipelines.tracking import log_training_run
-from pipelines.train import train_model
-from tests.helpers import make_settings, write_config
+from tests.helpers import make_settings, register, write_config
 from tests.servers import (
     gunicorn_api,
     kill_group,
@@ -42,12 +39,6 @@ def serving_settings(root: Path, **mlflow):
         },
         **({"mlflow": mlflow} if mlflow else {}),
     )
-
-
-def register(transactions: pd.DataFrame, settings) -> str:
-    result = train_model(transactions, settings)
-    _, version = log_training_run(result, settings, {"data_path": "test"})
-    return str(version.version)
 
 
 def tx(i: int) -> dict:
