@@ -339,7 +339,9 @@ def test_gunicorn_refuses_to_start_on_an_exposed_address_without_tokens(tmp_path
     )
     config = write_config(tmp_path / "allowed.yaml", allowed)
     log = tmp_path / "allowed.log"
-    with gunicorn_api(config, log, version=None, workers=1, host="0.0.0.0") as url:
+    with gunicorn_api(
+        config, log, version=None, workers=1, host="0.0.0.0", metrics_headers=bearer(METRICS)
+    ) as url:
         assert requests.post(f"{url}/feedback", json=LABEL, timeout=30).status_code == 200
 
 
