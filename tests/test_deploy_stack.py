@@ -165,6 +165,13 @@ def served(stack, small_data_dir):
     assert requests.get(f"{api}/ready", timeout=5).status_code == 503
     assert requests.post(f"{api}/predict", json=tx(0), timeout=5).status_code == 401
     assert requests.post(f"{api}/predict", json=tx(0), headers=CLIENT, timeout=5).status_code == 503
+    # a reload shows in Prometheus only as a change of the version it has already scraped: wait
+    # for a scrape of the unready workers (version 0) before the promotion, so that the
+    # dashboard's reload annotation has a before and an after whatever the machine's load
+    deadline = time.monotonic() + 60
+    while not prom_query(stack["prometheus"], "fraudflow_model_version == 0"):
+        assert time.monotonic() < deadline, "Prometheus never scraped the unready API"
+        time.sleep(0.5)
     promoted = cli(
         "promote", "--config", str(stack["config"]), "--auto", "--data", str(small_data_dir)
     )
