@@ -18,6 +18,7 @@ from typing import Any
 
 from fraudflow.logs import setup_logging
 from pipelines.backup.postgres import PostgresError
+from pipelines.backup.redis_snapshot import RedisBackupError
 from pipelines.data import DataValidationError, load_transactions, write_transactions
 from pipelines.files import write_json_atomic
 from pipelines.monitor_summary import Verdict
@@ -397,7 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    for name in ("config", "data", "output", "model_uri", "version", "day", "since", "until"):
+    for name in (
+        "config",
+        "data",
+        "output",
+        "model_uri",
+        "version",
+        "day",
+        "since",
+        "until",
+        "only",
+    ):
         if getattr(args, name, None) == "":
             setattr(args, name, None)  # MLproject passes unset optional parameters as ""
     if getattr(args, "version", None) == "auto":
@@ -414,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, DataValidationError, UsageError, FileNotFoundError) as exc:
         print(f"fraudflow {args.command}: error: {exc}", file=sys.stderr)
         return failed or 2
-    except (ValueError, DemoError, StateUnavailable, PostgresError) as exc:
+    except (ValueError, DemoError, StateUnavailable, PostgresError, RedisBackupError) as exc:
         print(f"fraudflow {args.command}: failed: {exc}", file=sys.stderr)
         return failed or 1
     return 0

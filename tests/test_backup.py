@@ -10,10 +10,12 @@ import shutil
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import redis
 import requests
 
 from pipelines import tracking
@@ -306,7 +308,7 @@ def registry_picture(settings: Settings) -> dict[str, tuple]:
     """Every version's stage, tags and aliases."""
     client = tracking.client(settings)
     return {
-        v.version: (v.current_stage, dict(v.tags), sorted(v.aliases))
+        str(v.version): (v.current_stage, dict(v.tags), sorted(v.aliases))
         for v in client.search_model_versions(f"name = '{NAME}'")
     }
 
@@ -401,3 +403,31 @@ def test_the_drill_on_the_embedded_store(tmp_path, small_transactions) -> None:
     monitor = cli("monitor", "--config", str(restored_config))
     assert monitor.returncode in (0, 1, 2), monitor.stdout + monitor.stderr
     assert v1 != v2
+
+
+@pytest.mark.multihost
+def test_the_redis_online_state_is_backed_up_as_a_snapshot_and_restored(tmp_path, redis_url):
+    state = {"state": {"backend": "redis", "url": redis_url}}
+    settings = make_settings(tmp_path / "work", serving=state)
+    tracking.client(settings).create_registered_model(NAME)
+    with closing(open_state(settings)) as online:
+        online.add_labels([("r1", 1), ("r2", 0)], 0)
+    config = write_config(tmp_path / "redis.yaml", settings)
+    done = cli("backup", "--config", str(config), "--output", str(tmp_path / "bk"))
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "bk" / "backup-000001" / MANIFEST).read_text())
+    assert manifest["parts"]["online_state"]["kind"] == "redis"
+    restored = make_settings(tmp_path / "elsewhere", serving=state)
+    restored_config = write_config(tmp_path / "restored.yaml", restored)
+    refused = cli("restore", "--config", str(restored_config), "--input", str(tmp_path / "bk"))
+    assert refused.returncode == 1 and "not empty: online_state redis://" in refused.stderr
+    assert not restored.workdir.exists()  # nothing restored, not even the other parts
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()  # the disaster
+    done = cli("restore", "--config", str(restored_config), "--input", str(tmp_path / "bk"))
+    assert done.returncode == 0, done.stderr
+    labels = received_labels(restored).sort_values("transaction_id")
+    assert labels.to_dict(orient="records") == [
+        {"transaction_id": "r1", "tx_fraud": 1},
+        {"transaction_id": "r2", "tx_fraud": 0},
+    ]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.backup import artifacts, live, postgres
+from pipelines.backup import artifacts, live, postgres, redis_snapshot
 from pipelines.backup.manifest import MANIFEST, read_manifest, verify, write_manifest
 from pipelines.backup.sqlite_files import (
     backup_sqlite,
@@ -48,6 +48,7 @@ class Layout:
     database: str  # sqlite:///... or postgresql://...
     artifact_root: Path | None  # the local artifact folder (embedded)
     state: Path | None  # the SQLite online state (None: Redis)
+    state_url: str | None  # the Redis online state
     prediction_log: Path
     reports: Path
 
@@ -71,13 +72,13 @@ def layout(settings: Settings) -> Layout:
         )
     if not database.startswith(("sqlite:///", "postgresql")):
         raise ValueError("backup.mlflow_database must be a postgresql:// or sqlite:/// URI")
-    if settings.serving.state.backend != "sqlite":
-        raise ValueError("backup of the Redis online state is not supported yet")
+    redis_state = settings.serving.state.backend == "redis"
     return Layout(
         tracking,
         database,
         artifact_root,
-        settings.under_workdir(settings.serving.state_path).resolve(),
+        None if redis_state else settings.under_workdir(settings.serving.state_path).resolve(),
+        settings.serving.state.url if redis_state else None,
         log_folder(settings).resolve(),
         settings.under_workdir(settings.monitoring.reports_dir).resolve(),
     )
@@ -191,6 +192,14 @@ def _copy_stores(settings: Settings, where: Layout, work: Path) -> dict[str, dic
     if where.state is not None and where.state.is_file():
         backup_sqlite(where.state, work / "online_state" / "state.sqlite")
         parts["online_state"] = {"kind": "sqlite", "path": "online_state/state.sqlite"}
+    elif where.state_url:
+        redis_snapshot.snapshot(where.state_url, work / "online_state" / "state.rdb")
+        parts["online_state"] = {
+            "kind": "redis",
+            "path": "online_state/state.rdb",
+            "db": redis_snapshot.database_index(where.state_url),
+            "prefix": settings.serving.state.key_prefix,
+        }
     copied = snapshot_log(where.prediction_log, work / "prediction_log")
     parts["prediction_log"] = {"kind": "files", "path": "prediction_log", "files": len(copied)}
     if where.reports.is_dir():
@@ -288,6 +297,12 @@ def _check_kinds(manifest: dict[str, Any], where: Layout, wanted: list[str]) -> 
             f"the backup holds {parts['artifacts']['kind']} artifacts; the target's are "
             f"{target_artifacts}: restore into a deployment of the same shape"
         )
+    target_state = "redis" if where.state_url else "sqlite"
+    if "online_state" in wanted and parts["online_state"]["kind"] != target_state:
+        raise RestoreRefused(
+            f"the backup holds a {parts['online_state']['kind']} online state; the target's "
+            f"is {target_state} (serving.state.backend)"
+        )
 
 
 def _local_targets(where: Layout, wanted: list[str]) -> dict[str, Path]:
@@ -336,6 +351,14 @@ def _check_targets(settings: Settings, where: Layout, wanted: list[str], force: 
     if "artifacts" in wanted and where.artifact_root is None:
         if artifacts.server_holds_artifacts(settings):
             full.append(f"artifacts of {_redacted(settings.tracking_uri)}")
+    if "online_state" in wanted and where.state_url:
+        shown = _redacted(where.state_url)
+        if redis_snapshot.other_clients(where.state_url):
+            problems.append(
+                f"online_state {shown} is live: other clients are connected (stop the API first)"
+            )
+        if redis_snapshot.key_count(where.state_url, settings.serving.state.key_prefix):
+            full.append(f"online_state {shown}")
     if full and not force:
         problems.append("not empty: " + ", ".join(full) + " (restore --force replaces them)")
     if problems:
@@ -369,6 +392,13 @@ def _restore_parts(
         replaced += ["mlflow_store"] if clean else []
     if "artifacts" in wanted and where.artifact_root is None:
         artifacts.upload_to_server(settings, folder / parts["artifacts"]["path"])
+    if "online_state" in wanted and where.state_url:
+        state = parts["online_state"]
+        prefix = settings.serving.state.key_prefix
+        if redis_snapshot.key_count(where.state_url, prefix):
+            redis_snapshot.delete_keys(where.state_url, prefix)
+            replaced.append("online_state")
+        redis_snapshot.restore(where.state_url, folder / state["path"], state["db"], prefix)
     return replaced
 
 
