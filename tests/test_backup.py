@@ -20,6 +20,7 @@ import requests
 
 from pipelines import tracking
 from pipelines.backup.manifest import MANIFEST, sha256_file
+from pipelines.backup.postgres import libpq_uri
 from pipelines.backup.run import numbered
 from pipelines.online_state import open_state, received_labels
 from pipelines.prediction_log import (
@@ -32,7 +33,7 @@ from pipelines.promotion import promotion_history, set_stage
 from pipelines.settings import Settings
 from tests.helpers import make_settings, train_and_register, write_config
 from tests.servers import clean_env, gunicorn_api
-from tests.stack_servers import ROOT
+from tests.stack_servers import ROOT, compose_mlflow_server, new_password, postgres_server
 
 pytestmark = pytest.mark.backup
 NAME = "fraud-detector"
@@ -451,3 +452,136 @@ def test_the_redis_online_state_is_backed_up_as_a_snapshot_and_restored(tmp_path
         {"transaction_id": "r1", "tx_fraud": 1},
         {"transaction_id": "r2", "tx_fraud": 0},
     ]
+
+
+ADMIN = ("admin", new_password())
+
+
+def login(account: tuple[str, str]) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_USERNAME": account[0], "MLFLOW_TRACKING_PASSWORD": account[1]}
+
+
+def other_database(uri: str, name: str) -> str:
+    """Create database `name` on the server of `uri`; returns its URI."""
+    import psycopg2
+
+    base, _ = uri.rsplit("/", 1)
+    connection = psycopg2.connect(libpq_uri(f"{base}/postgres"))
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    connection.close()
+    return f"{base}/{name}"
+
+
+def drop_database(uri: str) -> None:
+    import psycopg2
+
+    base, name = uri.rsplit("/", 1)
+    connection = psycopg2.connect(libpq_uri(f"{base}/postgres"))
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    connection.close()
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_the_drill_on_postgresql_and_the_tracking_server(tmp_path, small_transactions) -> None:
+    """The same drill on the Compose stack's registry: PostgreSQL behind `mlflow server` (basic
+    auth, served artifacts). The database is restored first with the server stopped, then the
+    artifacts through the new server."""
+    with pytest.MonkeyPatch.context() as patch, postgres_server() as backend:
+        for key, value in login(ADMIN).items():
+            patch.setenv(key, value)
+        with compose_mlflow_server(tmp_path / "mlflow-1", backend, ADMIN) as server:
+            settings = make_settings(
+                tmp_path / "work",
+                mlflow={"tracking_uri": server},
+                backup={"mlflow_database": backend},
+                serving={"poll_interval_s": 1.0, "metrics_dir": str(tmp_path / "prom-1")},
+                monitoring={"min_rows": 100},
+            )
+            v1, _ = train_and_register(small_transactions, settings, production="first model")
+            registry_before = registry_picture(settings)
+            history_before = promotion_history(settings)
+            config = config_file(tmp_path, settings)
+            with gunicorn_api(config, tmp_path / "api-1.log", version=v1, env=login(ADMIN)) as url:
+                with requests.Session() as session:
+                    before_backup = {}
+                    for start in range(0, 150, 10):
+                        before_backup.update(
+                            send(session, url, batch("a", start, 10, "2018-06-21"))
+                        )
+                    traffic = Traffic(url)
+                    traffic.start()
+                    assert traffic.batches.acquire(timeout=120)
+                    backup = cli(
+                        "backup",
+                        "--config",
+                        str(config),
+                        "--output",
+                        str(tmp_path / "bk"),
+                        env=login(ADMIN),
+                    )
+                    assert traffic.batches.acquire(timeout=120)
+                    traffic.stop.set()
+                    traffic.join(120)
+                    assert traffic.error is None, traffic.error
+                    assert backup.returncode == 0, backup.stdout + backup.stderr
+                    probes = send(session, url, batch("p", 0, 20, "2018-06-23"))
+        manifest = json.loads((numbered(tmp_path / "bk")[-1][1] / MANIFEST).read_text())
+        assert manifest["parts"]["mlflow_store"]["kind"] == "postgresql"
+        assert manifest["parts"]["artifacts"]["kind"] == "server"
+        assert ADMIN[1] not in json.dumps(manifest)
+
+        # the disaster: the database, the server's artifacts, the API's folder
+        drop_database(backend)
+        shutil.rmtree(tmp_path / "mlflow-1")
+        shutil.rmtree(settings.workdir)
+        database = other_database(backend, "restored")
+        restored = make_settings(
+            tmp_path / "elsewhere",
+            mlflow={"tracking_uri": server},  # the address it will have; not running yet
+            backup={"mlflow_database": database},
+            serving={"poll_interval_s": 1.0, "metrics_dir": str(tmp_path / "prom-2")},
+            monitoring={"min_rows": 100},
+        )
+        first = cli(
+            "restore",
+            "--config",
+            str(write_config(tmp_path / "r1.yaml", restored)),
+            "--input",
+            str(tmp_path / "bk"),
+            "--only",
+            "mlflow_store,online_state,prediction_log,reports",
+        )
+        assert first.returncode == 0, first.stdout + first.stderr
+        with compose_mlflow_server(tmp_path / "mlflow-2", database, ADMIN) as new_server:
+            restored = restored.model_copy(
+                update={"mlflow": restored.mlflow.model_copy(update={"tracking_uri": new_server})}
+            )
+            restored_config = write_config(tmp_path / "r2.yaml", restored)
+            second = cli(
+                "restore",
+                "--config",
+                str(restored_config),
+                "--input",
+                str(tmp_path / "bk"),
+                "--only",
+                "artifacts",
+                env=login(ADMIN),
+            )
+            assert second.returncode == 0, second.stdout + second.stderr
+            assert registry_picture(restored) == registry_before
+            assert {k: str(v) for k, v in registry_before["aliases"].items()} == {"champion": v1}
+            pd.testing.assert_frame_equal(promotion_history(restored), history_before)
+            logged = read_predictions(log_folder(restored)).set_index("transaction_id")
+            assert set(before_backup) <= set(logged.index)
+            assert set(logged.index) <= set(before_backup) | set(traffic.acknowledged)
+            log = tmp_path / "api-2.log"
+            with gunicorn_api(restored_config, log, version=v1, env=login(ADMIN)) as url:
+                with requests.Session() as session:
+                    assert send(session, url, batch("p", 0, 20, "2018-06-23")) == probes
+            monitor = cli("monitor", "--config", str(restored_config), env=login(ADMIN))
+            assert monitor.returncode in (0, 1, 2), monitor.stdout + monitor.stderr
