@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.monitor import scored_world, write_log
+from benchmarks.table import loadavg
 from pipelines.backup.manifest import MANIFEST
 from pipelines.backup.run import make_backup, restore_backup
 from pipelines.online_state import open_state
@@ -70,8 +71,8 @@ def main() -> int:
             shutil.rmtree(target.workdir)
     lines = [
         f"Demo store: {len(scored):,} transactions in the online state, {args.log_rows:,} "
-        f"logged predictions, one model version; {platform.node()}, {args.repeats} runs "
-        "(median).",
+        f"logged predictions, one model version; {platform.node()}, load average "
+        f"{loadavg()}, {args.repeats} runs (median).",
         "",
         "| step | median s | runs (s) |",
         "|---|---:|---|",
