@@ -541,7 +541,8 @@ def delete_older_than(folder: Path, days: int, now: datetime | None = None) -> l
 def snapshot_log(folder: Path, target: Path) -> list[Path]:
     """Copy the log to `target` while writers append: every Parquet file whole, every JSON-lines
     file up to its last complete record (a record being written is not yet acknowledged). A
-    file compacted while this runs is taken from its Parquet copy. Returns the copies."""
+    file compacted while this runs is taken from its Parquet copy, one deleted past its
+    retention is left out. Returns the copies."""
     target.mkdir(parents=True, exist_ok=True)
     copied = []
     for path in sorted(Path(folder).glob(f"{FILE_PREFIX}*")):
@@ -559,7 +560,7 @@ def snapshot_log(folder: Path, target: Path) -> list[Path]:
         except FileNotFoundError:
             compacted = path.with_suffix(PARQUET_SUFFIX)
             if not compacted.is_file():
-                raise
+                continue  # deleted past its retention (`fraudflow prune`) while this ran
             shutil.copyfile(compacted, target / compacted.name)
             destination = target / compacted.name
         copied.append(destination)
