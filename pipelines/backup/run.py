@@ -412,7 +412,7 @@ def _stage(part: str, source: Path, stage: Path, parts: dict[str, Any], where: L
                 replace_text(stage, old_root, str(where.artifact_root))
     else:
         shutil.copytree(source, stage)
-        old_root = parts["artifacts"].get("root")
+        old_root = parts.get("artifacts", {}).get("root")
         if part == "artifacts" and old_root and old_root != str(where.artifact_root):
             artifacts.relocate_files(stage, old_root, str(where.artifact_root))
 
