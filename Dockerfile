@@ -36,9 +36,11 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="fraudflow" \
       org.opencontainers.image.description="MLflow-centred card fraud detection: scoring API, tracking server and jobs"
 # LightGBM's wheel links the OpenMP runtime (libgomp.so.1) from the system: without it no model
-# loads. The version is bookworm's (update it with the base image).
+# loads. `fraudflow backup` runs pg_dump/pg_restore (postgresql-client-15) and redis-cli --rdb
+# (redis-tools). The versions are bookworm's (update them with the base image).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+       postgresql-client-15=15.20-0+deb12u1 redis-tools=5:7.0.15-1~deb12u10 \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 fraudflow \
     && useradd --system --uid 10001 --gid fraudflow --home-dir /data --no-create-home \

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from fraudflow.logs import setup_logging
+from pipelines.backup.postgres import PostgresError
+from pipelines.backup.redis_snapshot import RedisBackupError
 from pipelines.data import DataValidationError, load_transactions, write_transactions
 from pipelines.files import write_json_atomic
 from pipelines.monitor_summary import Verdict
@@ -235,6 +237,33 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return result
 
 
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: the MLflow store (SQLite or PostgreSQL) and its artifacts, the online state, the
+    prediction log and the reports, while the API serves. Produces: the next backup-NNNNNN
+    under --output (default: backup.root) with a manifest of sizes and SHA-256s; backups
+    beyond backup.keep deleted."""
+    from pipelines.backup.run import describe, make_backup
+
+    result = make_backup(settings, args.output)
+    print(describe(result))
+    return result.as_dict()
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: a backup (--input: one backup-NNNNNN, or a backup root: its newest). Produces: the
+    stores the settings name, restored; refused, with nothing changed, when the backup fails its
+    manifest or a target is in use, or holds data without --force."""
+    from pipelines.backup.run import restore_backup
+
+    only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
+    result = restore_backup(settings, Path(args.input), force=args.force, only=only)
+    print(
+        f"restored {', '.join(result.parts)} from {result.folder} in {result.seconds:.1f} s"
+        + (f" (replaced: {', '.join(result.replaced)})" if result.replaced else "")
+    )
+    return result.as_dict()
+
+
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
     """Reads: the registry (model in service, its reference sample and training metrics), the
     prediction log, late labels. Produces: HTML reports and a JSON summary under reports/, a
@@ -351,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="window end, ISO time (default: now)")
     p.add_argument("--labels", action="append", default=[], help="labelled file(s)")
     p.add_argument("--retrain", action="store_true", help="retrain if the verdict says so")
+    add(
+        "backup",
+        cmd_backup,
+        "back up every store into a numbered, checksummed folder under --output",
+        summary=False,
+    )
+    p = add("restore", cmd_restore, "restore a backup into empty stores (--force: replace)")
+    p.add_argument("--input", required=True, help="a backup folder, or a root of backups")
+    p.add_argument("--force", action="store_true", help="replace stores that hold data")
+    p.add_argument("--only", help="comma-separated parts (default: all the backup holds)")
     p = add("demo", cmd_demo, "the whole flow on the embedded store", data=True)
     p.add_argument("--fresh", action="store_true", help="re-simulate even if data exists")
     p.add_argument("--skip-serving", action="store_true", help="stop after the training side")
@@ -359,7 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    for name in ("config", "data", "output", "model_uri", "version", "day", "since", "until"):
+    for name in (
+        "config",
+        "data",
+        "output",
+        "model_uri",
+        "version",
+        "day",
+        "since",
+        "until",
+        "only",
+    ):
         if getattr(args, name, None) == "":
             setattr(args, name, None)  # MLproject passes unset optional parameters as ""
     if getattr(args, "version", None) == "auto":
@@ -376,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, DataValidationError, UsageError, FileNotFoundError) as exc:
         print(f"fraudflow {args.command}: error: {exc}", file=sys.stderr)
         return failed or 2
-    except (ValueError, DemoError, StateUnavailable) as exc:
+    except (ValueError, DemoError, StateUnavailable, PostgresError, RedisBackupError) as exc:
         print(f"fraudflow {args.command}: failed: {exc}", file=sys.stderr)
         return failed or 1
     return 0

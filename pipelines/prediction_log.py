@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
 import threading
 import uuid
@@ -535,3 +536,32 @@ def delete_older_than(folder: Path, days: int, now: datetime | None = None) -> l
             path.unlink()
             removed.append(path)
     return removed
+
+
+def snapshot_log(folder: Path, target: Path) -> list[Path]:
+    """Copy the log to `target` while writers append: every Parquet file whole, every JSON-lines
+    file up to its last complete record (a record being written is not yet acknowledged). A
+    file compacted while this runs is taken from its Parquet copy, one deleted past its
+    retention is left out. Returns the copies."""
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path in sorted(Path(folder).glob(f"{FILE_PREFIX}*")):
+        if not path.name.endswith((FILE_SUFFIX, PARQUET_SUFFIX)) or path.name.startswith("."):
+            continue
+        destination = target / path.name
+        if destination.exists():
+            continue  # its Parquet copy, taken when the JSON file vanished under us
+        try:
+            data = whole_lines(path)[0] if path.name.endswith(FILE_SUFFIX) else None
+            if data is None:
+                shutil.copyfile(path, destination)
+            else:
+                destination.write_bytes(data.to_pybytes())
+        except FileNotFoundError:
+            compacted = path.with_suffix(PARQUET_SUFFIX)
+            if not compacted.is_file():
+                continue  # deleted past its retention (`fraudflow prune`) while this ran
+            shutil.copyfile(compacted, target / compacted.name)
+            destination = target / compacted.name
+        copied.append(destination)
+    return copied

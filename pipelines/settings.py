@@ -303,6 +303,20 @@ class RetrainingSettings(_Frozen):
     search: tuple[dict[str, Any], ...] = ()
 
 
+class BackupSettings(_Frozen):
+    """`fraudflow backup` and `restore`: where numbered backups go, how many are kept, and the
+    MLflow backend database when the registry is a tracking server (its artifacts then go
+    through the server)."""
+
+    # backup-000001, backup-000002, ... are made under this folder (relative: under workdir)
+    root: str = "backups"
+    # the newest `keep` complete backups are kept, older ones deleted after each backup
+    keep: int = Field(default=7, ge=1)
+    # postgresql://user:password@host:5432/mlflow (or sqlite:///path) behind the tracking
+    # server; a password belongs in the environment (FRAUDFLOW__BACKUP__MLFLOW_DATABASE)
+    mlflow_database: str | None = None
+
+
 class Settings(_Frozen):
     workdir: Path
     data: DataSettings
@@ -315,6 +329,7 @@ class Settings(_Frozen):
     serving: ServingSettings
     monitoring: MonitoringSettings
     retraining: RetrainingSettings
+    backup: BackupSettings = BackupSettings()
 
     def under_workdir(self, path: str) -> Path:
         """A configured path, taken relative to the workdir unless absolute."""

@@ -155,6 +155,13 @@ def test_compose_stack_has_every_service_wired_as_documented() -> None:
     assert re.fullmatch(r"\d+-\d+:8080", api["ports"][0])  # a host port range for replicas
     assert api["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
     assert services["monitor"]["profiles"] and services["monitor"]["command"][0] == "monitor"
+    backup = services["backup"]
+    assert backup["profiles"] == ["backup"] and backup["command"][:2] == ["backup", "--output"]
+    assert any(v.endswith(":" + backup["command"][2]) for v in backup["volumes"])
+    assert "fraudflow-data:/data" in backup["volumes"]
+    database = backup["environment"]["FRAUDFLOW__BACKUP__MLFLOW_DATABASE"]
+    assert database.startswith("postgresql://") and "@postgres:5432/mlflow" in database
+    assert backup["environment"]["FRAUDFLOW__SERVING__STATE__URL"] == "redis://redis:6379/0"
     # secrets from the environment only, refused when unset
     assert "${POSTGRES_PASSWORD:?" in (ROOT / "docker-compose.yml").read_text()
     for name in ("prometheus", "alertmanager", "grafana"):
@@ -313,6 +320,16 @@ def test_ci_workflow_runs_the_projects_own_targets_in_order() -> None:
     assert "make lint" in runs("lint")
     assert "make test-unit" in runs("unit-tests")
     assert "make model-check" in runs("model-performance")
+    # the trained MLflow model folder is kept as a workflow artifact (disaster recovery)
+    uploads = [
+        step["with"]["path"]
+        for step in jobs["model-performance"]["steps"]
+        if step.get("uses", "").startswith("actions/upload-artifact@")
+    ]
+    model_check = (ROOT / "Makefile").read_text().split("\nmodel-check:")[1].split("\n\n")[0]
+    assert "scripts/export_model.py" in model_check
+    assert "--output $(MODEL_CHECK_DIR)/model" in model_check
+    assert ".fraudflow-ci/model-check/model" in uploads
     assert "make test-integration" in runs("integration-tests")
     assert set(jobs["image"]["needs"]) == {
         "lint",
@@ -452,6 +469,37 @@ def test_k8s_monitor_runs_with_the_apis_security_context() -> None:
     assert "FRAUDFLOW__SERVING__STATE__URL" in names
 
 
+def test_k8s_backup_runs_hardened_with_every_store_it_backs_up() -> None:
+    by_kind = k8s_documents()
+    api = by_kind[("Deployment", "fraudflow-api")]["spec"]["template"]["spec"]
+    cronjob = by_kind[("CronJob", "fraudflow-backup")]["spec"]["jobTemplate"]["spec"]
+    pod = cronjob["template"]["spec"]
+    assert pod["securityContext"] == api["securityContext"]
+    [container] = pod["containers"]
+    assert container["securityContext"] == api["containers"][0]["securityContext"]
+    assert container["args"][:2] == ["backup", "--output"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert {"/data", "/tmp", container["args"][2]} <= set(mounts)
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims[mounts[container["args"][2]]] == "fraudflow-backups"
+    assert ("PersistentVolumeClaim", "fraudflow-backups") in by_kind
+    refs = {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container["env"]
+    }
+    # the database pg_dump reads is the one the tracking server runs on
+    server = by_kind[("Deployment", "fraudflow-mlflow")]["spec"]["template"]["spec"]
+    server_env = {e["name"]: e.get("valueFrom") for e in server["containers"][0]["env"]}
+    store = server_env["MLFLOW_BACKEND_STORE_URI"]["secretKeyRef"]
+    assert refs["FRAUDFLOW__BACKUP__MLFLOW_DATABASE"] == (store["name"], store["key"])
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(refs)
+    assert "FRAUDFLOW__SERVING__STATE__URL" in refs
+
+
 def secret_env(container: dict) -> dict[str, tuple[str, str]]:
     """name -> (Secret, key) of every MLflow variable a container takes from a Secret, which
     must be required (a missing one stops the pod instead of running it without a login)."""
@@ -494,6 +542,7 @@ def test_k8s_registry_runs_basic_auth_and_its_clients_log_in_from_secrets() -> N
 PODS = {
     "api": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "api"},
     "monitor": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "monitor"},
+    "backup": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "backup"},
     "mlflow": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "mlflow"},
     "postgres": {"app.kubernetes.io/component": "postgres"},
     "redis": {"app": "redis"},
@@ -558,6 +607,9 @@ def test_k8s_network_policies_let_through_only_the_documented_paths() -> None:
         ("api", "redis", 6379),
         ("monitor", "redis", 6379),
         ("mlflow", "postgres", 5432),
+        ("backup", "mlflow", 5000),
+        ("backup", "redis", 6379),
+        ("backup", "postgres", 5432),
     }
     for source in PODS:
         for target in PODS:
