@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every fraudflow process: the scoring API (default: gunicorn), the MLflow tracking
 # server (`mlflow server`, PostgreSQL driver included) and the jobs (`fraudflow train|promote|
 # monitor|retrain`). Settings come from the environment: FRAUDFLOW__SECTION__KEY=value,
@@ -16,7 +15,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 WORKDIR /app
-RUN python -m venv /opt/venv
+# python3: the official python images and Debian's own python3 package both have it
+RUN python3 -m venv /opt/venv
 # Third-party dependencies first, from the package's own pins (setup.cfg) constrained by
 # constraints.txt: this layer is rebuilt only when those change, not on every code change.
 COPY setup.cfg constraints.txt ./
