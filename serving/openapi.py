@@ -258,7 +258,24 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                                     }
                                 )
                             ),
-                        }
+                        },
+                        "503": {
+                            "description": "the version the registry serves failed to load and "
+                            "no model is served: this replica cannot score until it is fixed",
+                            **_json(
+                                _object(
+                                    {
+                                        "status": {"const": "failing"},
+                                        "registry": {"enum": ["ok", "unreachable"]},
+                                        "model_loaded": {"const": False},
+                                        "model_version": {"type": "null"},
+                                        "model_source": {"type": "null"},
+                                        "failed_version": STRING,
+                                        "load_error": STRING,
+                                    }
+                                )
+                            ),
+                        },
                     },
                 }
             },
@@ -299,6 +316,8 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                                         "registry": {"enum": ["ok", "unreachable"]},
                                         "reloads": {"type": "integer", "minimum": 0},
                                         "reload_failures": {"type": "integer", "minimum": 0},
+                                        "failed_version": {"type": ["string", "null"]},
+                                        "load_error": {"type": ["string", "null"]},
                                     }
                                 )
                             ),

@@ -134,11 +134,12 @@ def _model_or_503():
     holder = service().holder
     model = holder.model
     if model is None:
-        if holder.status.reload_failures:
+        if holder.status.failed_version is not None:
             raise ApiError(
                 503,
-                f"no model to serve: the version at {holder.target_uri} failed to load; the "
-                "server log and the metric fraudflow_model_reload_failures_total say why",
+                f"no model to serve: version {holder.status.failed_version} at "
+                f"{holder.target_uri} failed to load: {holder.status.load_error} (fix or "
+                "replace that version; fraudflow_model_reload_failures_total counts the tries)",
             )
         if not holder.status.reachable:
             raise ApiError(
@@ -239,18 +240,25 @@ def invocations() -> Response:
 
 
 @api.get("/health")
-def health() -> Response:
+def health() -> tuple[Response, int]:
+    """200 while this replica can serve or can still come to: a registry outage or no version
+    in the registry yet is not this process's fault (/ready tells the load balancer). 503 when
+    the registry serves a version that failed to load and nothing is served: a restart or a
+    new version is needed, so the orchestrator must see it."""
     holder = service().holder
     status = holder.status
-    return jsonify(
-        {
-            "status": "ok",
-            "registry": "ok" if status.reachable else "unreachable",
-            "model_loaded": holder.model is not None,
-            "model_version": holder.model.version if holder.model else None,
-            "model_source": holder.model.source if holder.model else None,
-        }
-    )
+    failing = holder.failing
+    body = {
+        "status": "failing" if failing else "ok",
+        "registry": "ok" if status.reachable else "unreachable",
+        "model_loaded": holder.model is not None,
+        "model_version": holder.model.version if holder.model else None,
+        "model_source": holder.model.source if holder.model else None,
+    }
+    if failing:
+        body["failed_version"] = status.failed_version
+        body["load_error"] = status.load_error
+    return jsonify(body), 503 if failing else 200
 
 
 @api.get("/ready")
@@ -277,6 +285,8 @@ def model_info() -> Response:
             "registry": "ok" if status.reachable else "unreachable",
             "reloads": status.reloads,
             "reload_failures": status.reload_failures,
+            "failed_version": status.failed_version,
+            "load_error": status.load_error,
         }
     )
 

@@ -93,6 +93,10 @@ def test_a_promoted_pickle_never_runs_in_the_api(small_transactions, tmp_path: P
     assert holder.model.version == good and holder.status.reload_failures == 1
     assert f"loading v{bare} failed" in holder.status.last_error
     assert app.test_client().post("/predict", json=TX).status_code == 200
+    # the failure is reported beside the model still served; the replica stays healthy
+    info = app.test_client().get("/model").json
+    assert info["version"] == good and info["failed_version"] == bare and info["load_error"]
+    assert app.test_client().get("/health").status_code == 200
     metrics = app.test_client().get("/metrics").get_data(as_text=True)
     assert "fraudflow_model_reload_failures_total 1.0" in metrics
 
@@ -102,6 +106,7 @@ def test_a_promoted_pickle_never_runs_in_the_api(small_transactions, tmp_path: P
     assert holder.refresh() and holder.model.version == dressed
     assert app.test_client().post("/predict", json={**TX, "transaction_id": "2"}).status_code == 200
     assert not marker.exists()
+    assert app.test_client().get("/model").json["failed_version"] is None
 
     # the trap is armed: MLflow's pyfunc loader (which fraudflow never calls) runs it; what it
     # unpickles is exec's None, so MLflow may then fail to use it: only the marker matters here

@@ -332,7 +332,38 @@ def test_a_model_trained_on_other_features_is_refused(trained, tmp_path) -> None
     holder = app.extensions["fraudflow"].holder
     assert holder.model is None and holder.status.reload_failures == 1
     assert "other features" in holder.status.last_error
-    assert app.test_client().get("/ready").status_code == 503
+    client = app.test_client()
+    assert client.get("/ready").status_code == 503
+
+
+def test_a_version_that_cannot_load_is_reported_as_such_and_fails_health(trained, tmp_path) -> None:
+    """The registry serves a version this service cannot load and nothing else is served: the
+    503s name the version and its error (not "nothing in the registry"), /health turns 503 so
+    the orchestrator sees a replica that can never score, the metric counts each try."""
+    settings, _ = trained
+    other = private_serving(settings, tmp_path).model_copy(
+        update={
+            "features": settings.features.model_copy(update={"terminal_windows_days": (1, 7)}),
+        }
+    )
+    app = create_app(other, start_polling=False)
+    holder = app.extensions["fraudflow"].holder
+    version = holder.status.failed_version
+    assert version is not None and holder.failing
+    client = app.test_client()
+    for answer in (client.post("/predict", json=tx(0)), client.get("/model")):
+        assert answer.status_code == 503
+        error = answer.json["error"]
+        assert f"version {version}" in error and "failed to load" in error, error
+        assert "other features" in error and "in the registry yet" not in error, error
+    health = client.get("/health")
+    assert health.status_code == 503, health.json
+    assert health.json["status"] == "failing" and health.json["failed_version"] == version
+    assert "other features" in health.json["load_error"]
+    holder.refresh()  # the poller tries again: still failing, counted again
+    assert holder.status.reload_failures == 2 and client.get("/health").status_code == 503
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "fraudflow_model_reload_failures_total 2.0" in metrics
 
 
 def test_single_row_probability_equals_the_matrix_path(app) -> None:
