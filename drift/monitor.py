@@ -51,14 +51,14 @@ class MonitorResult:
         return self.folder / "index.html"
 
 
-def scored_by_champion(current: pd.DataFrame, champion: Champion) -> pd.DataFrame:
+def scored_by_champion(current: pd.DataFrame, champion: Champion, threads: int = 1) -> pd.DataFrame:
     """The champion's probability for every row: logged where it scored the row, recomputed
     from the logged features where another version did (before a promotion)."""
     other = (current["model_version"] != champion.version).to_numpy()
     if not other.any():
         return current
     rescored = current["fraud_probability"].to_numpy(float).copy()
-    rescored[other] = champion.scorer.predict_proba(current.loc[other])
+    rescored[other] = champion.scorer.predict_proba(current.loc[other], threads)
     return current.assign(fraud_probability=rescored)
 
 
@@ -148,7 +148,8 @@ def run_monitor(
     if unlogged:
         log.warning("features never logged in the window (all missing): %s", unlogged)
     current = attach_labels(
-        scored_by_champion(current, champion), label_sources(settings, label_files)
+        scored_by_champion(current, champion, settings.batch.resolved_threads),
+        label_sources(settings, label_files),
     )
     compared = comparison_sample(current, monitoring.max_rows)
     log.info(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fraudflow.logs import setup_logging
-from pipelines.data import DataValidationError, load_transactions, write_transactions
+from pipelines.data import DataValidationError, load_transactions
 from pipelines.files import write_json_atomic
 from pipelines.monitor_summary import Verdict
 from pipelines.online_state import StateUnavailable
@@ -144,22 +144,35 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows."""
+    """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows,
+    streamed in chunks of batch.chunk_rows on batch.threads threads (see README, Batch
+    scoring)."""
     from pipelines.registry import served_uri
-    from pipelines.score import score_transactions
+    from pipelines.score import score_path
     from pipelines.tracking import load_scorer
 
     if not args.output:
-        raise UsageError("score needs --output FILE (.csv or .parquet)")
+        raise UsageError("score needs --output FILE (.csv, .csv.gz or .parquet)")
     uri = args.model_uri or served_uri(settings)
     scorer = load_scorer(settings, uri)
-    _, transactions = _load(args, settings, require_labels=False)
-    if "tx_fraud" not in transactions:
+    path = _data_path(args, settings)
+    log.info("scoring transactions from %s in chunks of %d", path, settings.batch.chunk_rows)
+    run = score_path(path, Path(args.output), scorer, settings, model_label=uri)
+    if not run.labelled:
         log.warning("no labels in the input: terminal risk features count no known fraud")
-    scores = score_transactions(transactions, scorer, settings.features, progress=True)
-    write_transactions(scores, Path(args.output))
-    print(f"scored {len(scores)} transactions with {uri} into {args.output}")
-    return {"model_uri": uri, "rows": len(scores), "output": args.output}
+    print(
+        f"scored {run.rows} transactions with {uri} into {args.output} in {run.seconds:.1f} s "
+        f"({run.rows_per_second:,.0f} tx/s; {run.engine}, {run.threads} threads, "
+        f"{run.chunks} chunks)"
+    )
+    return {
+        "model_uri": uri,
+        "rows": run.rows,
+        "output": args.output,
+        "engine": run.engine,
+        "threads": run.threads,
+        "seconds": round(run.seconds, 3),
+    }
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
