@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from fraudflow.logs import setup_logging
 from pipelines.data import DataValidationError, load_transactions
 from pipelines.files import write_json_atomic
@@ -24,6 +26,8 @@ from pipelines.online_state import StateUnavailable
 from pipelines.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("fraudflow")
+# `warm` loads the history in slices of this many rows (one transaction each on SQLite)
+WARM_SLICE_ROWS = 100_000
 
 
 class UsageError(ValueError):
@@ -129,7 +133,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
             update={"backtest": settings.backtest.model_copy(update={"folds": args.folds})}
         )
     _, transactions = _load(args, settings, require_labels=True)
-    report = run_backtest(transactions, settings)
+    report = run_backtest(transactions, settings, progress=True)
     for fold in report["folds"]:
         m = fold["metrics"]
         print(
@@ -218,8 +222,15 @@ def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     path, transactions = _load(args, settings, require_labels=False)
     backend = settings.serving.state.backend
+    state = open_state(settings)
     started = time.perf_counter()
-    added = open_state(settings).warm(transactions)
+    added = 0
+    # slices in time order, each its own write: a bar on a terminal, the same rows stored
+    with tqdm(total=len(transactions), desc="warming", unit="tx", disable=None) as bar:
+        for start in range(0, len(transactions), WARM_SLICE_ROWS):
+            part = transactions.iloc[start : start + WARM_SLICE_ROWS]
+            added += state.warm(part)
+            bar.update(len(part))
     seconds = time.perf_counter() - started
     rate = len(transactions) / seconds if seconds > 0 else 0.0
     print(
@@ -263,6 +274,7 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         retrain=args.retrain,
         data=Path(args.data) if args.data else None,
         output=args.output,
+        progress=True,
     )
 
 

@@ -94,6 +94,14 @@ class _Output:
         self.header = False
         (self.gzip or self.handle).write(text)
 
+    def abandon(self) -> None:
+        """Release the writer of a failed run (its temporary file is deleted anyway)."""
+        if self.parquet is not None:
+            try:
+                self.parquet.close()
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         if self.parquet is not None:
             self.parquet.close()
@@ -107,7 +115,11 @@ class _Output:
 def _output(path: Path) -> Iterator[_Output]:
     with replacing(path) as handle:
         out = _Output(handle, path)
-        yield out
+        try:
+            yield out
+        except BaseException:
+            out.abandon()
+            raise
         out.close()
 
 
