@@ -28,7 +28,7 @@ from pipelines.features import (
     grouped_kahan_cumsum,
 )
 from pipelines.score import score_path, score_transactions
-from pipelines.settings import FeatureSettings, Settings
+from pipelines.settings import FeatureSettings, Settings, SettingsError, load_settings
 from pipelines.train import train_model
 from tests.helpers import make_settings, write_config
 from tests.servers import clean_env
@@ -290,3 +290,14 @@ def test_warm_shows_a_bar_on_a_terminal_and_none_in_a_log(
     assert code == 0 and "warming" not in logged and "\r" not in logged
     code, shown = _run_on(True, command, tmp_path)
     assert code == 0 and "warming: 100%" in shown
+
+
+def test_batch_settings_default_to_every_core_and_name_a_bad_value() -> None:
+    assert load_settings(environ={}).batch.resolved_threads == len(os.sched_getaffinity(0))
+    assert load_settings(environ={}).batch.compiled == "off"
+    single = load_settings(environ={"FRAUDFLOW__BATCH__THREADS": "1"})
+    assert single.batch.resolved_threads == 1
+    with pytest.raises(SettingsError, match="batch.compiled"):
+        load_settings(environ={"FRAUDFLOW__BATCH__COMPILED": "llvm"})
+    with pytest.raises(SettingsError, match="batch.chunk_rows"):
+        load_settings(environ={"FRAUDFLOW__BATCH__CHUNK_ROWS": "0"})
