@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipelines.batch_features import StreamingFeatures
+from pipelines.batch_features import OutOfOrderError, StreamingFeatures
 from pipelines.batch_input import count_rows, read_chunks
 from pipelines.compiled import BatchPredictor, batch_predictor
-from pipelines.data import _file_kind
+from pipelines.data import DataValidationError, _file_kind
 from pipelines.features import build_features
 from pipelines.files import replacing
 from pipelines.model import FraudScorer
@@ -159,7 +159,10 @@ def score_path(
     ):
         for chunk in read_chunks(data, settings.data.columns, batch.chunk_rows):
             labelled = labelled or "tx_fraud" in chunk
-            features = stream.push(chunk)
+            try:
+                features = stream.push(chunk)
+            except OutOfOrderError as exc:
+                raise DataValidationError([str(exc)], str(data)) from None
             matrix = features.loc[:, columns].to_numpy(dtype=np.float64)
             ids = chunk["transaction_id"].to_numpy()
             if pending is not None:

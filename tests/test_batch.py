@@ -191,7 +191,7 @@ def test_a_failed_run_leaves_no_output(trained, small_data_dir: Path, tmp_path: 
     for i, file in enumerate(files):  # names out of time order: the last day is read first
         (shuffled / f"{(i + 1) % len(files):04d}.parquet").write_bytes(file.read_bytes())
     out = tmp_path / "out" / "scores.parquet"
-    with pytest.raises(OutOfOrderError):
+    with pytest.raises(DataValidationError, match="time order"):
         score_path(shuffled, out, scorer, with_batch(settings, chunk_rows=500), progress=False)
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
