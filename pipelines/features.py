@@ -188,7 +188,14 @@ class _EntityTimeline:
     def __init__(self, entity: pd.Series, times_ms: np.ndarray, horizon_ms: int) -> None:
         codes, self.uniques = pd.factorize(entity, sort=False)
         n = len(codes)
-        self.order = np.lexsort((np.arange(n), times_ms, codes))
+        if n > 1 and bool((times_ms[1:] >= times_ms[:-1]).all()):
+            # already in time order (as loaded): a stable sort by entity gives the same order
+            # as the three-key sort below, in a fraction of the time (a radix sort when the
+            # codes fit in 16 bits)
+            small = n and codes.min() >= 0 and codes.max() < 2**16
+            self.order = np.argsort(codes.astype(np.uint16) if small else codes, kind="stable")
+        else:
+            self.order = np.lexsort((np.arange(n), times_ms, codes))
         start = int(times_ms.min()) if n else 0
         span = (int(times_ms.max()) - start if n else 0) + horizon_ms + 1
         if n and (int(codes.max()) + 1) * span >= MAX_INT64:

@@ -179,5 +179,6 @@ def score_path(
 def _score_and_write(
     predictor: BatchPredictor, matrix: np.ndarray, ids: np.ndarray, out: _Output
 ) -> int:
-    out.write(ids, predictor.predict(matrix))
+    if len(ids):
+        out.write(ids, predictor.predict(matrix))
     return len(ids)
