@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm import tqdm
 
 from drift.decision import decide, should_retrain
 from drift.page import render
@@ -51,14 +52,14 @@ class MonitorResult:
         return self.folder / "index.html"
 
 
-def scored_by_champion(current: pd.DataFrame, champion: Champion) -> pd.DataFrame:
+def scored_by_champion(current: pd.DataFrame, champion: Champion, threads: int = 1) -> pd.DataFrame:
     """The champion's probability for every row: logged where it scored the row, recomputed
     from the logged features where another version did (before a promotion)."""
     other = (current["model_version"] != champion.version).to_numpy()
     if not other.any():
         return current
     rescored = current["fraud_probability"].to_numpy(float).copy()
-    rescored[other] = champion.scorer.predict_proba(current.loc[other])
+    rescored[other] = champion.scorer.predict_proba(current.loc[other], threads)
     return current.assign(fraud_probability=rescored)
 
 
@@ -128,15 +129,35 @@ def _log_run(summary: MonitorSummary, folder: Path, settings: Settings) -> str:
     return tracking.log_monitor_run(settings, f"monitor-v{model['version']}", tags, metrics, folder)
 
 
+MONITOR_STEPS = ("model", "prediction log", "re-score", "drift", "performance", "reports")
+
+
 def run_monitor(
-    settings: Settings, window: Window, label_files: Sequence[Path] = ()
+    settings: Settings, window: Window, label_files: Sequence[Path] = (), progress: bool = False
 ) -> MonitorResult:
-    """Check one window: reports, summary, a monitoring run and the verdict."""
+    """Check one window: reports, summary, a monitoring run and the verdict. With
+    `progress`, a bar of its steps on a terminal (none when stderr is not one)."""
+    with tqdm(
+        total=len(MONITOR_STEPS), desc="monitor", unit="step", disable=None if progress else True
+    ) as bar:
+        return _run_monitor(settings, window, label_files, bar)
+
+
+def _step(bar: tqdm, name: str) -> None:
+    bar.set_postfix_str(name, refresh=False)
+    bar.update(1)
+
+
+def _run_monitor(
+    settings: Settings, window: Window, label_files: Sequence[Path], bar: tqdm
+) -> MonitorResult:
     champion = load_champion(settings)
+    _step(bar, "model")
     monitoring = settings.monitoring
     log_dir = log_folder(settings)
     features = list(champion.scorer.features)
     logged = read_log(log_dir, window, features)
+    _step(bar, "prediction log")
     current = logged.predictions
     if len(current) < monitoring.min_rows:
         raise MonitoringInputError(
@@ -148,8 +169,10 @@ def run_monitor(
     if unlogged:
         log.warning("features never logged in the window (all missing): %s", unlogged)
     current = attach_labels(
-        scored_by_champion(current, champion), label_sources(settings, label_files)
+        scored_by_champion(current, champion, settings.batch.resolved_threads),
+        label_sources(settings, label_files),
     )
+    _step(bar, "re-score")
     compared = comparison_sample(current, monitoring.max_rows)
     log.info(
         "drift: %d of %d rows against %d reference rows",
@@ -159,11 +182,13 @@ def run_monitor(
     )
     drift_snapshot = drift_report(champion.reference, compared, features, monitoring)
     drift = parse(drift_snapshot.dict())
+    _step(bar, "drift")
     k = settings.training.card_precision_k
     performance = assess_performance(
         current, champion.scorer.threshold, champion.training_metrics, monitoring, k
     )
     verdict = decide(drift, performance, monitoring)
+    _step(bar, "performance")
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     folder = reports_dir(settings) / f"{stamp}-v{champion.version}"
@@ -189,6 +214,7 @@ def run_monitor(
     summary.report = str(folder / files["index_html"])
 
     write_summary(settings.monitor_latest, summary)
+    _step(bar, "reports")
     return MonitorResult(summary, folder)
 
 
@@ -312,12 +338,13 @@ def run_job(
     data: Path | None,
     output: str | None,
     say: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> int:
     """The daily job: check the window, print the verdict, retrain if the verdict says so.
     Every failure is the error verdict (3), never an exit code a scheduler reads as drift."""
     started = time.perf_counter()
     try:
-        result = run_monitor(settings, window, labels)
+        result = run_monitor(settings, window, labels, progress)
     except (MonitoringInputError, NoChampionError, FileNotFoundError) as exc:
         record_error(settings, str(exc))
         print(f"fraudflow monitor: error: {exc}", file=sys.stderr)

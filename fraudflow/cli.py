@@ -16,16 +16,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from fraudflow.logs import setup_logging
 from pipelines.backup.postgres import PostgresError
 from pipelines.backup.redis_snapshot import RedisBackupError
-from pipelines.data import DataValidationError, load_transactions, write_transactions
+from pipelines.data import DataValidationError, load_transactions
 from pipelines.files import write_json_atomic
 from pipelines.monitor_summary import Verdict
 from pipelines.online_state import StateUnavailable
 from pipelines.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("fraudflow")
+# `warm` loads the history in slices of this many rows (one transaction each on SQLite)
+WARM_SLICE_ROWS = 100_000
 
 
 class UsageError(ValueError):
@@ -131,7 +135,7 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
             update={"backtest": settings.backtest.model_copy(update={"folds": args.folds})}
         )
     _, transactions = _load(args, settings, require_labels=True)
-    report = run_backtest(transactions, settings)
+    report = run_backtest(transactions, settings, progress=True)
     for fold in report["folds"]:
         m = fold["metrics"]
         print(
@@ -146,22 +150,35 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows."""
+    """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows,
+    streamed in chunks of batch.chunk_rows on batch.threads threads (see README, Batch
+    scoring)."""
     from pipelines.registry import served_uri
-    from pipelines.score import score_transactions
+    from pipelines.score import score_path
     from pipelines.tracking import load_scorer
 
     if not args.output:
-        raise UsageError("score needs --output FILE (.csv or .parquet)")
+        raise UsageError("score needs --output FILE (.csv, .csv.gz or .parquet)")
     uri = args.model_uri or served_uri(settings)
     scorer = load_scorer(settings, uri)
-    _, transactions = _load(args, settings, require_labels=False)
-    if "tx_fraud" not in transactions:
+    path = _data_path(args, settings)
+    log.info("scoring transactions from %s in chunks of %d", path, settings.batch.chunk_rows)
+    run = score_path(path, Path(args.output), scorer, settings, model_label=uri)
+    if not run.labelled:
         log.warning("no labels in the input: terminal risk features count no known fraud")
-    scores = score_transactions(transactions, scorer, settings.features, progress=True)
-    write_transactions(scores, Path(args.output))
-    print(f"scored {len(scores)} transactions with {uri} into {args.output}")
-    return {"model_uri": uri, "rows": len(scores), "output": args.output}
+    print(
+        f"scored {run.rows} transactions with {uri} into {args.output} in {run.seconds:.1f} s "
+        f"({run.rows_per_second:,.0f} tx/s; {run.engine}, {run.threads} threads, "
+        f"{run.chunks} chunks)"
+    )
+    return {
+        "model_uri": uri,
+        "rows": run.rows,
+        "output": args.output,
+        "engine": run.engine,
+        "threads": run.threads,
+        "seconds": round(run.seconds, 3),
+    }
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -207,8 +224,15 @@ def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     path, transactions = _load(args, settings, require_labels=False)
     backend = settings.serving.state.backend
+    state = open_state(settings)
     started = time.perf_counter()
-    added = open_state(settings).warm(transactions)
+    added = 0
+    # slices in time order, each its own write: a bar on a terminal, the same rows stored
+    with tqdm(total=len(transactions), desc="warming", unit="tx", disable=None) as bar:
+        for start in range(0, len(transactions), WARM_SLICE_ROWS):
+            part = transactions.iloc[start : start + WARM_SLICE_ROWS]
+            added += state.warm(part)
+            bar.update(len(part))
     seconds = time.perf_counter() - started
     rate = len(transactions) / seconds if seconds > 0 else 0.0
     print(
@@ -279,6 +303,7 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         retrain=args.retrain,
         data=Path(args.data) if args.data else None,
         output=args.output,
+        progress=True,
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from pipelines import tracking
 from pipelines.settings import Settings
@@ -65,14 +66,20 @@ def _headline(result: TrainingResult, k: int) -> dict[str, float]:
 
 
 def run_backtest(
-    transactions: pd.DataFrame, settings: Settings, log_to_mlflow: bool = True
+    transactions: pd.DataFrame,
+    settings: Settings,
+    log_to_mlflow: bool = True,
+    progress: bool = False,
 ) -> dict[str, object]:
-    """Train and test every fold; log a parent run with one nested run per fold."""
+    """Train and test every fold; log a parent run with one nested run per fold. With
+    `progress`, a bar of folds on a terminal (none when stderr is not one)."""
     k = settings.training.card_precision_k
     features = featurize(transactions, settings.features)
     folds: list[FoldResult] = []
     iterations: list[int] = []
-    for index, end in enumerate(fold_ends(transactions, settings)):
+    ends = fold_ends(transactions, settings)
+    bar = tqdm(ends, desc="backtest folds", unit="fold", disable=None if progress else True)
+    for index, end in enumerate(bar):
         result = train_model(transactions, fold_settings(settings, end), features)
         folds.append(
             FoldResult(index, result.windows.as_dict(), _headline(result, k), result.row_counts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from itertools import accumulate
 
@@ -59,6 +60,24 @@ def build_features(transactions: pd.DataFrame, settings: FeatureSettings) -> pd.
     `tx_fraud` is optional; where present, NaN means "label not known" and such rows count
     neither as fraud nor as labelled in the terminal risk.
     """
+    return build_features_carried(transactions, settings)[0]
+
+
+def build_features_carried(
+    transactions: pd.DataFrame,
+    settings: FeatureSettings,
+    spend_seed: pd.DataFrame | None = None,
+    parallel: bool = False,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """`build_features`, continuing each card's running spend from `spend_seed`.
+
+    The batch path streams its input in chunks and drops the history no window reaches; the
+    windowed spend sums are differences of each card's running (Kahan) sum, so to stay equal
+    to the one-shot result bit for bit a card's running sum must resume where the dropped rows
+    left it. `spend_seed` (indexed by customer id, columns SPEND_STATE) gives that state, and
+    the second result is the state after every row (rows in input order, columns as
+    SPEND_STATE). With `parallel`, card and terminal features run on two threads.
+    """
     times_ms = _to_epoch_ms(transactions["tx_datetime"])
     amounts = transactions["tx_amount"].to_numpy(dtype=np.float64)
     if "tx_fraud" in transactions:
@@ -72,10 +91,88 @@ def build_features(transactions: pd.DataFrame, settings: FeatureSettings) -> pd.
         "tx_during_weekend": (datetimes.dayofweek >= 5).astype(np.float64),
         "tx_during_night": (datetimes.hour <= settings.night_last_hour).astype(np.float64),
     }
-    columns.update(_customer_features(transactions["customer_id"], times_ms, amounts, settings))
-    columns.update(_terminal_features(transactions["terminal_id"], times_ms, labels, settings))
+    customer_args = (transactions["customer_id"], times_ms, amounts, settings, spend_seed)
+    terminal_args = (transactions["terminal_id"], times_ms, labels, settings)
+    if parallel:
+        with ThreadPoolExecutor(1) as pool:
+            terminal = pool.submit(_terminal_features, *terminal_args)
+            customer, state = _customer_features(*customer_args)
+            columns.update(customer)
+            columns.update(terminal.result())
+    else:
+        customer, state = _customer_features(*customer_args)
+        columns.update(customer)
+        columns.update(_terminal_features(*terminal_args))
     frame = pd.DataFrame(columns, index=transactions.index)
-    return frame[feature_names(settings)]
+    return frame[feature_names(settings)], state
+
+
+# a card's running spend: the Kahan sum and its compensation (pandas' grouped cumsum state)
+SPEND_STATE = ("spend_sum", "spend_compensation")
+# below this many cards still running, the grouped sum finishes card by card
+_VECTOR_MIN_GROUPS = 32
+
+
+def grouped_kahan_cumsum(
+    values: np.ndarray, codes: np.ndarray, sum0: np.ndarray, compensation0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Running Kahan sums of `values` per group, each group's rows contiguous in `codes`.
+
+    The same operations in the same order as pandas' `groupby(...).cumsum()` (so the same
+    bits, NaN skipped), but starting from a given (sum, compensation) per group code. Returns
+    the running sum and the compensation after every row. Vectorized across groups, one rank
+    at a time; the last few long groups finish in plain Python floats (IEEE doubles as in C).
+    """
+    n = len(values)
+    running = np.empty(n)
+    compensations = np.empty(n)
+    if n == 0:
+        return running, compensations
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    by_length = np.argsort(-lengths, kind="stable")
+    starts, lengths = starts[by_length], lengths[by_length]
+    group = codes[starts]
+    total = sum0[group].astype(np.float64)
+    compensation = compensation0[group].astype(np.float64)
+    descending = -lengths
+    rank = 0
+    while True:
+        active = int(np.searchsorted(descending, -rank, side="left"))
+        if active < _VECTOR_MIN_GROUPS:
+            break
+        rows = starts[:active] + rank
+        value = values[rows]
+        before, carried = total[:active], compensation[:active]
+        y = value - carried
+        t = before + y
+        new_compensation = (t - before) - y
+        missing = np.isnan(value)
+        if missing.any():
+            t = np.where(missing, before, t)
+            new_compensation = np.where(missing, carried, new_compensation)
+        total[:active] = t
+        compensation[:active] = new_compensation
+        running[rows] = np.where(missing, np.nan, t)
+        compensations[rows] = new_compensation
+        rank += 1
+    for g in range(active):
+        first, last = int(starts[g]) + rank, int(starts[g] + lengths[g])
+        acc, comp = float(total[g]), float(compensation[g])
+        sums, comps = [], []
+        for value in values[first:last].tolist():
+            if value != value:  # NaN: skipped, as pandas does
+                sums.append(float("nan"))
+            else:
+                y = value - comp
+                t = acc + y
+                comp = (t - acc) - y
+                acc = t
+                sums.append(t)
+            comps.append(comp)
+        running[first:last] = sums
+        compensations[first:last] = comps
+    return running, compensations
 
 
 def _to_epoch_ms(values: pd.Series) -> np.ndarray:
@@ -89,9 +186,16 @@ class _EntityTimeline:
     """Rows sorted by (entity, time, input position) with a collision-free composite key."""
 
     def __init__(self, entity: pd.Series, times_ms: np.ndarray, horizon_ms: int) -> None:
-        codes, _ = pd.factorize(entity, sort=False)
+        codes, self.uniques = pd.factorize(entity, sort=False)
         n = len(codes)
-        self.order = np.lexsort((np.arange(n), times_ms, codes))
+        if n > 1 and bool((times_ms[1:] >= times_ms[:-1]).all()):
+            # already in time order (as loaded): a stable sort by entity gives the same order
+            # as the three-key sort below, in a fraction of the time (a radix sort when the
+            # codes fit in 16 bits)
+            small = n and codes.min() >= 0 and codes.max() < 2**16
+            self.order = np.argsort(codes.astype(np.uint16) if small else codes, kind="stable")
+        else:
+            self.order = np.lexsort((np.arange(n), times_ms, codes))
         start = int(times_ms.min()) if n else 0
         span = (int(times_ms.max()) - start if n else 0) + horizon_ms + 1
         if n and (int(codes.max()) + 1) * span >= MAX_INT64:
@@ -104,13 +208,25 @@ class _EntityTimeline:
         """Index of the first row of the same entity with time > (row time - offset)."""
         return np.searchsorted(self.key, self.key - offset_ms, side="right")
 
-    def window_sum(self, values_sorted: np.ndarray, lower: np.ndarray, upper: np.ndarray):
+    def running_sum(self, values_sorted: np.ndarray) -> np.ndarray:
+        """Each entity's running (Kahan) sum of values in timeline order."""
+        return pd.Series(values_sorted).groupby(self.codes).cumsum().to_numpy()
+
+    def window_sum(
+        self,
+        values_sorted: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        running: np.ndarray | None = None,
+    ):
         """Sum of values over rows [lower, upper) of the same entity, via per-entity cumsums.
 
         Per-entity (not global) running sums keep the rounding error of a window proportional
-        to that entity's own history, so online and offline results agree to 1e-9.
+        to that entity's own history, so online and offline results agree to 1e-9. `running`:
+        those sums when already computed.
         """
-        running = pd.Series(values_sorted).groupby(self.codes).cumsum().to_numpy()
+        if running is None:
+            running = self.running_sum(values_sorted)
         before = running - values_sorted
         empty = upper <= lower
         last = np.where(empty, lower, upper - 1).clip(max=len(values_sorted) - 1)
@@ -118,29 +234,41 @@ class _EntityTimeline:
         return np.where(empty, 0.0, total)
 
 
-def _unsort(order: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
-    result = np.empty_like(sorted_values)
-    result[order] = sorted_values
-    return result
+def _unsort_columns(order: np.ndarray, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Columns in timeline order back to input order, in one row-wise scatter for all."""
+    names = list(columns)
+    stacked = np.column_stack([columns[name] for name in names])
+    result = np.empty_like(stacked)
+    result[order] = stacked
+    return {name: result[:, i] for i, name in enumerate(names)}
 
 
 def _customer_features(
-    customer: pd.Series, times_ms: np.ndarray, amounts: np.ndarray, settings: FeatureSettings
-) -> dict[str, np.ndarray]:
-    """Spending over (t - w, t], the current transaction included, as in the handbook."""
+    customer: pd.Series,
+    times_ms: np.ndarray,
+    amounts: np.ndarray,
+    settings: FeatureSettings,
+    spend_seed: pd.DataFrame | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Spending over (t - w, t], the current transaction included, as in the handbook; and
+    each row's running spend state (see `build_features_carried`)."""
     if len(customer) == 0:
-        return {name: np.empty(0) for name in _customer_names(settings)}
+        return {name: np.empty(0) for name in _customer_names(settings)}, np.empty((0, 2))
     longest = max(settings.customer_windows_days)
     timeline = _EntityTimeline(customer, times_ms, settings.customer_history_days * DAY_MS)
     sorted_amounts = amounts[timeline.order]
+    sum0, compensation0 = _seed_for(timeline.uniques, spend_seed)
+    running, compensation = grouped_kahan_cumsum(
+        sorted_amounts, timeline.codes, sum0, compensation0
+    )
     upper = timeline.position + 1
     out: dict[str, np.ndarray] = {}
     for window in settings.customer_windows_days:
         lower = timeline.bound(window * DAY_MS)
         count = (upper - lower).astype(np.float64)
-        total = timeline.window_sum(sorted_amounts, lower, upper)
-        out[f"customer_nb_tx_{window}d"] = _unsort(timeline.order, count)
-        out[f"customer_avg_amount_{window}d"] = _unsort(timeline.order, total / count)
+        total = timeline.window_sum(sorted_amounts, lower, upper, running)
+        out[f"customer_nb_tx_{window}d"] = count
+        out[f"customer_avg_amount_{window}d"] = total / count
         if window == longest:
             prior_count = count - 1
             prior_total = total - sorted_amounts
@@ -150,15 +278,29 @@ def _customer_features(
                     sorted_amounts * prior_count / prior_total,
                     np.nan,
                 )
-            out[f"amount_to_customer_avg_{window}d"] = _unsort(timeline.order, ratio)
+            out[f"amount_to_customer_avg_{window}d"] = ratio
             large = np.nan_to_num(ratio, nan=0.0)
     if settings.large_amount_ratios:
         lower = timeline.bound(settings.large_amount_window_days * DAY_MS)
         for threshold, name in zip(settings.large_amount_ratios, _large_amount_names(settings)):
             hits = (large > threshold + RATIO_MARGIN).astype(np.float64)
-            counts = timeline.window_sum(hits, lower, timeline.position)
-            out[name] = _unsort(timeline.order, counts)
-    return out
+            out[name] = timeline.window_sum(hits, lower, timeline.position)
+    out[SPEND_STATE[0]], out[SPEND_STATE[1]] = running, compensation
+    out = _unsort_columns(timeline.order, out)
+    state = np.column_stack([out.pop(SPEND_STATE[0]), out.pop(SPEND_STATE[1])])
+    return out, state
+
+
+def _seed_for(uniques: pd.Index | np.ndarray, seed: pd.DataFrame | None):
+    """Each entity code's starting (sum, compensation): from `seed` where known, else zero."""
+    if seed is None or seed.empty:
+        return np.zeros(len(uniques)), np.zeros(len(uniques))
+    found = seed.index.get_indexer(pd.Index(uniques))
+    known = found >= 0
+    values = seed.loc[:, list(SPEND_STATE)].to_numpy(np.float64)
+    sum0 = np.where(known, values[found, 0], 0.0)
+    compensation0 = np.where(known, values[found, 1], 0.0)
+    return sum0, compensation0
 
 
 def _customer_names(settings: FeatureSettings) -> list[str]:
@@ -179,17 +321,19 @@ def _terminal_features(
     labelled = (~np.isnan(sorted_labels)).astype(np.float64)
     frauds = np.nan_to_num(sorted_labels, nan=0.0)
     upper = timeline.bound(delay_ms)
+    labelled_running = timeline.running_sum(labelled)
+    frauds_running = timeline.running_sum(frauds)
     out: dict[str, np.ndarray] = {}
     for window in settings.terminal_windows_days:
         lower = timeline.bound(delay_ms + window * DAY_MS)
         count = (upper - lower).clip(min=0).astype(np.float64)
-        known = timeline.window_sum(labelled, lower, upper)
-        fraud = timeline.window_sum(frauds, lower, upper)
+        known = timeline.window_sum(labelled, lower, upper, labelled_running)
+        fraud = timeline.window_sum(frauds, lower, upper, frauds_running)
         with np.errstate(divide="ignore", invalid="ignore"):
             risk = np.where(known > 0, fraud / known, 0.0)
-        out[f"terminal_nb_tx_{window}d"] = _unsort(timeline.order, count)
-        out[f"terminal_risk_{window}d"] = _unsort(timeline.order, risk)
-    return out
+        out[f"terminal_nb_tx_{window}d"] = count
+        out[f"terminal_risk_{window}d"] = risk
+    return _unsort_columns(timeline.order, out)
 
 
 def features_from_history(

@@ -41,13 +41,16 @@ class FraudScorer:
     features: tuple[str, ...]
     threshold: float
 
-    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
-        """Fraud probabilities for rows of a frame holding at least the model's feature columns."""
+    def predict_proba(self, features: pd.DataFrame, threads: int = 1) -> np.ndarray:
+        """Fraud probabilities for rows of a frame holding at least the model's feature columns.
+
+        One thread by default (an API worker shares its cores); batch callers pass
+        `settings.batch.resolved_threads`."""
         missing = [name for name in self.features if name not in features.columns]
         if missing:
             raise ValueError(f"missing feature columns: {missing}")
         matrix = features.loc[:, list(self.features)].to_numpy(dtype=np.float64)
-        return self.booster.predict(matrix, num_threads=1)
+        return self.booster.predict(matrix, num_threads=threads)
 
     def predict_rows(self, matrix: np.ndarray) -> np.ndarray:
         """Probabilities for a float matrix already in feature order (the no-pandas hot path)."""

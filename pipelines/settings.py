@@ -317,6 +317,30 @@ class BackupSettings(_Frozen):
     mlflow_database: str | None = None
 
 
+class BatchSettings(_Frozen):
+    """Batch scoring on this machine (`fraudflow score`, backtest and monitor re-scoring)."""
+
+    # model threads; null: every core this process may use. Serving always uses one.
+    threads: int | None = Field(default=None, gt=0)
+    # rows read, featurized and scored at a time: with the history the features need (the
+    # longest window + label delay) this bounds the rows held in memory
+    chunk_rows: int = Field(default=1_000_000, gt=0)
+    # lleaves: LightGBM compiled with LLVM, built once per model file and cached; off: the booster
+    compiled: Literal["off", "lleaves"] = "off"
+    # where compiled models are cached (relative paths: under workdir)
+    compiled_cache_dir: str = "compiled-models"
+
+    @property
+    def resolved_threads(self) -> int:
+        """The thread count to use: the setting, else the cores available to this process."""
+        if self.threads is not None:
+            return self.threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+
+
 class Settings(_Frozen):
     workdir: Path
     data: DataSettings
@@ -330,6 +354,7 @@ class Settings(_Frozen):
     monitoring: MonitoringSettings
     retraining: RetrainingSettings
     backup: BackupSettings = BackupSettings()
+    batch: BatchSettings = BatchSettings()
 
     def under_workdir(self, path: str) -> Path:
         """A configured path, taken relative to the workdir unless absolute."""

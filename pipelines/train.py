@@ -132,12 +132,13 @@ def train_model(
             raise ValueError(f"the {name} period {getattr(windows, name)} holds no transaction")
 
     booster = fit_booster(train, validation, settings.training)
+    threads = settings.batch.resolved_threads
     scorer = FraudScorer(booster, tuple(feature_names(settings.features)), 0.5)
-    validation_scores = scorer.predict_proba(validation.features)
+    validation_scores = scorer.predict_proba(validation.features, threads)
     threshold = choose_threshold(validation.labels, validation_scores, settings.training.threshold)
     scorer = FraudScorer(booster, scorer.features, threshold)
     k = settings.training.card_precision_k
-    test_scores = scorer.predict_proba(test.features)
+    test_scores = scorer.predict_proba(test.features, threads)
     reference = validation.features.assign(
         fraud_probability=validation_scores, tx_fraud=validation.labels
     )
