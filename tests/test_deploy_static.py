@@ -452,6 +452,30 @@ def test_k8s_monitor_runs_with_the_apis_security_context() -> None:
     assert "FRAUDFLOW__SERVING__STATE__URL" in names
 
 
+def test_k8s_daily_batch_is_scaled_apart_from_the_api_and_hardened_alike() -> None:
+    by_kind = k8s_documents()
+    api = by_kind[("Deployment", "fraudflow-api")]["spec"]["template"]["spec"]
+    cronjob = by_kind[("CronJob", "fraudflow-batch")]["spec"]
+    batch = cronjob["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = batch["containers"]
+    assert container["command"] == ["fraudflow"] and container["args"][0] == "score"
+    assert cronjob["concurrencyPolicy"] == "Forbid"  # two batches never overlap
+    # its own pod and resources: not an API replica, not scaled by the API's autoscaler
+    labels = cronjob["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "batch"
+    hpa = by_kind[("HorizontalPodAutoscaler", "fraudflow-api")]["spec"]["scaleTargetRef"]
+    assert hpa["name"] == "fraudflow-api"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+    assert batch["securityContext"] == api["securityContext"]
+    assert container["securityContext"] == api["containers"][0]["securityContext"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/data", "/tmp"}
+    # it reads the model with the API's read-only registry account, not the admin's
+    assert secret_env(container) == secret_env(api["containers"][0])
+    args = container["args"]
+    assert args[args.index("--output") + 1].startswith("/data/")
+
+
 def secret_env(container: dict) -> dict[str, tuple[str, str]]:
     """name -> (Secret, key) of every MLflow variable a container takes from a Secret, which
     must be required (a missing one stops the pod instead of running it without a login)."""
@@ -494,6 +518,7 @@ def test_k8s_registry_runs_basic_auth_and_its_clients_log_in_from_secrets() -> N
 PODS = {
     "api": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "api"},
     "monitor": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "monitor"},
+    "batch": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "batch"},
     "mlflow": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "mlflow"},
     "postgres": {"app.kubernetes.io/component": "postgres"},
     "redis": {"app": "redis"},
@@ -555,6 +580,7 @@ def test_k8s_network_policies_let_through_only_the_documented_paths() -> None:
     allowed = {
         ("api", "mlflow", 5000),
         ("monitor", "mlflow", 5000),
+        ("batch", "mlflow", 5000),
         ("api", "redis", 6379),
         ("monitor", "redis", 6379),
         ("mlflow", "postgres", 5432),
