@@ -11,6 +11,9 @@ benchmarks' side-by-side tables.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +43,11 @@ DRIVER_MEMORY = "4g"
 class SparkRun:
     rows: int
     seconds: float
+    # CPU seconds of the whole process tree (driver, JVM, Python workers): what the run costs,
+    # whatever share of the cores other jobs leave it
+    cpu_seconds: float
+    # the machine's 1-minute load average when the run started (other jobs slow Spark down)
+    load_before: float
 
     @property
     def rows_per_s(self) -> float:
@@ -64,15 +72,19 @@ def spark_score_run(
         }
     )
     env.pop("OMP_NUM_THREADS", None)
+    load_before = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"spark score failed ({done.returncode}):\n{done.stderr[-3000:]}")
     written = sum(pq.ParquetFile(p).metadata.num_rows for p in output.rglob("*.parquet"))
     if written != rows:
         raise RuntimeError(f"spark score wrote {written} rows for {rows} transactions")
-    return SparkRun(rows=rows, seconds=seconds)
+    return SparkRun(rows=rows, seconds=seconds, cpu_seconds=cpu, load_before=load_before)
 
 
 def build_world(root: Path) -> tuple[Path, Path, int]:
@@ -115,42 +127,58 @@ def replicate(data: Path, target: Path, copies: int) -> None:
             pq.write_table(pa.table(columns), target / f"{day.stem}-c{copy}.parquet")
 
 
+def table(runs: dict[str, list[SparkRun]], args: argparse.Namespace) -> str:
+    """The Markdown table of the runs so far: medians per data size."""
+    lines = [
+        f"Machine: 2 cores, {time.strftime('%Y-%m-%d')}; command: "
+        f"`python -m benchmarks.spark --runs {args.runs} --master {args.master}`",
+        "",
+        "| data | rows | runs | median s (wall) | min–max s | tx/s (median) | s per M rows "
+        "| CPU s per M rows (median) | load avg before each run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, done in runs.items():
+        if not done:
+            continue
+        rows = done[0].rows
+        median = statistics.median(r.seconds for r in done)
+        cpu = statistics.median(r.cpu_seconds for r in done)
+        lines.append(
+            f"| {name} | {rows:,} | {len(done)} | {median:.1f} | "
+            f"{min(r.seconds for r in done):.1f}–{max(r.seconds for r in done):.1f} | "
+            f"{rows / median:,.0f} | {median / (rows / 1e6):.1f} | {cpu / (rows / 1e6):.1f} | "
+            f"{', '.join(f'{r.load_before:.1f}' for r in done)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--markdown", help="also write the table to this file (after every run)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fraudflow-spark-bench-") as folder:
         root = Path(folder)
         config, x1, rows = build_world(root)
         x4 = root / "x4"
         replicate(x1, x4, 4)
-        lines = [
-            f"Machine: 2 cores, {time.strftime('%Y-%m-%d')}; command: "
-            f"`python -m benchmarks.spark --runs {args.runs} --master {args.master}`",
-            "",
-            "| data | rows | runs | median s | min s | max s | tx/s (median) | s per M rows |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, data, count in (("×1", x1, rows), ("×4", x4, rows * 4)):
-            runs = []
-            for index in range(args.runs):
-                run = spark_score_run(
-                    config, data, root / f"out-{name}-{index}", count, args.master
+        sizes = {"×1": (x1, rows), "×4": (x4, rows * 4)}
+        runs: dict[str, list[SparkRun]] = {name: [] for name in sizes}
+        for index in range(args.runs):  # sizes alternate: a load change hits both alike
+            for name, (data, count) in sizes.items():
+                output = root / f"out-{index}-{name}"
+                run = spark_score_run(config, data, output, count, args.master)
+                shutil.rmtree(output)
+                runs[name].append(run)
+                print(
+                    f"{name}: {run.seconds:.1f} s, {run.rows_per_s:,.0f} tx/s, "
+                    f"{run.cpu_seconds:.1f} CPU s, load {run.load_before:.1f}",
+                    flush=True,
                 )
-                print(f"{name}: {run.seconds:.1f} s, {run.rows_per_s:,.0f} tx/s", flush=True)
-                runs.append(run)
-            times = [r.seconds for r in runs]
-            median = statistics.median(times)
-            lines.append(
-                f"| {name} | {count:,} | {len(runs)} | {median:.1f} | {min(times):.1f} | "
-                f"{max(times):.1f} | {count / median:,.0f} | {median / (count / 1e6):.1f} |"
-            )
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table)
+                if args.markdown:
+                    Path(args.markdown).write_text(table(runs, args))
+    print(table(runs, args))
     return 0
 
 

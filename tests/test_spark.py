@@ -49,7 +49,10 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
             "spark.local.dir": str(tmp_path_factory.mktemp("spark-local")),
         },
     ) as session:
+        jvm = session.sparkContext._gateway.proc
         yield session
+    # the session's JVM ends with it, not with the test process
+    assert jvm.poll() is not None
 
 
 def _edge_cases(month: pd.DataFrame, delay_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -90,6 +91,31 @@ def spark_session(
         yield session
     finally:
         session.stop()
+        stop_jvm()
+
+
+def stop_jvm(timeout_s: float = 60.0) -> None:
+    """End the JVM that pyspark started for this process (session.stop() leaves it running,
+    holding its heap, until the process exits); a later session starts a new one."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    process = getattr(gateway, "proc", None)
+    try:
+        gateway.shutdown()
+    except Exception as exc:  # a JVM that is already gone
+        log.debug("the Spark gateway did not shut down cleanly: %s", exc)
+    if process is not None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)
+    SparkContext._gateway = None
+    SparkContext._jvm = None
 
 
 class SparkJobFailed(ValueError):
