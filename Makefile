@@ -29,10 +29,10 @@ test: install system-deps
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
 
 test-unit: install
-	$(PY) -m pytest -m "not integration and not deploy and not multihost" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest -m "not integration and not deploy and not multihost and not spark" --cov --cov-report=term --cov-report=xml
 
 test-integration: install system-deps
-	$(PY) -m pytest -m "integration or deploy or multihost" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest -m "integration or deploy or multihost or spark" --cov --cov-report=term --cov-report=xml
 
 # simulate a small world, train on it, fail unless the test metrics reach the config's gates
 model-check: install
