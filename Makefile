@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@$(PYTHON) -c "import sys; assert sys.version_info[:2] == (3, 11), sys.version" || { echo "fraudflow needs Python 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip==26.3"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,spark]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,11 +30,11 @@ test: install system-deps
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
 
 test-unit: install
-	$(PY) -m pytest -m "not integration and not deploy and not multihost and not container" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest -m "not integration and not deploy and not multihost and not container and not spark" --cov --cov-report=term --cov-report=xml
 
 # without the container tests: CI runs these inside a container, where no engine can start
 test-integration: install system-deps
-	$(PY) -m pytest -m "(integration or deploy or multihost) and not container" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest -m "(integration or deploy or multihost or spark) and not container" --cov --cov-report=term --cov-report=xml
 
 # the image built and run on a Docker engine (started here when none answers; README, Containers)
 test-container: install system-deps

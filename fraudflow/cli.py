@@ -160,6 +160,10 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if not args.output:
         raise UsageError("score needs --output FILE (.csv, .csv.gz or .parquet)")
     uri = args.model_uri or served_uri(settings)
+    if args.engine == "spark":
+        return _score_spark(args, settings, uri)
+    if args.master:
+        raise UsageError("--master is for --engine spark")
     scorer = load_scorer(settings, uri)
     path = _data_path(args, settings)
     log.info("scoring transactions from %s in chunks of %d", path, settings.batch.chunk_rows)
@@ -179,6 +183,30 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "threads": run.threads,
         "seconds": round(run.seconds, 3),
     }
+
+
+def _score_spark(args: argparse.Namespace, settings: Settings, uri: str) -> dict[str, Any]:
+    """The Spark engine: a Parquet folder partitioned by day (pipelines/spark)."""
+    try:
+        from pipelines.spark.read import check_input
+        from pipelines.spark.score import OutputError, check_output, score_with_spark
+        from pipelines.spark.session import DEFAULT_MASTER, SparkUnavailable, spark_session
+    except ImportError as exc:
+        raise UsageError(f"--engine spark needs pyspark: pip install '.[spark]' ({exc})") from exc
+    master = args.master or DEFAULT_MASTER
+    path = _data_path(args, settings)
+    try:
+        check_output(args.output)
+        check_input(path, settings.data.columns)  # bad files fail before Spark starts
+        with spark_session(master, app_name="fraudflow-score") as spark:
+            result = score_with_spark(spark, settings, path, args.output, uri)
+    except (SparkUnavailable, OutputError) as exc:
+        raise UsageError(str(exc)) from exc
+    print(
+        f"scored {result.rows} transactions with {uri} on Spark ({master}) into "
+        f"{result.output} ({result.days} days)"
+    )
+    return {"model_uri": uri, "rows": result.rows, "output": str(result.output), "master": master}
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -377,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=_whole)
     p = add("score", cmd_score, "batch-score raw transactions", data=True, summary=False)
     p.add_argument("--model-uri", help="default: the model in service (stage or alias)")
+    p.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="local: this process, one output file; spark: a Parquet folder partitioned by day",
+    )
+    p.add_argument("--master", help="Spark master URL for --engine spark (default: local[*])")
     p = add("promote", cmd_promote, "promote a model version", data=True)
     p.add_argument("--version", help="version number, or 'auto' (same as --auto)")
     p.add_argument("--stage", choices=["Production", "Staging"])
@@ -433,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "since",
         "until",
         "only",
+        "master",
     ):
         if getattr(args, name, None) == "":
             setattr(args, name, None)  # MLproject passes unset optional parameters as ""

