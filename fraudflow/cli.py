@@ -25,7 +25,7 @@ from pipelines.data import DataValidationError, load_transactions
 from pipelines.files import write_json_atomic
 from pipelines.monitor_summary import Verdict
 from pipelines.online_state import StateUnavailable
-from pipelines.settings import Settings, SettingsError, load_settings
+from pipelines.settings import CONFIG_ENV, Settings, SettingsError, load_settings
 
 log = logging.getLogger("fraudflow")
 # `warm` loads the history in slices of this many rows (one transaction each on SQLite)
@@ -234,7 +234,6 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: the registry. Runs: the scoring API on gunicorn until stopped."""
-    from serving.app import CONFIG_ENV
     from serving.server import gunicorn_command
 
     env = dict(os.environ)
@@ -383,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func, help_text: str, data: bool = False, summary: bool = True):
         p = sub.add_parser(name, help=help_text, description=func.__doc__)
-        p.add_argument("--config", help="YAML overlay on conf/default.yaml")
+        p.add_argument(
+            "--config", help="YAML overlay on conf/default.yaml (default: $FRAUDFLOW_CONFIG)"
+        )
         if data:
             p.add_argument("--data", help="CSV/Parquet file or folder (default: data.path)")
         target = "JSON summary" if summary else "data"
@@ -477,7 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     failed = Verdict.ERROR.exit_code if args.command == "monitor" else None
     try:
-        settings = load_settings(args.config)
+        # the API and the jobs of one image read the same overlay: gunicorn takes it from
+        # $FRAUDFLOW_CONFIG, and so does every command without --config
+        settings = load_settings(args.config or os.environ.get(CONFIG_ENV) or None)
         result = args.func(args, settings)
         if isinstance(result, int):  # a command whose exit code is its answer (monitor)
             return result

@@ -29,10 +29,9 @@ from pipelines.online_state import open_state
 from pipelines.prediction_log import Window, log_files, log_folder
 from pipelines.promotion import promote_if_better, set_stage
 from pipelines.registry import champion_version
-from pipelines.settings import Settings
+from pipelines.settings import CONFIG_ENV, Settings
 from pipelines.simulate import fraud_summary, simulate_transactions, write_daily_parquet
 from pipelines.train import train_model
-from serving.app import CONFIG_ENV
 from serving.server import gunicorn_command
 
 

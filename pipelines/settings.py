@@ -26,6 +26,8 @@ from pydantic import (
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 ENV_PREFIX = "FRAUDFLOW__"
+# the overlay file the API and every command read when no --config is given
+CONFIG_ENV = "FRAUDFLOW_CONFIG"
 RAW_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
 LABEL_COLUMN = "tx_fraud"
 

@@ -9,7 +9,7 @@ from flask import Flask
 
 from pipelines.online_state import open_state
 from pipelines.prediction_log import PredictionLogWriter, log_folder
-from pipelines.settings import Settings, load_settings
+from pipelines.settings import CONFIG_ENV, Settings, load_settings
 from serving import access_log
 from serving.auth import listen_addresses, load_credentials, require_tokens_when_exposed
 from serving.metrics import create_metrics
@@ -18,8 +18,6 @@ from serving.predictor import Predictor
 from serving.routes import api
 from serving.service import EXTENSION, Service
 from serving.storage_metrics import StorageCollector
-
-CONFIG_ENV = "FRAUDFLOW_CONFIG"
 
 
 def create_app(

@@ -8,9 +8,9 @@ import multiprocessing
 import os
 import shutil
 
-from pipelines.settings import load_settings
+from pipelines.settings import CONFIG_ENV, load_settings
 
-_settings = load_settings(os.environ.get("FRAUDFLOW_CONFIG") or None)
+_settings = load_settings(os.environ.get(CONFIG_ENV) or None)
 _serving = _settings.serving
 
 # LightGBM's OpenMP threads spin on small machines and starve the workers: one thread each.

@@ -49,6 +49,24 @@ def test_simulate_writes_daily_files_and_a_summary(tmp_path: Path, capsys) -> No
     assert "fraudflow simulate: error" in capsys.readouterr().err
 
 
+def test_a_command_without_config_reads_the_overlay_fraudflow_config_names(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The image's jobs and its API read one overlay: $FRAUDFLOW_CONFIG, unless --config."""
+    settings = make_settings(tmp_path / "w")
+    config = write_config(tmp_path / "c.yaml", settings)
+    monkeypatch.setenv("FRAUDFLOW_CONFIG", str(config))
+    assert run_cli("simulate", "--customers", "50", "--terminals", "50", "--days", "3") == 0
+    assert len(list(settings.data_path.glob("*.parquet"))) == 3
+    # --config wins over the environment; a missing overlay is named
+    monkeypatch.setenv("FRAUDFLOW_CONFIG", str(tmp_path / "missing.yaml"))
+    assert run_cli("simulate", "--days", "3") == 2
+    assert f"config file not found: {tmp_path / 'missing.yaml'}" in capsys.readouterr().err
+    out = tmp_path / "days"
+    assert run_cli("simulate", "--config", config, "--output", out, "--days", "2") == 0
+    assert len(list(out.glob("*.parquet"))) == 2
+
+
 def test_train_with_an_upper_case_mapping_registers_a_version(workspace, capsys) -> None:
     root, config, csv, settings = workspace
     summary_path = root / "train.json"
