@@ -1,7 +1,9 @@
-"""Atomic file writes: every writer of a shared file (data, summaries) goes through here."""
+"""Atomic file writes: every writer of a shared file (data, summaries) goes through here; and
+the checksum every reader of such a file verifies it by."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -37,3 +39,12 @@ def write_json_atomic(path: Path, payload: Any) -> Path:
     with replacing(path) as handle:
         handle.write((json.dumps(payload, indent=2, default=str) + "\n").encode())
     return Path(path)
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,6 @@ it are kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipelines.files import replacing, write_json_atomic
+from pipelines.files import replacing, sha256_file, write_json_atomic
 from pipelines.model import BOOSTER_FILE, META_FILE, FraudScorer
 
 log = logging.getLogger(__name__)
@@ -59,14 +58,6 @@ class CachedModel:
     run_id: str
     cached_at: str
     scorer: FraudScorer
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -115,7 +106,7 @@ class ModelCache:
             "aliases": list(aliases),
             "run_id": run_id,
             "cached_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "sha256": {BOOSTER_FILE: _sha256(booster), META_FILE: _sha256(meta)},
+            "sha256": {BOOSTER_FILE: sha256_file(booster), META_FILE: sha256_file(meta)},
         }
         if not self._holds(entry, manifest):
             self._write_entry(entry, booster, meta, manifest)
@@ -147,7 +138,7 @@ class ModelCache:
             path = entry / file_name
             if not path.is_file():
                 raise CacheError(f"{entry_name}/{file_name} is missing")
-            if _sha256(path) != hashes.get(file_name):
+            if sha256_file(path) != hashes.get(file_name):
                 raise CacheError(f"{entry_name}/{file_name} differs from what was cached")
         scorer = FraudScorer.load(entry / BOOSTER_FILE, entry / META_FILE)
         aliases = manifest.get("aliases") or []
@@ -174,7 +165,7 @@ class ModelCache:
             held = _read_json(entry / MANIFEST, MANIFEST)
             if any(held.get(k) != manifest[k] for k in ("format", "name", "version", "sha256")):
                 return False
-            return all(_sha256(entry / f) == h for f, h in manifest["sha256"].items())
+            return all(sha256_file(entry / f) == h for f, h in manifest["sha256"].items())
         except (CacheError, OSError):
             return False
 

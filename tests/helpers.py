@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from pipelines.backup.artifacts import relocate_files
+from pipelines.backup.sqlite_files import backup_sqlite, replace_text
 from pipelines.promotion import set_stage
 from pipelines.settings import Settings, load_settings
 from pipelines.tracking import log_training_run
@@ -66,24 +69,13 @@ def copy_store(source: Path, target: Path) -> None:
     model versions, MLmodel files), so every mention of `source` is rewritten to `target`;
     unchanged, the copy would read and write the original's artifact folder."""
     old, new = str(Path(source).resolve()), str(Path(target).resolve())
-    shutil.copytree(source, target)
-    for path in Path(target).rglob("*"):
-        if path.is_file() and path.name != "mlflow.db" and path.stat().st_size < 1_000_000:
-            try:
-                text = path.read_text()
-            except UnicodeDecodeError:
-                continue
-            if old in text:
-                path.write_text(text.replace(old, new))
-    with sqlite3.connect(Path(target) / "mlflow.db") as db:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("mlflow.db", "mlflow.db-*"))
+    relocate_files(Path(target), old, new)  # the MLmodel files, as a restore does
+    database = Path(target) / "mlflow.db"
+    backup_sqlite(Path(source) / "mlflow.db", database)
+    replace_text(database, old, new)
+    with closing(sqlite3.connect(database)) as db:
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]:
-                db.execute(
-                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
-                    f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
-                    (old, new, old),
-                )
         left = [
             f"{table}.{column}"
             for table in tables
@@ -93,7 +85,6 @@ def copy_store(source: Path, target: Path) -> None:
                 (old,),
             ).fetchone()[0]
         ]
-    db.close()
     assert not left, f"the copied store still points at {old}: {left}"
 
 

@@ -19,9 +19,10 @@ import redis
 import requests
 
 from pipelines import tracking
-from pipelines.backup.manifest import MANIFEST, sha256_file
+from pipelines.backup.manifest import MANIFEST
 from pipelines.backup.postgres import libpq_uri
 from pipelines.backup.run import numbered
+from pipelines.files import sha256_file
 from pipelines.online_state import open_state, received_labels
 from pipelines.prediction_log import (
     PredictionLogWriter,

@@ -86,6 +86,12 @@ def image(engine: Engine) -> Image:
     return Image(engine, tag, seconds, size)
 
 
+def confined(folder: Path) -> list[str]:
+    """The `docker run` flags of every container here: the host's network, a read-only root
+    file system with a private /tmp, and `folder` as /data."""
+    return ["--network", "host", "--read-only", "--tmpfs", "/tmp", "--volume", f"{folder}:/data"]
+
+
 def docker_run_result(
     image: Image, store: Path, *args: str, timeout: float = 900
 ) -> subprocess.CompletedProcess:
@@ -94,13 +100,7 @@ def docker_run_result(
         "run",
         "--rm",
         "--no-healthcheck",  # the API's check: a job serves nothing
-        "--network",
-        "host",
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "--volume",
-        f"{store}:/data",
+        *confined(store),
         "--env",
         f"FRAUDFLOW_CONFIG={CONFIG}",
         *args,
@@ -182,13 +182,7 @@ def api(image: Image, store: Path) -> Iterator[Api]:
         "--detach",
         "--name",
         name,
-        "--network",
-        "host",
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "--volume",
-        f"{store}:/data",
+        *confined(store),
         "--env",
         f"FRAUDFLOW_CONFIG={CONFIG}",
         "--env",
@@ -351,13 +345,7 @@ def test_the_tracking_server_starts_on_postgresql_in_the_image(image: Image, tmp
             "--detach",
             "--name",
             name,
-            "--network",
-            "host",
-            "--read-only",
-            "--tmpfs",
-            "/tmp",
-            "--volume",
-            f"{data}:/data",
+            *confined(data),
             *env_args,
             "--entrypoint",
             service["entrypoint"][0],

@@ -11,12 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipelines.files import sha256_file
 from pipelines.promotion import set_stage
 from pipelines.settings import Settings
 from pipelines.tracking import log_training_run
 from pipelines.train import train_model
 from serving.app import create_app
-from serving.model_cache import MANIFEST, POINTER, ModelCache, _sha256
+from serving.model_cache import MANIFEST, POINTER, ModelCache
 from tests.helpers import make_settings, private_serving
 from tests.servers import free_port
 
@@ -108,7 +109,7 @@ def _not_a_model_with_matching_hash(entry: Path) -> None:
     the same check as a registry load (FraudScorer.load) refuses it."""
     (entry / "booster.txt").write_text("print('hello')\n")
     manifest = json.loads((entry / MANIFEST).read_text())
-    manifest["sha256"]["booster.txt"] = _sha256(entry / "booster.txt")
+    manifest["sha256"]["booster.txt"] = sha256_file(entry / "booster.txt")
     (entry / MANIFEST).write_text(json.dumps(manifest))
 
 

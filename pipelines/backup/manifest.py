@@ -3,20 +3,18 @@ from. Written last, so a backup without one is incomplete; checked whole before 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipelines.files import write_json_atomic
+from pipelines.files import sha256_file, write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "fraudflow-backup"
 # raised whenever the layout of a backup or the meaning of a manifest field changes
 FORMAT_VERSION = 1
-_CHUNK = 1 << 20
 
 
 class BackupInvalid(ValueError):
@@ -28,14 +26,6 @@ class FileEntry:
     path: str
     size: int
     sha256: str
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def describe_files(folder: Path) -> list[FileEntry]:
