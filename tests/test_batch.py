@@ -32,17 +32,11 @@ from pipelines.settings import FeatureSettings, Settings, SettingsError, load_se
 from pipelines.train import train_model
 from tests.helpers import make_settings, write_config
 from tests.servers import clean_env
+from tests.test_features import SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 
-FEATURES = FeatureSettings(
-    label_delay_days=7,
-    customer_windows_days=(1, 7, 30),
-    terminal_windows_days=(1, 7, 30),
-    night_last_hour=6,
-    large_amount_ratios=(2.5, 3.5),
-    large_amount_window_days=14,
-)
+FEATURES = SETTINGS  # the feature tests' definitions: chunked must equal those
 
 
 def awkward_stream(n: int, seed: int, days: int = 150) -> pd.DataFrame:

@@ -321,23 +321,9 @@ def test_openapi_describes_every_route_the_service_has(app, client) -> None:
     }
 
 
-def test_a_model_trained_on_other_features_is_refused(trained, tmp_path) -> None:
-    settings, _ = trained
-    other = private_serving(settings, tmp_path).model_copy(
-        update={
-            "features": settings.features.model_copy(update={"terminal_windows_days": (1, 7)}),
-        }
-    )
-    app = create_app(other, start_polling=False)
-    holder = app.extensions["fraudflow"].holder
-    assert holder.model is None and holder.status.reload_failures == 1
-    assert "other features" in holder.status.last_error
-    client = app.test_client()
-    assert client.get("/ready").status_code == 503
-
-
 def test_a_version_that_cannot_load_is_reported_as_such_and_fails_health(trained, tmp_path) -> None:
-    """The registry serves a version this service cannot load and nothing else is served: the
+    """The registry serves a version this service cannot load (a model trained on other
+    features) and nothing else is served: it is refused, the
     503s name the version and its error (not "nothing in the registry"), /health turns 503 so
     the orchestrator sees a replica that can never score, the metric counts each try."""
     settings, _ = trained
@@ -349,8 +335,10 @@ def test_a_version_that_cannot_load_is_reported_as_such_and_fails_health(trained
     app = create_app(other, start_polling=False)
     holder = app.extensions["fraudflow"].holder
     version = holder.status.failed_version
-    assert version is not None and holder.failing
+    assert version is not None and holder.failing and holder.model is None
+    assert holder.status.reload_failures == 1 and "other features" in holder.status.last_error
     client = app.test_client()
+    assert client.get("/ready").status_code == 503
     for answer in (client.post("/predict", json=tx(0)), client.get("/model")):
         assert answer.status_code == 503
         error = answer.json["error"]
