@@ -1,6 +1,6 @@
 """Batch scoring throughput: the old single-thread path, every core, the compiled model.
 
-    .venv/bin/python -m benchmarks.batch [--repeats 3] [--markdown OUT.md]
+    .venv/bin/python -m benchmarks.batch [--repeats 3] [--markdown OUT.md] [--spark local[2]]
         [--data FOLDER --config OVERLAY.yaml --model-uri URI]
 
 On the default simulated data (1.78 M transactions; simulated and a model trained and
@@ -10,8 +10,8 @@ command (a fresh process: imports and model load included) and its scoring phase
 features -> model -> write, as the command reports it). Medians, against the goals of
 >= 500 k tx/s for the scoring phase and >= 200 k tx/s for the whole command.
 
-Other engines add a row with `time_command` (a name and the command line to run); see
-`EXTRA_ROWS`.
+With --spark MASTER the same run adds `fraudflow score --engine spark --master MASTER` on the
+same data and model (its own growth with the data's size: benchmarks/spark.py).
 """
 
 from __future__ import annotations
@@ -118,8 +118,6 @@ LOCAL = (
     ("all cores, booster", {"COMPILED": "off"}),
     ("all cores, lleaves", {"COMPILED": "lleaves"}),
 )
-# (name, function(data, output folder) -> command line): rows another engine adds
-EXTRA_ROWS: list[tuple[str, Callable[[Path, Path], list[str]]]] = []
 
 
 def build_world(root: Path) -> tuple[Path, Path, str, int]:
@@ -150,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config")
     parser.add_argument("--model-uri")
     parser.add_argument("--markdown", help="write the results section here")
+    parser.add_argument("--spark", metavar="MASTER", help="also time the Spark engine there")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fraudflow-batch-") as folder:
         root = Path(folder)
@@ -172,9 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = time_command(name, command, rows, args.repeats, env, fraudflow_phase, warm)
             table.append((name, "local", row))
             print(_line(row), flush=True)
-        for name, make in EXTRA_ROWS:
-            row = time_command(name, make(data, root), rows, args.repeats)
-            table.append((name, "extra", row))
+        if args.spark:
+            from benchmarks.spark import DRIVER_MEMORY
+
+            name = f"Spark {args.spark} (`--engine spark`)"
+            command = [
+                str(BIN / "python"), "-m", "fraudflow.cli", "score", "--engine", "spark",
+                "--master", args.spark, "--config", str(config), "--data", str(data),
+                "--model-uri", uri, "--output", str(root / "spark-scores"),
+            ]  # fmt: skip
+            env = _env({"PYSPARK_SUBMIT_ARGS": f"--driver-memory {DRIVER_MEMORY} pyspark-shell"})
+            row = time_command(name, command, rows, args.repeats, env)
+            table.append((name, "spark", row))
             print(_line(row), flush=True)
     text = render(table, rows, trees, args.repeats)
     print(text)
