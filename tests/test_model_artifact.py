@@ -132,16 +132,22 @@ def test_the_logged_model_loads_where_fraudflow_cannot_be_imported(registered, t
     the probabilities fraudflow computes; no pickle is logged."""
     settings, result = registered
     features = result.test.features.head(50)
-    features.to_parquet(tmp_path / "features.parquet")
+    features.to_pickle(tmp_path / "features.pkl")
+    # The process ends with os._exit once its answer is out: a clean-clone CI run once saw it
+    # abort in native teardown after printing ("terminate called without an active
+    # exception"), which is interpreter shutdown in a third-party library, not the load under
+    # test. The frame travels as a pickle, so no Arrow thread pool starts in that process.
     script = f"""
-import json, sys
+import json, os, sys
 for name in ("pipelines", "serving", "drift", "fraudflow"):
     sys.modules[name] = None  # importing any of them now fails
 import mlflow, pandas as pd
 mlflow.set_tracking_uri({settings.tracking_uri!r})
 model = mlflow.pyfunc.load_model("models:/{NAME}/1")
-frame = pd.read_parquet({str(tmp_path / "features.parquet")!r})
-print(json.dumps(model.predict(frame).tolist()))
+frame = pd.read_pickle({str(tmp_path / "features.pkl")!r})
+print(json.dumps(model.predict(frame).tolist()), flush=True)
+sys.stderr.flush()
+os._exit(0)
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
