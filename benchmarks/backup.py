@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.monitor import scored_world, write_log
-from benchmarks.table import loadavg
+from benchmarks.table import loadavg, publish
 from pipelines.backup.manifest import MANIFEST
 from pipelines.backup.run import make_backup, restore_backup
 from pipelines.online_state import open_state
@@ -89,9 +89,7 @@ def main() -> int:
         f"| total | {total / 1e6:.1f} |",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+    publish(text, args.markdown)
     return 0
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.env import BIN, ROOT, clean_env
+from benchmarks.table import loadavg, publish
 
 GOAL_PHASE = 500_000.0
 GOAL_COMMAND = 200_000.0
@@ -185,9 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             table.append((name, "spark", row))
             print(_line(row), flush=True)
     text = render(table, rows, trees, args.repeats)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+    publish(text, args.markdown)
     return 0
 
 
@@ -210,7 +209,7 @@ def _goal(rate: float | None, goal: float) -> str:
 
 
 def render(table: list[tuple[str, str, Row]], rows: int, trees: int, repeats: int) -> str:
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = loadavg()
     lines = [
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, load average after the run {load}; "

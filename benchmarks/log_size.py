@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.monitor import scored_world, write_log
+from benchmarks.table import publish
 from pipelines.prediction_log import compact_file, log_files, read_log
 
 
@@ -62,10 +63,7 @@ def main() -> int:
         f"verified ({compaction.rows:,}); the Parquet read equals the JSON read.",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text + "\n")
+    publish(text, args.markdown)
     return 0
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.handbook import handbook_features
+from benchmarks.table import publish
 from pipelines.backtest import run_backtest
 from pipelines.data import load_transactions
 from pipelines.features import build_features
@@ -107,9 +108,7 @@ def main() -> int:
         f"12 shared features: {diff:.2e}.",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+    publish(text, args.markdown)
     return 0
 
 

@@ -60,6 +60,14 @@ def loadavg() -> str:
         return "n/a"
 
 
+def publish(text: str, markdown: str | None) -> None:
+    """Print a benchmark's results section, and write it to `markdown` when one is named."""
+    print(text)
+    if markdown:
+        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown).write_text(text + "\n")
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     """a / b, or None if either is missing."""
     return a / b if a is not None and b else None
