@@ -462,28 +462,26 @@ def login(account: tuple[str, str]) -> dict[str, str]:
     return {"MLFLOW_TRACKING_USERNAME": account[0], "MLFLOW_TRACKING_PASSWORD": account[1]}
 
 
-def other_database(uri: str, name: str) -> str:
-    """Create database `name` on the server of `uri`; returns its URI."""
+def on_server(uri: str, statement: str) -> None:
+    """Run `statement` outside a transaction on the server of database `uri` (as its user)."""
     import psycopg2
 
     base, _ = uri.rsplit("/", 1)
     connection = psycopg2.connect(libpq_uri(f"{base}/postgres"))
     connection.autocommit = True
     with connection.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
+        cursor.execute(statement)
     connection.close()
-    return f"{base}/{name}"
+
+
+def other_database(uri: str, name: str) -> str:
+    """Create database `name` on the server of `uri`; returns its URI."""
+    on_server(uri, f'CREATE DATABASE "{name}"')
+    return f"{uri.rsplit('/', 1)[0]}/{name}"
 
 
 def drop_database(uri: str) -> None:
-    import psycopg2
-
-    base, name = uri.rsplit("/", 1)
-    connection = psycopg2.connect(libpq_uri(f"{base}/postgres"))
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    connection.close()
+    on_server(uri, f'DROP DATABASE "{uri.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 @pytest.mark.integration
