@@ -51,6 +51,7 @@ lint: install
 	$(PY) -m black --check .
 	$(PY) -m isort --check-only .
 	$(PY) -m flake8
+	$(VENV)/bin/lint-imports --no-logo
 
 format: install
 	$(PY) -m isort .

@@ -25,11 +25,11 @@ from benchmarks.monitor import scored_world, write_log
 from benchmarks.table import loadavg, publish
 from pipelines.backup.manifest import MANIFEST
 from pipelines.backup.run import make_backup, restore_backup
-from pipelines.online_state import open_state
-from pipelines.prediction_log import log_folder
-from pipelines.promotion import set_stage
+from pipelines.log.record import log_folder
+from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import RAW_COLUMNS
-from pipelines.tracking import log_training_run
+from pipelines.state.factory import open_state
+from pipelines.training.record import log_training_run
 
 
 def part_sizes(backup: Path) -> dict[str, int]:

@@ -127,9 +127,9 @@ def build_world(root: Path) -> tuple[Path, Path, str, int]:
 
     from pipelines.data import load_transactions
     from pipelines.settings import load_settings
-    from pipelines.simulate import simulate_transactions, write_daily_parquet
-    from pipelines.tracking import log_training_run
-    from pipelines.train import train_model
+    from pipelines.training.record import log_training_run
+    from pipelines.training.simulate import simulate_transactions, write_daily_parquet
+    from pipelines.training.train import train_model
 
     data = root / "data"
     config = root / "overlay.yaml"
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fraudflow-batch-") as folder:
         root = Path(folder)
         if args.data and args.config and args.model_uri:
-            from pipelines.batch_input import count_rows
+            from pipelines.batch.chunks import count_rows
 
             data, config, uri = Path(args.data), Path(args.config), args.model_uri
             rows = count_rows(data) or 0
@@ -191,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _trees(config: Path, uri: str) -> int:
+    from pipelines.mlflow.models import load_scorer
     from pipelines.settings import load_settings
-    from pipelines.tracking import load_scorer
 
     return load_scorer(load_settings(config, environ={}), uri).booster.num_trees()
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from benchmarks.monitor import scored_world, write_log
 from benchmarks.table import publish
-from pipelines.prediction_log import compact_file, log_files, read_log
+from pipelines.log.reader import log_files, read_log
+from pipelines.log.retention import compact_file
 
 
 def _timed(function, *args):

@@ -24,19 +24,16 @@ from pathlib import Path
 import pandas as pd
 
 from drift.monitor import run_monitor
+from drift.window import Window
 from pipelines.features import build_features
-from pipelines.prediction_log import (
-    PredictionLogWriter,
-    Window,
-    log_folder,
-    read_predictions,
-    record,
-)
-from pipelines.promotion import set_stage
+from pipelines.log.reader import read_predictions
+from pipelines.log.record import log_folder, record
+from pipelines.log.writer import PredictionLogWriter
+from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import RAW_COLUMNS, Settings, load_settings
-from pipelines.simulate import simulate_transactions
-from pipelines.tracking import log_training_run
-from pipelines.train import TrainingResult, train_model
+from pipelines.training.record import log_training_run
+from pipelines.training.simulate import simulate_transactions
+from pipelines.training.train import TrainingResult, train_model
 
 FAST = {
     "train_days": 21,
@@ -142,7 +139,7 @@ def measure(
     read_times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        read_predictions(log_dir, window, names)
+        read_predictions(log_dir, window.start, window.end, names)
         read_times.append(time.perf_counter() - start)
     results = []
     unsampled = settings.model_copy(

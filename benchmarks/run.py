@@ -22,12 +22,12 @@ from pathlib import Path
 
 from benchmarks.handbook import handbook_features
 from benchmarks.table import publish
-from pipelines.backtest import run_backtest
 from pipelines.data import load_transactions
 from pipelines.features import build_features
 from pipelines.settings import load_settings
-from pipelines.simulate import simulate_transactions, write_daily_parquet
-from pipelines.train import train_model
+from pipelines.training.backtest import run_backtest
+from pipelines.training.simulate import simulate_transactions, write_daily_parquet
+from pipelines.training.train import train_model
 
 
 def timed(func: Callable[[], object], repeats: int) -> tuple[list[float], object]:

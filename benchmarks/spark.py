@@ -28,11 +28,11 @@ import pyarrow.parquet as pq
 import yaml
 
 from benchmarks.env import ROOT, clean_env
-from pipelines.promotion import set_stage
+from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import Settings, load_settings
-from pipelines.simulate import simulate_transactions, write_daily_parquet
-from pipelines.tracking import log_training_run
-from pipelines.train import train_model
+from pipelines.training.record import log_training_run
+from pipelines.training.simulate import simulate_transactions, write_daily_parquet
+from pipelines.training.train import train_model
 
 FAST = {"max_rounds": 300, "early_stopping_rounds": 30, "lightgbm": {"learning_rate": 0.1}}
 # the local driver's heap: the default 1 GiB spills the window sorts of a few million rows

@@ -67,12 +67,12 @@ def build_world(root: Path, redis_url: str) -> World:
     /predict must see real customer/terminal pairs and time moving past the warmed history, and
     both /invocations the same finite feature row, or the targets would not be comparable."""
     from pipelines.data import load_transactions
+    from pipelines.mlflow.promotion import set_stage
     from pipelines.model import BOOSTER_FILE
-    from pipelines.online_state import open_state
-    from pipelines.promotion import set_stage
-    from pipelines.simulate import simulate_transactions, write_daily_parquet
-    from pipelines.tracking import log_training_run
-    from pipelines.train import train_model
+    from pipelines.state.factory import open_state
+    from pipelines.training.record import log_training_run
+    from pipelines.training.simulate import simulate_transactions, write_daily_parquet
+    from pipelines.training.train import train_model
     from tests.helpers import make_settings, write_config
 
     settings = make_settings(

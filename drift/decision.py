@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from drift.performance import Performance
-from drift.summary import DriftSummary
+from drift.report_parse import DriftSummary
 from pipelines.monitor_summary import Verdict
 from pipelines.settings import MonitoringSettings
 

@@ -25,15 +25,17 @@ from drift.page import render
 from drift.performance import Performance, assess_performance
 from drift.reference import Champion, NoChampionError, load_champion
 from drift.report import drift_report, performance_report
-from drift.summary import DriftSummary, parse
-from pipelines import tracking
+from drift.report_parse import DriftSummary, parse
+from drift.window import Window
 from pipelines.data import load_transactions
 from pipelines.files import write_json_atomic
+from pipelines.log.reader import MonitoringInputError, read_log
+from pipelines.log.record import log_folder
+from pipelines.log.traffic import attach_labels, label_sources, production_transactions
+from pipelines.mlflow import runs
 from pipelines.monitor_summary import MonitorSummary, Verdict, write_summary
-from pipelines.prediction_log import MonitoringInputError, Window, log_folder, read_log
-from pipelines.production import attach_labels, label_sources, production_transactions
-from pipelines.retrain import retrain
 from pipelines.settings import Settings
+from pipelines.training.retrain import retrain
 
 log = logging.getLogger("fraudflow.monitor")
 
@@ -126,7 +128,7 @@ def _log_run(summary: MonitorSummary, folder: Path, settings: Settings) -> str:
     if drift["score"]:
         metrics["drift_fraud_probability"] = drift["score"]["score"]
     metrics.update({f"production_{k}": v for k, v in performance["production"].items()})
-    return tracking.log_monitor_run(settings, f"monitor-v{model['version']}", tags, metrics, folder)
+    return runs.log_monitor_run(settings, f"monitor-v{model['version']}", tags, metrics, folder)
 
 
 MONITOR_STEPS = ("model", "prediction log", "re-score", "drift", "performance", "reports")
@@ -156,7 +158,7 @@ def _run_monitor(
     monitoring = settings.monitoring
     log_dir = log_folder(settings)
     features = list(champion.scorer.features)
-    logged = read_log(log_dir, window, features)
+    logged = read_log(log_dir, window.start, window.end, features)
     _step(bar, "prediction log")
     current = logged.predictions
     if len(current) < monitoring.min_rows:
@@ -227,7 +229,7 @@ def _write_pages(summary: MonitorSummary, folder: Path) -> None:
 def _update(result: MonitorResult, settings: Settings) -> None:
     """Rewrite the report files, their MLflow copy and the latest summary after a retraining."""
     _write_pages(result.summary, result.folder)
-    tracking.log_report(settings, result.summary.run_id, result.folder)
+    runs.log_report(settings, result.summary.run_id, result.folder)
     write_summary(settings.monitor_latest, result.summary)
 
 
@@ -261,7 +263,7 @@ def _retrain(
         "monitor_report": summary.report,
     }
     result = retrain(settings, history, production, trigger, data_path=str(path))
-    tracking.tag_run(
+    runs.tag_run(
         settings,
         summary.run_id,
         {

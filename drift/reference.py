@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
+from pipelines.mlflow import models, runs, store
+from pipelines.mlflow.registry import served_version
+from pipelines.mlflow.store import MlflowClient, MlflowException, ModelVersion
 from pipelines.model import FraudScorer
-from pipelines.registry import served_version
 from pipelines.settings import Settings
 
 
@@ -46,19 +44,19 @@ def version_in_service(client: MlflowClient, settings: Settings) -> ModelVersion
 
 
 def load_champion(settings: Settings) -> Champion:
-    version = version_in_service(tracking.client(settings), settings)
+    version = version_in_service(store.client(settings), settings)
     try:
-        reference = tracking.load_reference(settings, version.run_id)
+        reference = models.load_reference(settings, version.run_id)
     except (MlflowException, OSError) as exc:
         raise NoChampionError(
             f"{version.name} v{version.version} has no reference sample "
-            f"({tracking.REFERENCE_ARTIFACT} in run {version.run_id}): retrain it to monitor it"
+            f"({models.REFERENCE_ARTIFACT} in run {version.run_id}): retrain it to monitor it"
         ) from exc
     return Champion(
         name=version.name,
         version=str(version.version),
         run_id=version.run_id,
-        scorer=tracking.load_scorer(settings, f"models:/{version.name}/{version.version}"),
+        scorer=models.load_scorer(settings, f"models:/{version.name}/{version.version}"),
         reference=reference,
-        training_metrics=tracking.version_test_metrics(version),
+        training_metrics=runs.version_test_metrics(version),
     )

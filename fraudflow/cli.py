@@ -24,8 +24,8 @@ from pipelines.backup.redis_snapshot import RedisBackupError
 from pipelines.data import DataValidationError, load_transactions
 from pipelines.files import write_json_atomic
 from pipelines.monitor_summary import Verdict
-from pipelines.online_state import StateUnavailable
 from pipelines.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+from pipelines.state.protocol import StateUnavailable
 
 log = logging.getLogger("fraudflow")
 # `warm` loads the history in slices of this many rows (one transaction each on SQLite)
@@ -64,7 +64,11 @@ def _load(args: argparse.Namespace, settings: Settings, require_labels: bool):
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: simulation settings. Produces: one Parquet file per day under --output."""
-    from pipelines.simulate import fraud_summary, simulate_transactions, write_daily_parquet
+    from pipelines.training.simulate import (
+        fraud_summary,
+        simulate_transactions,
+        write_daily_parquet,
+    )
 
     overrides = {
         key: value
@@ -98,8 +102,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: labelled transactions. Produces: an MLflow run and a registered model version."""
-    from pipelines.tracking import data_description, log_training_run
-    from pipelines.train import train_model
+    from pipelines.training.record import data_description, log_training_run
+    from pipelines.training.train import train_model
 
     path, transactions = _load(args, settings, require_labels=True)
     result = train_model(transactions, settings)
@@ -128,7 +132,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: labelled transactions. Produces: a parent MLflow run with one nested run per fold."""
-    from pipelines.backtest import run_backtest
+    from pipelines.training.backtest import run_backtest
 
     if args.folds is not None:
         settings = settings.model_copy(
@@ -153,9 +157,9 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows,
     streamed in chunks of batch.chunk_rows on batch.threads threads (see README, Batch
     scoring)."""
-    from pipelines.registry import served_uri
-    from pipelines.score import score_path
-    from pipelines.tracking import load_scorer
+    from pipelines.batch.local import score_path
+    from pipelines.mlflow.models import load_scorer
+    from pipelines.mlflow.registry import served_uri
 
     if not args.output:
         raise UsageError("score needs --output FILE (.csv, .csv.gz or .parquet)")
@@ -186,11 +190,11 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def _score_spark(args: argparse.Namespace, settings: Settings, uri: str) -> dict[str, Any]:
-    """The Spark engine: a Parquet folder partitioned by day (pipelines/spark)."""
+    """The Spark engine: a Parquet folder partitioned by day (pipelines/batch/spark)."""
     try:
-        from pipelines.spark.read import check_input
-        from pipelines.spark.score import OutputError, check_output, score_with_spark
-        from pipelines.spark.session import DEFAULT_MASTER, SparkUnavailable, spark_session
+        from pipelines.batch.spark.read import check_input
+        from pipelines.batch.spark.score import OutputError, check_output, score_with_spark
+        from pipelines.batch.spark.session import DEFAULT_MASTER, SparkUnavailable, spark_session
     except ImportError as exc:
         raise UsageError(f"--engine spark needs pyspark: pip install '.[spark]' ({exc})") from exc
     master = args.master or DEFAULT_MASTER
@@ -212,7 +216,7 @@ def _score_spark(args: argparse.Namespace, settings: Settings, uri: str) -> dict
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: the registry (and, with --auto, recent labelled data). Produces: a stage change,
     the champion alias and a promotion record."""
-    from pipelines import promotion
+    from pipelines.mlflow import promotion
 
     if args.history:
         history = promotion.promotion_history(settings)
@@ -234,7 +238,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: the registry. Runs: the scoring API on gunicorn until stopped."""
-    from serving.server import gunicorn_command
+    from serving.gunicorn_command import gunicorn_command
 
     env = dict(os.environ)
     if args.config:
@@ -247,7 +251,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: historical transactions. Produces: the serving's online feature state, warmed."""
-    from pipelines.online_state import open_state
+    from pipelines.state.factory import open_state
 
     path, transactions = _load(args, settings, require_labels=False)
     backend = settings.serving.state.backend
@@ -339,8 +343,8 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     a challenger version in Staging, promoted to Production only if it beats the champion."""
     import getpass
 
-    from pipelines.production import production_transactions
-    from pipelines.retrain import retrain
+    from pipelines.log.traffic import production_transactions
+    from pipelines.training.retrain import retrain
 
     path, history = _load(args, settings, require_labels=True)
     production = production_transactions(settings, [Path(p) for p in args.labels])

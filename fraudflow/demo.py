@@ -22,17 +22,20 @@ from typing import Any
 import pandas as pd
 
 from drift.monitor import run_job
+from drift.window import Window
 from fraudflow.logs import logging_to
-from pipelines import tracking
 from pipelines.data import load_transactions
-from pipelines.online_state import open_state
-from pipelines.prediction_log import Window, log_files, log_folder
-from pipelines.promotion import promote_if_better, set_stage
-from pipelines.registry import champion_version
+from pipelines.log.reader import log_files
+from pipelines.log.record import log_folder
+from pipelines.mlflow import store
+from pipelines.mlflow.promotion import promote_if_better, set_stage
+from pipelines.mlflow.registry import champion_version
 from pipelines.settings import CONFIG_ENV, Settings
-from pipelines.simulate import fraud_summary, simulate_transactions, write_daily_parquet
-from pipelines.train import train_model
-from serving.server import gunicorn_command
+from pipelines.state.factory import open_state
+from pipelines.training import record
+from pipelines.training.simulate import fraud_summary, simulate_transactions, write_daily_parquet
+from pipelines.training.train import train_model
+from serving.gunicorn_command import gunicorn_command
 
 
 def _has_data(folder: Path) -> bool:
@@ -55,13 +58,13 @@ def run_training_half(
 
     print(f"[2/11] training on {len(transactions):,} transactions (features, LightGBM)")
     result = train_model(transactions, settings)
-    description = tracking.data_description(path, transactions)
+    description = record.data_description(path, transactions)
     print("[3/11] logging the run and registering the model in MLflow")
-    run_id, version = tracking.log_training_run(result, settings, description)
+    run_id, version = record.log_training_run(result, settings, description)
 
     print("[4/11] gated promotion: newest version against the champion")
     decision = promote_if_better(settings, transactions)
-    client = tracking.client(settings)
+    client = store.client(settings)
     champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)
     registered = client.get_model_version(settings.mlflow.model_name, version.version)
     summary = {
@@ -215,7 +218,7 @@ def _swap(url: str, settings: Settings, transactions: pd.DataFrame, probe: pd.Da
     )
     print(f"[7/11] training a second version on data up to {end.date()} and promoting it")
     result = train_model(transactions, earlier)
-    _, version = tracking.log_training_run(result, earlier, {"data_path": "demo: one week earlier"})
+    _, version = record.log_training_run(result, earlier, {"data_path": "demo: one week earlier"})
     _, before = call(f"{url}/model")
     promoted_at = time.monotonic()
     set_stage(settings, str(version.version), "Production", "demo: show the hot swap", "demo")
@@ -288,7 +291,7 @@ def _monitor(url: str, settings: Settings, data: str | None) -> None:
 
 def run_serving_half(settings: Settings, config: str | None, data: str | None = None) -> int:
     """Serve the champion and drive traffic, a hot swap, drift and the monitor through it."""
-    client = tracking.client(settings)
+    client = store.client(settings)
     champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)
     if champion is None:
         print("no champion to serve: the newest model was held by the gates (see above)")

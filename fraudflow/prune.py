@@ -14,9 +14,10 @@ from typing import Any
 
 from drift.monitor import reports_dir
 from drift.retention import prune_reports
-from pipelines import prediction_log
-from pipelines.online_state import SqliteOnlineState, open_state, retention_ms
+from pipelines.log import record, retention
 from pipelines.settings import Settings
+from pipelines.state.factory import open_state, retention_ms
+from pipelines.state.sqlite import SqliteOnlineState
 
 log = logging.getLogger("fraudflow.prune")
 
@@ -25,13 +26,13 @@ def run_prune(settings: Settings, now: datetime | None = None) -> dict[str, Any]
     """One pass; returns what it did (files, bytes, rows)."""
     now = now or datetime.now(timezone.utc)
     monitoring = settings.monitoring
-    folder = prediction_log.log_folder(settings)
+    folder = record.log_folder(settings)
     removed_logs = (
-        prediction_log.delete_older_than(folder, monitoring.prediction_log_retention_days, now)
+        retention.delete_older_than(folder, monitoring.prediction_log_retention_days, now)
         if folder.is_dir()
         else []
     )
-    compacted = prediction_log.compact_closed(folder, now) if folder.is_dir() else []
+    compacted = retention.compact_closed(folder, now) if folder.is_dir() else []
     for item in compacted:
         log.info(
             "compacted %s: %d rows, %d -> %d bytes%s",

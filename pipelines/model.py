@@ -4,7 +4,7 @@ A native booster text file loads in milliseconds (a skops-pickled sklearn wrappe
 seconds and its pyfunc returns labels), and it carries its feature list and decision threshold
 so every front end scores the same way. What fraudflow loads from the registry is only these two
 files, validated before use: no code from the registry runs here. The MLflow pyfunc logged
-beside them (`pipelines/pyfunc_model.py`) is for MLflow's own tools and other environments.
+beside them (`pipelines/mlflow/pyfunc_model.py`) is for MLflow's own tools and other environments.
 """
 
 from __future__ import annotations

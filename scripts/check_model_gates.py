@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.promotion import gate_failures
+from pipelines.mlflow.promotion import gate_failures
 from pipelines.settings import load_settings
 
 

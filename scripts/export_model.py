@@ -13,8 +13,8 @@ from pathlib import Path
 
 import mlflow
 
+from pipelines.mlflow.store import use_store
 from pipelines.settings import load_settings
-from pipelines.tracking import use_store
 
 
 def export(config: str, summary: Path, output: Path) -> Path:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines import tracking
-from pipelines.registry import served_version
+from pipelines.mlflow import runs, store
+from pipelines.mlflow.registry import served_version
 from pipelines.settings import Settings, load_settings
 
 RECORDED_TAGS = ("threshold", "promotion.at", "promotion.by", "promotion.reason")
@@ -23,7 +23,7 @@ RECORDED_TAGS = ("threshold", "promotion.at", "promotion.by", "promotion.reason"
 def champion_record(settings: Settings) -> dict[str, Any]:
     """The served version's identity, promotion tags and test metrics (stage or alias, as
     `serving.model_source` says)."""
-    client = tracking.client(settings)
+    client = store.client(settings)
     name = settings.mlflow.model_name
     version = served_version(client, settings)
     if version is None:
@@ -39,7 +39,7 @@ def champion_record(settings: Settings) -> dict[str, Any]:
         "tags": {
             key: tags[key]
             for key in sorted(tags)
-            if key in RECORDED_TAGS or key.startswith(tracking.TEST_METRIC_TAG)
+            if key in RECORDED_TAGS or key.startswith(runs.TEST_METRIC_TAG)
         },
     }
 

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from flask import Flask
 
-from pipelines.online_state import open_state
-from pipelines.prediction_log import PredictionLogWriter, log_folder
+from pipelines.log.record import log_folder
+from pipelines.log.writer import PredictionLogWriter
 from pipelines.settings import CONFIG_ENV, Settings, load_settings
+from pipelines.state.factory import open_state
 from serving import access_log
 from serving.auth import listen_addresses, load_credentials, require_tokens_when_exposed
 from serving.metrics import create_metrics

@@ -78,7 +78,7 @@ def _create_store_in_a_child():
 
 
 def _create_store(settings):
-    from pipelines.tracking import client as tracking_client
+    from pipelines.mlflow.store import client as tracking_client
 
     client = tracking_client(settings)
     client.search_experiments(max_results=1)

@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.tracking import MlflowClient
-
-from pipelines import tracking
 from pipelines.features import feature_names
+from pipelines.mlflow import models, store
+from pipelines.mlflow.registry import served_uri, served_version
+from pipelines.mlflow.store import MlflowClient, ModelVersion
 from pipelines.model import FraudScorer
-from pipelines.registry import served_uri, served_version
 from pipelines.settings import Settings
 from serving.model_cache import ModelCache
 from serving.online_scorer import OnlineScorer
@@ -93,7 +91,7 @@ class ModelHolder:
 
     def __init__(self, settings: Settings, client: MlflowClient | None = None) -> None:
         self.settings = settings
-        self.client = client or tracking.client(settings)
+        self.client = client or store.client(settings)
         self.status = RegistryStatus()
         folder = settings.serving.model_cache_dir
         self.cache = ModelCache(settings.under_workdir(folder)) if folder else None
@@ -139,7 +137,7 @@ class ModelHolder:
                 return False
             try:
                 with tempfile.TemporaryDirectory() as folder:
-                    booster, meta = tracking.download_model_files(
+                    booster, meta = models.download_model_files(
                         self.settings, f"models:/{target.name}/{target.version}", Path(folder)
                     )
                     scorer = self._checked(FraudScorer.load(booster, meta))

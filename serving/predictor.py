@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.features import epoch_ms, features_from_history
-from pipelines.online_state import OnlineState
 from pipelines.settings import Settings
+from pipelines.state.protocol import OnlineState
 from serving.model_holder import ServedModel
 from serving.schemas import TransactionIn
 

@@ -12,8 +12,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from pipelines import prediction_log
-from pipelines.online_state import StateUnavailable
+from pipelines.log import record, writer
+from pipelines.state.protocol import StateUnavailable
 from serving.auth import METRICS_ENDPOINT, ROUTE_SCOPES, bearer
 from serving.mlflow_payload import PayloadError, feature_matrix
 from serving.openapi import openapi_document
@@ -187,7 +187,7 @@ def predict() -> Response:
             prediction.decision, prediction.fraud_probability, prediction.lookup_seconds
         )
         records.append(
-            prediction_log.record(
+            record.record(
                 logged_at=now,
                 transaction_id=tx.transaction_id,
                 tx_datetime=tx.tx_datetime,
@@ -206,7 +206,7 @@ def predict() -> Response:
         )
     try:
         svc.log.write(records)
-    except prediction_log.PredictionLogError as exc:
+    except writer.PredictionLogError as exc:
         current_app.logger.error("prediction log unavailable: %s", exc)
         reason = os.strerror(exc.errno) if exc.errno else "write failed"  # no path, no detail
         raise ApiError(503, f"prediction log unavailable: {reason}") from exc

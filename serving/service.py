@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from pipelines.online_state import OnlineState
-from pipelines.prediction_log import PredictionLogWriter
+from pipelines.log.writer import PredictionLogWriter
 from pipelines.settings import Settings
+from pipelines.state.protocol import OnlineState
 from serving.auth import Credentials
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder

@@ -13,8 +13,8 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pipelines.online_state import OnlineState
-from pipelines.prediction_log import FILE_PREFIX
+from pipelines.log.record import FILE_PREFIX
+from pipelines.state.protocol import OnlineState
 
 
 class StorageCollector(Collector):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pipelines.data import load_transactions
-from pipelines.simulate import simulate_transactions, write_daily_parquet
+from pipelines.training.simulate import simulate_transactions, write_daily_parquet
 from tests.helpers import make_settings
 from tests.redis_servers import RedisServer, redis_server
 

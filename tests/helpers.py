@@ -15,10 +15,10 @@ import yaml
 
 from pipelines.backup.artifacts import relocate_files
 from pipelines.backup.sqlite_files import backup_sqlite, replace_text
-from pipelines.promotion import set_stage
+from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import Settings, load_settings
-from pipelines.tracking import log_training_run
-from pipelines.train import TrainingResult, train_model
+from pipelines.training.record import log_training_run
+from pipelines.training.train import TrainingResult, train_model
 
 # 90 days of a small world: enough history for 30-day windows, a 7-day delay and three periods.
 SMALL_WORLD = {

@@ -18,20 +18,17 @@ import pytest
 import redis
 import requests
 
-from pipelines import tracking
 from pipelines.backup.manifest import MANIFEST
 from pipelines.backup.postgres import libpq_uri
 from pipelines.backup.run import numbered
 from pipelines.files import sha256_file
-from pipelines.online_state import open_state, received_labels
-from pipelines.prediction_log import (
-    PredictionLogWriter,
-    log_folder,
-    read_predictions,
-    record,
-)
-from pipelines.promotion import promotion_history, set_stage
+from pipelines.log.reader import read_predictions
+from pipelines.log.record import log_folder, record
+from pipelines.log.writer import PredictionLogWriter
+from pipelines.mlflow import store
+from pipelines.mlflow.promotion import promotion_history, set_stage
 from pipelines.settings import Settings
+from pipelines.state.factory import open_state, received_labels
 from tests.helpers import make_settings, train_and_register, write_config
 from tests.servers import clean_env, gunicorn_api
 from tests.stack_servers import ROOT, compose_mlflow_server, new_password, postgres_server
@@ -84,7 +81,7 @@ def small_store(workdir: Path) -> tuple[Settings, Path]:
     """A real store without training: an MLflow run with an artifact and a registered model,
     online state with a label, three prediction-log records (and a torn fourth), a report."""
     settings = make_settings(workdir)
-    client = tracking.client(settings)
+    client = store.client(settings)
     experiment = client.create_experiment("x", artifact_location=settings.artifact_root.as_uri())
     run = client.create_run(experiment)
     client.log_text(run.info.run_id, "the artifact", "notes/a.txt")
@@ -155,7 +152,7 @@ def test_restore_into_a_new_folder_gives_a_working_store(source, target) -> None
     settings, config = target
     done = cli("restore", "--config", str(config), "--input", str(backup.parent))
     assert done.returncode == 0, done.stdout + done.stderr
-    client = tracking.client(settings)
+    client = store.client(settings)
     assert client.get_registered_model(NAME).name == NAME
     run = client.search_runs([client.get_experiment_by_name("x").experiment_id])[0]
     # the run's artifacts are where the new store keeps them, and readable through MLflow
@@ -235,10 +232,10 @@ def test_a_damaged_backup_is_refused_and_nothing_changes(source, target, tmp_pat
 MAKE_OTHER_STORE = """
 import sys
 from pathlib import Path
-from pipelines import tracking
+from pipelines.mlflow import store
 from tests.test_backup import small_store
 settings, _ = small_store(Path(sys.argv[1]))
-tracking.client(settings).create_registered_model("only-in-the-target")
+store.client(settings).create_registered_model("only-in-the-target")
 """
 
 
@@ -263,7 +260,7 @@ def test_a_store_holding_data_is_replaced_only_with_force(source, tmp_path) -> N
     assert fingerprint(settings.workdir) == before
     forced = cli("restore", "--config", str(config), "--input", str(backup), "--force")
     assert forced.returncode == 0, forced.stderr
-    names = {m.name for m in tracking.client(settings).search_registered_models()}
+    names = {m.name for m in store.client(settings).search_registered_models()}
     assert names == {NAME}
     assert not [p for p in settings.workdir.rglob("*") if p.name.startswith((".restore", ".repl"))]
 
@@ -308,7 +305,7 @@ def send(session: requests.Session, url: str, txs: list[dict]) -> dict[str, floa
 
 def registry_picture(settings: Settings) -> dict[str, object]:
     """Every version's stage and tags, and the model's aliases."""
-    client = tracking.client(settings)
+    client = store.client(settings)
     versions = {
         str(v.version): (v.current_stage, dict(v.tags))
         for v in client.search_model_versions(f"name = '{NAME}'")
@@ -431,7 +428,7 @@ def test_the_drill_on_the_embedded_store(tmp_path, small_transactions) -> None:
 def test_the_redis_online_state_is_backed_up_as_a_snapshot_and_restored(tmp_path, redis_url):
     state = {"state": {"backend": "redis", "url": redis_url}}
     settings = make_settings(tmp_path / "work", serving=state)
-    tracking.client(settings).create_registered_model(NAME)
+    store.client(settings).create_registered_model(NAME)
     with closing(open_state(settings)) as online:
         online.add_labels([("r1", 1), ("r2", 0)], 0)
     config = write_config(tmp_path / "redis.yaml", settings)

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.batch_features import OutOfOrderError, StreamingFeatures, history_ms
-from pipelines.compiled import BINARY_FILE, BatchPredictor, batch_predictor, cache_key
+from pipelines.batch.compiled import BINARY_FILE, BatchPredictor, batch_predictor, cache_key
+from pipelines.batch.local import score_path, score_transactions
+from pipelines.batch.streaming import OutOfOrderError, StreamingFeatures, history_ms
 from pipelines.data import DataValidationError, load_transactions
 from pipelines.features import (
     DAY_MS,
@@ -27,9 +28,8 @@ from pipelines.features import (
     build_features_carried,
     grouped_kahan_cumsum,
 )
-from pipelines.score import score_path, score_transactions
 from pipelines.settings import FeatureSettings, Settings, SettingsError, load_settings
-from pipelines.train import train_model
+from pipelines.training.train import train_model
 from tests.helpers import make_settings, write_config
 from tests.servers import clean_env
 from tests.test_features import SETTINGS

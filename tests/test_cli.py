@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fraudflow.cli import main
-from pipelines import tracking
+from pipelines.mlflow import store
 from pipelines.settings import LABEL_COLUMN, RAW_COLUMNS
 from tests.helpers import make_settings, write_config
 
@@ -144,7 +144,7 @@ def test_mlflow_run_train_entry_point(tmp_path: Path, small_data_dir: Path) -> N
     env["MLFLOW_TRACKING_URI"] = settings.tracking_uri
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     out = tmp_path / "summary.json"
-    tracking.client(settings).create_experiment(  # artifacts under tmp, not ./mlruns
+    store.client(settings).create_experiment(  # artifacts under tmp, not ./mlruns
         settings.mlflow.experiment, artifact_location=settings.artifact_root.as_uri()
     )
     command = [
@@ -167,7 +167,7 @@ def test_mlflow_run_train_entry_point(tmp_path: Path, small_data_dir: Path) -> N
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(out.read_text())
-    client = tracking.client(settings)
+    client = store.client(settings)
     run = client.get_run(summary["run_id"])
     assert run.data.tags.get("mlflow.project.entryPoint") == "train"
     assert "test_average_precision" in run.data.metrics

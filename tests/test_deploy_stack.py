@@ -26,9 +26,9 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
 from pipelines.features import feature_names
-from pipelines.registry import served_version
+from pipelines.mlflow import store
+from pipelines.mlflow.registry import served_version
 from tests.helpers import make_settings, write_config
 from tests.servers import BIN, clean_env, gunicorn_api, wait_every_worker
 from tests.stack_servers import (
@@ -178,7 +178,7 @@ def served(stack, small_data_dir):
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     # each worker polls the registry on its own: wait until every one serves the champion
     settings = stack["settings"]
-    promoted = served_version(tracking.client(settings), settings)
+    promoted = served_version(store.client(settings), settings)
     assert promoted is not None
     wait_every_worker(api, WORKERS, str(promoted.version), headers=SCRAPER)
     features = {name: 1.0 for name in feature_names(stack["settings"].features)}

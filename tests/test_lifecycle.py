@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import tracking
 from pipelines.features import build_features, feature_names
-from pipelines.promotion import promote_if_better, promotion_history, set_stage
-from pipelines.retrain import champion_configuration
-from pipelines.tracking import REFERENCE_ARTIFACT, log_training_run
-from pipelines.train import train_model
+from pipelines.mlflow import models
+from pipelines.mlflow import store as mlflow_store
+from pipelines.mlflow.models import REFERENCE_ARTIFACT
+from pipelines.mlflow.promotion import promote_if_better, promotion_history, set_stage
+from pipelines.training.record import log_training_run
+from pipelines.training.retrain import champion_configuration
+from pipelines.training.train import train_model
 from tests.helpers import make_settings
 
 NAME = "fraud-detector"
@@ -42,7 +44,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataF
 
 def test_training_run_logs_metrics_params_plots_and_the_model(store) -> None:
     settings, run_id, version, _ = store
-    client = tracking.client(settings)
+    client = mlflow_store.client(settings)
     run = client.get_run(run_id)
     for metric in (
         "roc_auc",
@@ -83,7 +85,7 @@ def test_training_run_logs_metrics_params_plots_and_the_model(store) -> None:
 
 def test_registered_version_carries_threshold_window_and_metrics(store) -> None:
     settings, run_id, version, _ = store
-    mv = tracking.client(settings).get_model_version(NAME, version)
+    mv = mlflow_store.client(settings).get_model_version(NAME, version)
     assert mv.run_id == run_id
     assert 0.0 < float(mv.tags["threshold"]) < 1.0
     assert mv.tags["train_start"] < mv.tags["test_start"]
@@ -92,7 +94,7 @@ def test_registered_version_carries_threshold_window_and_metrics(store) -> None:
 
 def test_pyfunc_returns_probabilities_with_a_signature(store, small_transactions) -> None:
     settings, _, version, result = store
-    tracking.use_store(settings)
+    mlflow_store.use_store(settings)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
     assert type(model.unwrap_python_model()).__name__ == "FraudModel"  # from the logged code
     inputs = [c.name for c in model.metadata.get_input_schema().inputs]
@@ -109,8 +111,8 @@ def test_score_moves_the_right_way(store, small_transactions) -> None:
     """Behaviour on raw data, features recomputed: a much dearer transaction, or a terminal
     whose matured history is fraud, never looks safer; amounts above 220 get flagged."""
     settings, _, version, result = store
-    tracking.use_store(settings)
-    scorer = tracking.load_scorer(settings, f"models:/{NAME}/{version}")
+    mlflow_store.use_store(settings)
+    scorer = models.load_scorer(settings, f"models:/{NAME}/{version}")
     raw = small_transactions
     rows = result.test.raw.index[result.test.raw["tx_fraud"] == 0][:300]
 
@@ -135,7 +137,7 @@ def test_score_moves_the_right_way(store, small_transactions) -> None:
 
 def test_manual_promotion_sets_stage_and_alias_and_archives(store, small_transactions) -> None:
     settings, _, v1, _ = store
-    client = tracking.client(settings)
+    client = mlflow_store.client(settings)
     set_stage(settings, v1, "Production", "first model", actor="alice")
     _, v2 = train_and_log(small_transactions, settings)
     assert client.get_model_version(NAME, v2).current_stage == "None"
@@ -157,7 +159,7 @@ def test_manual_promotion_sets_stage_and_alias_and_archives(store, small_transac
 
 def test_auto_refuses_a_worse_model_and_keeps_the_champion(tmp_path, small_transactions) -> None:
     settings = make_settings(tmp_path)
-    client = tracking.client(settings)
+    client = mlflow_store.client(settings)
     _, champion = train_and_log(small_transactions, settings)
     set_stage(settings, champion, "Production", "the champion")
     stump = make_settings(
@@ -195,7 +197,7 @@ def test_auto_promotes_a_model_that_beats_the_champion(tmp_path, small_transacti
     _, strong = train_and_log(small_transactions, settings)
     decision = promote_if_better(settings, small_transactions)
     assert decision.promoted and decision.champion_before == weak
-    client = tracking.client(settings)
+    client = mlflow_store.client(settings)
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == strong
     assert client.get_model_version(NAME, weak).current_stage == "Archived"
 
@@ -205,7 +207,7 @@ def test_demoting_the_champion_to_staging_removes_the_alias(tmp_path, small_tran
     _, v1 = train_and_log(small_transactions, settings)
     set_stage(settings, v1, "Production", "go")
     set_stage(settings, v1, "Staging", "roll back")
-    client = tracking.client(settings)
+    client = mlflow_store.client(settings)
     assert client.get_model_version(NAME, v1).current_stage == "Staging"
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(NAME, "champion")

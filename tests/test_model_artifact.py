@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 
 from pipelines import model as model_files
-from pipelines import tracking
+from pipelines.mlflow import store
+from pipelines.mlflow.promotion import set_stage
 from pipelines.model import FraudScorer, ModelArtifactError
-from pipelines.promotion import set_stage
 from serving.app import create_app
 from tests.helpers import make_settings, private_serving, train_and_register
 
@@ -57,7 +57,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.
 
 def register_trap(settings, marker: Path, data_from: str | None = None) -> str:
     """Register a cloudpickled trap (with the booster and metadata of `data_from`, if given)."""
-    tracking.use_store(settings)
+    store.use_store(settings)
     artifacts = {}
     if data_from is not None:
         folder = Path(tempfile.mkdtemp())
@@ -65,7 +65,7 @@ def register_trap(settings, marker: Path, data_from: str | None = None) -> str:
             artifacts[key] = mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{NAME}/{data_from}/artifacts/{name}", dst_path=str(folder)
             )
-    experiment = tracking.client(settings).get_experiment_by_name(settings.mlflow.experiment)
+    experiment = store.client(settings).get_experiment_by_name(settings.mlflow.experiment)
     with mlflow.start_run(experiment_id=experiment.experiment_id):
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from pipelines.files import sha256_file
-from pipelines.promotion import set_stage
+from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import Settings
-from pipelines.tracking import log_training_run
-from pipelines.train import train_model
+from pipelines.training.record import log_training_run
+from pipelines.training.train import train_model
 from serving.app import create_app
 from serving.model_cache import MANIFEST, POINTER, ModelCache
 from tests.helpers import make_settings, private_serving

@@ -17,20 +17,16 @@ import pytest
 from drift.decision import decide
 from drift.performance import Performance, assess_performance
 from drift.report import drift_report
-from drift.summary import ReportFormatError, is_drifted, parse
+from drift.report_parse import ReportFormatError, is_drifted, parse
+from drift.window import Window
 from fraudflow.cli import main as cli_main
-from pipelines import tracking
+from pipelines.log.reader import MonitoringInputError, log_files, read_predictions
+from pipelines.log.record import log_folder
+from pipelines.log.traffic import attach_labels, labels_from_file
+from pipelines.mlflow import store
 from pipelines.monitor_summary import Verdict
-from pipelines.online_state import open_state
-from pipelines.prediction_log import (
-    MonitoringInputError,
-    Window,
-    log_files,
-    log_folder,
-    read_predictions,
-)
-from pipelines.production import attach_labels, labels_from_file
 from pipelines.settings import load_settings
+from pipelines.state.factory import open_state
 from serving.app import create_app
 from tests.helpers import copy_store, make_settings, write_config
 from tests.traffic import log_traffic, split_days, train_champion
@@ -39,6 +35,9 @@ NAME = "fraud-detector"
 
 
 # --- the Evidently result, read into a typed summary ---------------------------------------
+
+# 2026-11-26 as the half-open range the log reader takes
+_DAY = (datetime(2026, 11, 26, tzinfo=timezone.utc), datetime(2026, 11, 27, tzinfo=timezone.utc))
 
 
 def test_parse_reads_which_features_drifted_from_a_real_report() -> None:
@@ -153,20 +152,20 @@ def test_read_predictions_keeps_the_window_and_the_first_scoring_of_a_resent_id(
         ],
     )
     _write_log(tmp_path, "2026-11-24", [_record("old", now - timedelta(days=2))])
-    frame = read_predictions(tmp_path, Window(now - timedelta(hours=2), now))
+    frame = read_predictions(tmp_path, now - timedelta(hours=2), now)
     assert list(frame["transaction_id"]) == ["a", "b"]
     assert frame.loc[0, "model_version"] == "1"
     assert {"customer_nb_tx_1d", "terminal_risk_7d"} <= set(frame.columns)
     assert np.isnan(frame.loc[0, "terminal_risk_7d"])
     assert list(frame.columns).count("tx_amount") == 1
     assert len(read_predictions(tmp_path)) == 4  # every day, "a" once
-    named = read_predictions(tmp_path, Window(now - timedelta(hours=2), now), ["terminal_risk_7d"])
+    named = read_predictions(tmp_path, now - timedelta(hours=2), now, ["terminal_risk_7d"])
     assert list(named["transaction_id"]) == ["a", "b"]
     assert named["terminal_risk_7d"].isna().all() and named["terminal_risk_7d"].dtype == float
     assert "customer_nb_tx_1d" not in named and "decision" not in named
-    raw_only = read_predictions(tmp_path, None, ())
+    raw_only = read_predictions(tmp_path, features=())
     assert len(raw_only) == 4 and "terminal_risk_7d" not in raw_only
-    assert read_predictions(tmp_path / "nothing", Window.day("2026-11-26")).empty
+    assert read_predictions(tmp_path / "nothing", *_DAY).empty
 
 
 def test_a_corrupt_log_file_is_named(tmp_path: Path) -> None:
@@ -174,7 +173,7 @@ def test_a_corrupt_log_file_is_named(tmp_path: Path) -> None:
     with open(tmp_path / "predictions-2026-11-26-123.jsonl", "a") as handle:
         handle.write('{"transaction_id": "b", "logged_at": \n')
     with pytest.raises(MonitoringInputError, match="predictions-2026-11-26-123.jsonl"):
-        read_predictions(tmp_path, Window.day("2026-11-26"))
+        read_predictions(tmp_path, *_DAY)
 
 
 def test_bad_label_files_are_refused_with_the_column_and_the_count(tmp_path: Path) -> None:
@@ -199,7 +198,7 @@ def test_a_later_label_source_corrects_an_earlier_one(tmp_path: Path) -> None:
 
 
 def test_window_arguments_are_checked(tmp_path: Path) -> None:
-    with pytest.raises(MonitoringInputError, match="YYYY-MM-DD"):
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
         Window.day("26/11/2026")
     window = Window.day("2026-11-26")
     assert window.days() == ["2026-11-26"]
@@ -268,7 +267,7 @@ def test_traffic_like_training_gives_no_drift_and_no_retraining(world, tmp_path:
     assert summary["drift"]["drifted_share"] < settings.monitoring.drift_share
     assert not summary["drift"]["score"]["drifted"]
     assert "retrain" not in summary
-    client = tracking.client(settings)
+    client = store.client(settings)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
     run = client.get_run(summary["run_id"])
     assert run.data.tags["verdict"] == "no_drift" and run.data.tags["model_version"] == version
@@ -326,7 +325,7 @@ def test_shifted_amounts_drift_and_trigger_a_linked_retraining(world, tmp_path: 
     assert "amount_to_customer_avg_30d" in drift_html.read_text()
     assert drift_html.stat().st_size < 20_000_000
 
-    client = tracking.client(settings)
+    client = store.client(settings)
     monitor_run = client.get_run(summary["run_id"])
     retrain_id = monitor_run.data.tags["retrain_run_id"]
     retrain_run = client.get_run(retrain_id)
@@ -360,7 +359,7 @@ def test_a_worse_challenger_is_never_promoted_whatever_the_drift(world, tmp_path
     data = tmp_path / "scrambled.parquet"
     scrambled.to_parquet(data)
     # a retraining that cannot even start is an error, and changes nothing in the registry
-    client = tracking.client(settings)
+    client = store.client(settings)
     versions_before = len(client.search_model_versions(f"name='{NAME}'"))
     code, failed = _monitor(settings, tmp_path, "--retrain", "--data", str(tmp_path / "none"))
     assert code == 3 and failed["verdict"] == "drift" and "none" in failed["retrain_error"]
@@ -445,7 +444,7 @@ def test_retrain_by_hand_with_a_search_logs_nested_trials(world, tmp_path: Path)
         {"num_leaves": 4, "min_child_samples": 200},
     ]
     assert result["champion_before"] == version and result["challenger_metrics"]
-    client = tracking.client(settings)
+    client = store.client(settings)
     children = client.search_runs(
         [client.get_run(result["run_id"]).info.experiment_id],
         f"tags.mlflow.parentRunId = '{result['run_id']}'",

@@ -25,8 +25,9 @@ import pytest
 import requests
 
 from pipelines.features import build_features, feature_names
-from pipelines.prediction_log import log_folder, read_predictions
-from pipelines.promotion import set_stage
+from pipelines.log.reader import read_predictions
+from pipelines.log.record import log_folder
+from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import Settings
 from tests.helpers import make_settings, register, write_config
 from tests.redis_servers import RedisServer, redis_server

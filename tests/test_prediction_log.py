@@ -15,22 +15,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import prediction_log
-from pipelines.prediction_log import (
-    MonitoringInputError,
-    PredictionLogError,
-    PredictionLogWriter,
-    Window,
-    compact_closed,
-    delete_older_than,
-    log_files,
-    read_log,
-    record,
-    writer_name,
-)
+from pipelines.log import retention as log_retention
+from pipelines.log import writer as log_writer
+from pipelines.log.reader import MonitoringInputError, log_files, read_log
+from pipelines.log.record import log_file, record, writer_name
+from pipelines.log.retention import compact_closed, delete_older_than
+from pipelines.log.writer import PredictionLogError, PredictionLogWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ["customer_nb_tx_1d", "terminal_risk_7d", "tx_amount"]
+
+
+def _day(day: str) -> tuple[datetime, datetime]:
+    """The UTC day as the half-open range the reader takes."""
+    start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+    return start, start + timedelta(days=1)
 
 
 def _record(tid: str, logged_at: datetime, risk: float = float("nan")) -> dict:
@@ -62,7 +61,7 @@ def _records(prefix: str, count: int, when: datetime | None = None) -> list[dict
 
 def _write_day(folder: Path, day: str, writer: str, records: list[dict]) -> Path:
     """A file of an earlier day, written as the writer writes (its own JSON lines)."""
-    path = prediction_log.log_file(folder, day, writer)
+    path = log_file(folder, day, writer)
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
     return path
@@ -75,7 +74,7 @@ def test_file_names_are_unique_per_host_and_process(tmp_path: Path) -> None:
     writer.write(_records("here", 2))
     writer.close()
     child = (
-        "import sys; from pipelines.prediction_log import PredictionLogWriter; "
+        "import sys; from pipelines.log.writer import PredictionLogWriter; "
         "from tests.test_prediction_log import _records; "
         "w = PredictionLogWriter(sys.argv[1]); w.write(_records('there', 3)); w.close()"
     )
@@ -107,11 +106,11 @@ def test_a_short_write_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         return real(fd, bytes(data[:7]))
 
     writer = PredictionLogWriter(tmp_path)
-    monkeypatch.setattr(prediction_log.os, "write", short)
+    monkeypatch.setattr(log_writer.os, "write", short)
     writer.write(_records("s", 3))
     monkeypatch.undo()
     assert len(calls) > 3
-    read = read_log(tmp_path, None, FEATURES)
+    read = read_log(tmp_path, features=FEATURES)
     assert list(read.predictions["transaction_id"]) == ["s0", "s1", "s2"] and not read.torn_files
 
 
@@ -129,7 +128,7 @@ def test_a_full_disk_leaves_no_torn_record(tmp_path: Path, monkeypatch: pytest.M
             return real(fd, bytes(data[: len(data) // 2]))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(prediction_log.os, "write", full)
+    monkeypatch.setattr(log_writer.os, "write", full)
     with pytest.raises(PredictionLogError, match="No space left"):
         writer.write(_records("lost", 3))
     monkeypatch.undo()
@@ -156,15 +155,15 @@ def test_a_failed_cut_back_blocks_further_appends(
     def refuse(fd: int, length: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(prediction_log.os, "write", half)
-    monkeypatch.setattr(prediction_log.os, "ftruncate", refuse)
+    monkeypatch.setattr(log_writer.os, "write", half)
+    monkeypatch.setattr(log_writer.os, "ftruncate", refuse)
     with pytest.raises(PredictionLogError):
         writer.write(_records("lost", 1))
-    monkeypatch.setattr(prediction_log.os, "write", real_write)
+    monkeypatch.setattr(log_writer.os, "write", real_write)
     with pytest.raises(PredictionLogError, match="torn record"):
         writer.write(_records("blocked", 1))
     assert read_log(tmp_path).torn_records == 1  # the torn tail is skipped meanwhile
-    monkeypatch.setattr(prediction_log.os, "ftruncate", real_truncate)
+    monkeypatch.setattr(log_writer.os, "ftruncate", real_truncate)
     writer.write(_records("after", 1))
     read = read_log(tmp_path)
     assert list(read.predictions["transaction_id"]) == ["before0", "after0"]
@@ -178,7 +177,7 @@ def test_a_torn_trailing_line_is_skipped_and_counted(tmp_path: Path) -> None:
     with open(torn, "ab") as handle:
         handle.write(b'{"logged_at":"2026-')
     _write_day(tmp_path, day, "h-2", _records("b", 2, now))
-    read = read_log(tmp_path, Window.day(day), FEATURES)
+    read = read_log(tmp_path, *_day(day), FEATURES)
     assert sorted(read.predictions["transaction_id"]) == ["a0", "a1", "a2", "b0", "b1"]
     assert read.torn_files == (torn,) and read.torn_records == 1
 
@@ -191,7 +190,7 @@ def test_a_torn_line_in_the_middle_is_still_an_error(tmp_path: Path) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(_records("b", 1)[0]) + "\n")
     with pytest.raises(MonitoringInputError, match=path.name):
-        read_log(tmp_path, Window.day(day), FEATURES)
+        read_log(tmp_path, *_day(day), FEATURES)
 
 
 def test_closed_days_are_compacted_to_parquet_and_read_the_same(tmp_path: Path) -> None:
@@ -202,8 +201,8 @@ def test_closed_days_are_compacted_to_parquet_and_read_the_same(tmp_path: Path) 
         handle.write(b'{"logged_at":')  # a torn tail: not in the Parquet file either
     closed_too = _write_day(tmp_path, "2026-11-27", "h-1", _records("b", 5, old + timedelta(1)))
     today = _write_day(tmp_path, "2026-11-28", "h-1", _records("c", 5, now))
-    window = Window(old - timedelta(days=1), now + timedelta(hours=1))
-    before = {f: read_log(tmp_path, window, f).predictions for f in (None, (), tuple(FEATURES))}
+    window = (old - timedelta(days=1), now + timedelta(hours=1))
+    before = {f: read_log(tmp_path, *window, f).predictions for f in (None, (), tuple(FEATURES))}
     done = compact_closed(tmp_path, now)
     assert [c.source for c in done] == [closed, closed_too]
     assert [c.rows for c in done] == [40, 5] and done[0].torn and not done[1].torn
@@ -214,7 +213,7 @@ def test_closed_days_are_compacted_to_parquet_and_read_the_same(tmp_path: Path) 
     assert parquet.stat().st_mode & 0o777 == 0o640 & ~_umask()
     assert not list(tmp_path.glob(".*.tmp"))
     for features, frame in before.items():
-        after = read_log(tmp_path, window, features)
+        after = read_log(tmp_path, *window, features)
         assert not after.torn_files
         assert after.predictions.equals(frame), features
     assert compact_closed(tmp_path, now) == []  # nothing left to do
@@ -240,7 +239,7 @@ def test_the_json_is_removed_only_after_its_parquet_copy_is_complete(
         Path(where).write_bytes(b"PAR1 half a file")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(prediction_log.pq, "write_table", broken)
+    monkeypatch.setattr(log_retention.pq, "write_table", broken)
     with pytest.raises(OSError, match="No space"):
         compact_closed(tmp_path, now)
     monkeypatch.undo()

@@ -14,8 +14,11 @@ import pandas as pd
 from drift.retention import prune_reports
 from fraudflow.cli import main
 from pipelines.features import epoch_ms, features_from_history
-from pipelines.online_state import DAY_MS, SqliteOnlineState, open_state, retention_ms
-from pipelines.prediction_log import log_file, log_files, log_folder, read_log, record
+from pipelines.log.reader import log_files, read_log
+from pipelines.log.record import log_file, log_folder, record
+from pipelines.state.factory import open_state, retention_ms
+from pipelines.state.protocol import DAY_MS
+from pipelines.state.sqlite import SqliteOnlineState
 from tests.helpers import make_settings, write_config
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import tracking
 from pipelines.features import build_features, feature_names
-from pipelines.prediction_log import read_predictions
+from pipelines.log.reader import read_predictions
+from pipelines.mlflow import models, store
 from pipelines.settings import ApiToken, StateSettings
 from serving.app import create_app
 from tests.helpers import make_settings, private_serving, train_and_register
@@ -246,8 +246,8 @@ def test_bad_feedback_is_refused(client) -> None:
 def test_invocations_speaks_mlflows_payload_formats(client, trained) -> None:
     settings, result = trained
     features = result.test.features.head(5)
-    tracking.use_store(settings)
-    expected = tracking.load_scorer(settings, f"models:/{NAME}/1").predict_proba(features)
+    store.use_store(settings)
+    expected = models.load_scorer(settings, f"models:/{NAME}/1").predict_proba(features)
     split = json.loads(features.to_json(orient="split"))
     payloads = [
         {"dataframe_split": {"columns": split["columns"], "data": split["data"]}},
@@ -528,11 +528,11 @@ def test_a_full_disk_for_the_log_answers_503_and_leaves_no_torn_record(
     import errno
     import os
 
-    from pipelines import prediction_log
+    from pipelines.log import reader, writer
 
     assert client.post("/predict", json=tx(1)).status_code == 200
     folder = app.extensions["fraudflow"].log.folder
-    (path,) = prediction_log.log_files(folder)
+    (path,) = reader.log_files(folder)
     size = path.stat().st_size
     real = os.write
 
@@ -543,28 +543,28 @@ def test_a_full_disk_for_the_log_answers_503_and_leaves_no_torn_record(
             return real(fd, bytes(data[: len(data) // 2]))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(prediction_log.os, "write", full)
+    monkeypatch.setattr(writer.os, "write", full)
     response = client.post("/predict", json=[tx(2), tx(3)])
     monkeypatch.undo()
     assert response.status_code == 503
     assert response.get_json() == {"error": "prediction log unavailable: No space left on device"}
     assert path.stat().st_size == size and path.read_bytes().endswith(b"\n")
     assert client.post("/predict", json=tx(4)).status_code == 200
-    read = prediction_log.read_log(folder)
+    read = reader.read_log(folder)
     assert list(read.predictions["transaction_id"]) == ["t1", "t4"] and not read.torn_files
 
 
 def test_a_short_write_on_predict_is_completed(client, app, monkeypatch) -> None:
     import os
 
-    from pipelines import prediction_log
+    from pipelines.log import reader, writer
 
     real = os.write
-    monkeypatch.setattr(prediction_log.os, "write", lambda fd, data: real(fd, bytes(data[:100])))
+    monkeypatch.setattr(writer.os, "write", lambda fd, data: real(fd, bytes(data[:100])))
     response = client.post("/predict", json=[tx(5), tx(6)])
     monkeypatch.undo()
     assert response.status_code == 200
-    read = prediction_log.read_log(app.extensions["fraudflow"].log.folder)
+    read = reader.read_log(app.extensions["fraudflow"].log.folder)
     assert list(read.predictions["transaction_id"]) == ["t5", "t6"] and not read.torn_files
 
 

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from drift.monitor import record_error
-from pipelines.prediction_log import log_files, read_predictions
-from pipelines.promotion import set_stage
+from pipelines.log.reader import log_files, read_predictions
+from pipelines.mlflow.promotion import set_stage
 from tests.helpers import make_settings, register, write_config
 from tests.servers import (
     gunicorn_api,

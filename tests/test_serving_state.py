@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.online_state import SqliteOnlineState
+from pipelines.state.sqlite import SqliteOnlineState
 
 DAY_MS = 86_400_000
 

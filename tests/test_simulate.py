@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import norm
 
 from pipelines.settings import SimulationSettings
-from pipelines.simulate import (
+from pipelines.training.simulate import (
     TRANSACTION_COLUMNS,
     Simulation,
     fraud_summary,

@@ -15,13 +15,13 @@ import pytest
 pytest.importorskip("pyspark")
 
 from fraudflow.cli import main  # noqa: E402
+from pipelines.batch.spark.features import spark_features  # noqa: E402
+from pipelines.batch.spark.read import read_transactions  # noqa: E402
+from pipelines.batch.spark.score import score_with_spark  # noqa: E402
+from pipelines.batch.spark.session import spark_session  # noqa: E402
 from pipelines.data import DataValidationError, load_transactions  # noqa: E402
 from pipelines.features import DAY_MS, build_features  # noqa: E402
-from pipelines.simulate import write_daily_parquet  # noqa: E402
-from pipelines.spark.features import spark_features  # noqa: E402
-from pipelines.spark.read import read_transactions  # noqa: E402
-from pipelines.spark.score import score_with_spark  # noqa: E402
-from pipelines.spark.session import spark_session  # noqa: E402
+from pipelines.training.simulate import write_daily_parquet  # noqa: E402
 from tests.helpers import make_settings, train_and_register, write_config  # noqa: E402
 from tests.servers import clean_env, free_port  # noqa: E402
 

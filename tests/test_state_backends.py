@@ -11,13 +11,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fraudflow.cli import main
 from pipelines.data import load_transactions
-from pipelines.online_state import (
-    OnlineState,
-    SqliteOnlineState,
-    StateUnavailable,
-    received_labels,
-)
-from pipelines.online_state_redis import RedisOnlineState, unavailable_reason
+from pipelines.state.factory import received_labels
+from pipelines.state.protocol import OnlineState, StateUnavailable
+from pipelines.state.redis import RedisOnlineState, unavailable_reason
+from pipelines.state.sqlite import SqliteOnlineState
 from tests.helpers import make_settings, write_config
 from tests.redis_servers import redis_server
 

@@ -9,12 +9,13 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from pipelines.features import build_features
+from pipelines.log.record import log_folder, record
+from pipelines.log.writer import PredictionLogWriter
+from pipelines.mlflow.promotion import promote_if_better
 from pipelines.model import FraudScorer
-from pipelines.prediction_log import PredictionLogWriter, log_folder, record
-from pipelines.promotion import promote_if_better
 from pipelines.settings import RAW_COLUMNS, Settings
-from pipelines.tracking import data_description, log_training_run
-from pipelines.train import train_model
+from pipelines.training.record import data_description, log_training_run
+from pipelines.training.train import train_model
 
 
 def train_champion(settings: Settings, history: pd.DataFrame) -> str:

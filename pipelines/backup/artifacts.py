@@ -1,17 +1,12 @@
-"""MLflow artifacts: a local artifact folder (the embedded store) copied as files, or a tracking
-server's artifacts downloaded and uploaded through its artifact API (mlflow-artifacts:/)."""
+"""MLflow artifacts of the embedded store: the local artifact folder copied as files, and the
+absolute paths MLflow wrote into them relocated (a tracking server's artifacts go through
+`pipelines.mlflow.artifacts`)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-from pipelines.settings import Settings
-from pipelines.tracking import use_store
-
-SERVER_ROOT = "mlflow-artifacts:/"
 # MLmodel files (and any small text file) that name the artifact folder by its absolute path
 _TEXT_LIMIT = 1_000_000
 
@@ -40,29 +35,3 @@ def relocate_files(folder: Path, old: str, new: str) -> int:
             path.write_text(text.replace(old, new))
             changed += 1
     return changed
-
-
-def download_from_server(settings: Settings, target: Path) -> Path:
-    """Every artifact the tracking server holds, downloaded into `target`."""
-    use_store(settings)
-    target.mkdir(parents=True, exist_ok=True)
-    repository = get_artifact_repository(SERVER_ROOT)
-    if repository.list_artifacts():
-        repository.download_artifacts("", dst_path=str(target))
-    return target
-
-
-def server_holds_artifacts(settings: Settings) -> bool:
-    use_store(settings)
-    return bool(get_artifact_repository(SERVER_ROOT).list_artifacts())
-
-
-def upload_to_server(settings: Settings, source: Path) -> None:
-    """Upload the files under `source` to the tracking server's artifact root, paths kept."""
-    use_store(settings)
-    repository = get_artifact_repository(SERVER_ROOT)
-    for child in sorted(Path(source).iterdir()):
-        if child.is_dir():
-            repository.log_artifacts(str(child), artifact_path=child.name)
-        else:
-            repository.log_artifact(str(child))

@@ -27,7 +27,9 @@ from pipelines.backup.sqlite_files import (
     is_empty_sqlite,
     replace_text,
 )
-from pipelines.prediction_log import log_folder, snapshot_log
+from pipelines.log.record import log_folder
+from pipelines.log.snapshot import snapshot_log
+from pipelines.mlflow import artifacts as server_artifacts
 from pipelines.settings import Settings
 
 log = logging.getLogger("fraudflow.backup")
@@ -187,7 +189,7 @@ def _copy_stores(settings: Settings, where: Layout, work: Path) -> dict[str, dic
             "root": str(where.artifact_root),
         }
     else:
-        artifacts.download_from_server(settings, work / "artifacts")
+        server_artifacts.download_from_server(settings, work / "artifacts")
         parts["artifacts"] = {"kind": "server", "path": "artifacts"}
     if where.state is not None and where.state.is_file():
         backup_sqlite(where.state, work / "online_state" / "state.sqlite")
@@ -349,7 +351,7 @@ def _check_targets(settings: Settings, where: Layout, wanted: list[str], force: 
         if postgres.table_count(where.database):
             full.append(f"mlflow_store {shown}")
     if "artifacts" in wanted and where.artifact_root is None:
-        if artifacts.server_holds_artifacts(settings):
+        if server_artifacts.server_holds_artifacts(settings):
             full.append(f"artifacts of {_redacted(settings.tracking_uri)}")
     if "online_state" in wanted and where.state_url:
         shown = _redacted(where.state_url)
@@ -391,7 +393,7 @@ def _restore_parts(
         postgres.restore(where.database, folder / parts["mlflow_store"]["path"], clean)
         replaced += ["mlflow_store"] if clean else []
     if "artifacts" in wanted and where.artifact_root is None:
-        artifacts.upload_to_server(settings, folder / parts["artifacts"]["path"])
+        server_artifacts.upload_to_server(settings, folder / parts["artifacts"]["path"])
     if "online_state" in wanted and where.state_url:
         state = parts["online_state"]
         prefix = settings.serving.state.key_prefix

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
 from redis.retry import Retry
 
-from pipelines.online_state import DAY_MS, LABEL_COLUMNS, History, StateUnavailable
 from pipelines.settings import Settings
+from pipelines.state.protocol import DAY_MS, LABEL_COLUMNS, History, StateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -316,3 +316,9 @@ def open_redis_state(settings: Settings, retention_days: int) -> RedisOnlineStat
         socket_timeout_s=config.socket_timeout_s,
         connect_timeout_s=config.connect_timeout_s,
     )
+
+
+def redis_labels(settings: Settings, retention_days: int) -> pd.DataFrame:
+    """The labels held by the Redis state of the settings."""
+    with closing(open_redis_state(settings, retention_days)) as state:
+        return state.labels()

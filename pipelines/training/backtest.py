@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipelines import tracking
+from pipelines.mlflow import runs
 from pipelines.settings import Settings
 from pipelines.split import day_after_last
-from pipelines.train import TrainingResult, featurize, train_model
+from pipelines.training.train import TrainingResult, featurize, train_model
 
 HEADLINE = ("roc_auc", "average_precision")
 
@@ -96,7 +96,7 @@ def run_backtest(
         },
     }
     if log_to_mlflow:
-        report["run_id"] = tracking.log_backtest(
+        report["run_id"] = runs.log_backtest(
             settings,
             {f"backtest_{key}": value for key, value in settings.backtest.model_dump().items()},
             [

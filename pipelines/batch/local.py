@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipelines.batch_features import OutOfOrderError, StreamingFeatures
-from pipelines.batch_input import count_rows, read_chunks
-from pipelines.compiled import BatchPredictor, batch_predictor
+from pipelines.batch.chunks import count_rows, read_chunks
+from pipelines.batch.compiled import BatchPredictor, batch_predictor
+from pipelines.batch.streaming import OutOfOrderError, StreamingFeatures
 from pipelines.data import DataValidationError, _file_kind
 from pipelines.features import build_features
 from pipelines.files import replacing

@@ -1,6 +1,6 @@
 """Registry access: which version is where (stage, alias), moving and tagging versions.
 
-Promotion policy (gates, comparison, the decision record) is in `pipelines.promotion`.
+Promotion policy (gates, comparison, the decision record) is in `pipelines.mlflow.promotion`.
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
 from pipelines.evaluate import evaluate_scores, known_compromised
 from pipelines.features import build_features
-from pipelines.registry import (
+from pipelines.mlflow import models, runs, store
+from pipelines.mlflow.registry import (
     PromotionError,
     append_description,
     champion_version,
@@ -56,7 +56,7 @@ def set_stage(
     actor: str | None = None,
 ) -> PromotionDecision:
     """Move a version to Staging or Production by hand (or from a script), recording why."""
-    client = tracking.client(settings)
+    client = store.client(settings)
     target = get_version(client, settings.mlflow.model_name, version)
     before = served_version(client, settings)
     decision = PromotionDecision(
@@ -105,7 +105,7 @@ def record_promotion(
     )
     metrics = {f"candidate_{k}": v for k, v in decision.candidate_metrics.items()}
     metrics.update({f"champion_{k}": v for k, v in decision.champion_metrics.items()})
-    run_id = tracking.log_promotion(
+    run_id = runs.log_promotion(
         settings,
         decision.version,
         {
@@ -126,18 +126,18 @@ def record_promotion(
 def promotion_history(settings: Settings) -> pd.DataFrame:
     """Every recorded promotion decision, newest first."""
     columns = ["time", "version", "stage", "promoted", "actor", "reason", "champion_before"]
-    runs = tracking.promotion_runs(settings)
-    if runs.empty:
+    found = runs.promotion_runs(settings)
+    if found.empty:
         return pd.DataFrame(columns=columns)
     return pd.DataFrame(
         {
-            "time": runs["start_time"],
-            "version": runs["tags.model_version"],
-            "stage": runs["tags.stage"],
-            "promoted": runs["tags.promoted"] == "true",
-            "actor": runs["tags.actor"],
-            "reason": runs["tags.reason"],
-            "champion_before": runs["tags.champion_before"],
+            "time": found["start_time"],
+            "version": found["tags.model_version"],
+            "stage": found["tags.stage"],
+            "promoted": found["tags.promoted"] == "true",
+            "actor": found["tags.actor"],
+            "reason": found["tags.reason"],
+            "champion_before": found["tags.champion_before"],
         }
     )
 
@@ -182,7 +182,7 @@ def recent_period(
 
 def evaluate_on(model_uri: str, period: EvaluationPeriod, settings: Settings) -> dict[str, float]:
     """Headline metrics of a registered model on the evaluation period."""
-    scorer = tracking.load_scorer(settings, model_uri)
+    scorer = models.load_scorer(settings, model_uri)
     scores = scorer.predict_proba(period.features)
     return evaluate_scores(period.raw, scores, scorer.threshold, settings.training.card_precision_k)
 
@@ -210,7 +210,7 @@ def promote_if_better(
     """Promote a candidate (default: the newest version) only if it passes the gates and beats
     the version in service on the same recent labelled period. With `auto_promote` off, a
     candidate that qualifies waits in Staging for a person to promote it."""
-    client = tracking.client(settings)
+    client = store.client(settings)
     name = settings.mlflow.model_name
     if candidate_version is None:
         candidate = newest_version(client, name)

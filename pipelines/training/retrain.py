@@ -14,12 +14,13 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import tracking
 from pipelines.features import build_features
-from pipelines.promotion import PromotionDecision, promote_if_better
-from pipelines.registry import place, served_version
+from pipelines.mlflow import runs, store
+from pipelines.mlflow.promotion import PromotionDecision, promote_if_better
+from pipelines.mlflow.registry import place, served_version
 from pipelines.settings import RAW_COLUMNS, Settings
-from pipelines.train import TrainingResult, train_model
+from pipelines.training import record
+from pipelines.training.train import TrainingResult, train_model
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,10 @@ def assemble(history: pd.DataFrame, production: pd.DataFrame) -> pd.DataFrame:
 def champion_configuration(settings: Settings) -> tuple[Settings, str | None]:
     """The settings with the training configuration the served version's run logged (the
     configured one when nothing is served yet, or its run logged none)."""
-    champion = served_version(tracking.client(settings), settings)
+    champion = served_version(store.client(settings), settings)
     if champion is None:
         return settings, None
-    training = tracking.training_configuration(settings, champion.run_id)
+    training = runs.training_configuration(settings, champion.run_id)
     if training is None:
         return settings, str(champion.version)
     return settings.model_copy(update={"training": training}), str(champion.version)
@@ -92,7 +93,7 @@ def _search(
     for number, overlay in enumerate([{}, *base.retraining.search]):
         settings = with_lightgbm(base, overlay)
         result = train_model(data, settings, features)
-        tracking.log_trial(base, number, result.params, result.validation_metrics)
+        runs.log_trial(base, number, result.params, result.validation_metrics)
         tried.append((overlay, result, settings))
     trials = [
         {
@@ -125,15 +126,15 @@ def retrain(
     trigger = {k: str(v) for k, v in trigger.items()}
     tags = {"fraudflow.step": "retrain", "champion_version": champion or "", **trigger}
     params = {**rows, "data_path": data_path, "search_size": len(base.retraining.search)}
-    with tracking.retraining_run(settings, tags, params) as run_id:
+    with runs.retraining_run(settings, tags, params) as run_id:
         features = build_features(data, base.features)
         result, chosen, trials = _search(data, features, base)
-        description = tracking.data_description(data_path, data)
+        description = record.data_description(data_path, data)
         version_tags = {**trigger, "retrain_run_id": run_id}
-        training_run_id, version = tracking.log_training_run(
+        training_run_id, version = record.log_training_run(
             result, chosen, description, version_tags
         )
-    place(tracking.client(settings), settings, str(version.version), "Staging", False)
+    place(store.client(settings), settings, str(version.version), "Staging", False)
     decision = promote_if_better(
         settings,
         data,
@@ -142,7 +143,7 @@ def retrain(
         auto_promote=settings.retraining.auto_promote,
         features=features,
     )
-    tracking.tag_run(
+    runs.tag_run(
         settings,
         run_id,
         {

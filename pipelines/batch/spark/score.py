@@ -16,16 +16,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipelines.batch.spark.features import col, spark_features
+from pipelines.batch.spark.read import read_transactions
+from pipelines.batch.spark.session import spark_errors
 from pipelines.features import feature_names
+from pipelines.mlflow.models import load_scorer, spark_scoring_udf
 from pipelines.settings import Settings
-from pipelines.spark.features import col, spark_features
-from pipelines.spark.read import read_transactions
-from pipelines.spark.session import spark_errors
-from pipelines.tracking import load_scorer, use_store
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,6 @@ def scored_frame(
     spark: SparkSession, settings: Settings, data_path: str | Path, model_uri: str
 ) -> DataFrame:
     """`transaction_id`, `fraud_probability` and `day` (UTC, YYYY-MM-DD) for every input row."""
-    use_store(settings)
     scorer = load_scorer(settings, model_uri)  # the files are checked before Spark gets them
     available = feature_names(settings.features)
     missing = [name for name in scorer.features if name not in available]
@@ -69,7 +67,7 @@ def scored_frame(
     if not has_label:
         log.warning("no labels in the input: terminal risk features count no known fraud")
     features = spark_features(transactions, settings.features)
-    predict = mlflow.pyfunc.spark_udf(spark, model_uri, result_type="double", env_manager="local")
+    predict = spark_scoring_udf(settings, spark, model_uri)
     inputs = F.struct(*[col(name).alias(name) for name in scorer.features])
     return features.select(
         "transaction_id",

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.online_state import received_labels
-from pipelines.prediction_log import MonitoringInputError, log_folder, read_predictions
+from pipelines.log.reader import MonitoringInputError, read_predictions
+from pipelines.log.record import log_folder
 from pipelines.settings import RAW_COLUMNS, Settings
+from pipelines.state.factory import received_labels
 
 
 def labels_from_file(path: Path, columns: dict[str, str]) -> pd.DataFrame:
@@ -65,7 +66,7 @@ def production_transactions(
     settings: Settings, extra_label_files: Sequence[Path] = ()
 ) -> pd.DataFrame:
     """Every logged production transaction whose label has arrived, in the raw schema."""
-    logged = read_predictions(log_folder(settings), None, ())
+    logged = read_predictions(log_folder(settings), features=())
     if logged.empty:
         return pd.DataFrame(columns=[*RAW_COLUMNS, "tx_fraud"])
     labelled = attach_labels(logged, label_sources(settings, extra_label_files))

@@ -1,30 +1,19 @@
-"""Online feature state shared by every gunicorn worker: the card and terminal history, and
-the late labels received on /feedback.
-
-The one owner of that state: the protocol every backend implements, the SQLite backend, the
-factory that opens the configured one, and the label reader monitoring and retraining use.
-The embedded default is one SQLite file in WAL mode (readers never block the writer, it survives
-restarts), for one host; `pipelines.online_state_redis` implements the same `OnlineState` on a
-Redis server for several hosts (`serving.state.backend`).
-"""
+"""The online state in one SQLite file in WAL mode (readers never block the writer, it survives
+restarts): the embedded default, for one host. Its schema and the migration of older files."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from pipelines.settings import Settings
-
-DAY_MS = 86_400_000
-LABEL_COLUMNS = ["transaction_id", "tx_fraud"]
+from pipelines.state.protocol import DAY_MS, LABEL_COLUMNS, History
 
 SCHEMA = (
     # seq is the arrival order: rows are never deleted, so a plain INTEGER PRIMARY KEY only grows
@@ -45,6 +34,8 @@ SCHEMA = (
         received_ms INTEGER NOT NULL
     )""",
 )
+
+
 # covering indexes: a history read never touches the table itself
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS transactions_customer_history "
@@ -52,6 +43,8 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS transactions_terminal_labels "
     "ON transactions (terminal_id, ts_ms, seq, label)",
 )
+
+
 # files written before the label column: add it, fill it from the labels table, swap the index
 MIGRATE_LABEL_COLUMN = (
     "ALTER TABLE transactions ADD COLUMN label INTEGER",
@@ -60,59 +53,32 @@ MIGRATE_LABEL_COLUMN = (
     "WHERE transaction_id IN (SELECT transaction_id FROM labels)",
     "DROP INDEX IF EXISTS transactions_terminal_history",
 )
+
+
 INSERT_TRANSACTION = (
     "INSERT OR IGNORE INTO transactions "
     "(transaction_id, customer_id, terminal_id, ts_ms, amount, label) VALUES "
     "(?1, ?2, ?3, ?4, ?5, (SELECT label FROM labels WHERE transaction_id = ?1))"
 )
+
+
 # a label (first parameter) copied onto its transaction's row (second), when it differs
 COPY_LABEL = "UPDATE transactions SET label = ?1 WHERE transaction_id = ?2 AND label IS NOT ?1"
+
+
 SELECT_SEQ = "SELECT seq FROM transactions WHERE transaction_id = ?"
+
+
 SELECT_CUSTOMER = (
     "SELECT ts_ms, amount FROM transactions WHERE customer_id = ? AND ts_ms > ? "
     "AND ts_ms <= ? AND seq < ? ORDER BY ts_ms, seq"
 )
+
+
 SELECT_TERMINAL = (
     "SELECT ts_ms, label FROM transactions WHERE terminal_id = ? AND ts_ms > ? "
     "AND ts_ms <= ? AND seq < ? ORDER BY ts_ms, seq"
 )
-
-
-class StateUnavailable(RuntimeError):
-    """The state cannot be read or written now (its server is down, restarting or loading);
-    the message says so without internals and the API answers 503 with it."""
-
-
-@dataclass(frozen=True)
-class History:
-    """What one transaction's features need: its card's and its terminal's earlier rows."""
-
-    customer_times_ms: Sequence[int]
-    customer_amounts: Sequence[float]
-    terminal_times_ms: Sequence[int]
-    terminal_labels: Sequence[int | None]
-    already_seen: bool
-
-
-class OnlineState(Protocol):
-    """What callers need of a state: `observe` on /predict, `add_labels` on /feedback, `warm`
-    for history loaded in bulk, `labels` for monitoring and retraining, `check` for /ready,
-    `size_bytes` for /metrics. Any of them but `size_bytes` raises StateUnavailable when the
-    state's server cannot be reached."""
-
-    def observe(
-        self, transaction_id: str, customer_id: str, terminal_id: str, ts_ms: int, amount: float
-    ) -> History: ...
-
-    def add_labels(self, labels: list[tuple[str, int]], received_ms: int) -> int: ...
-
-    def warm(self, transactions: pd.DataFrame) -> int: ...
-
-    def labels(self) -> pd.DataFrame: ...
-
-    def check(self) -> None: ...
-
-    def size_bytes(self) -> float | None: ...
 
 
 class SqliteOnlineState:
@@ -341,12 +307,6 @@ class Pruned:
     labels: int
 
 
-def retention_ms(settings: Settings) -> int:
-    """How long before the newest transaction a state keeps rows (`retention_days`). Every
-    backend applies this one rule: SQLite in `prune`, Redis as it writes."""
-    return retention_days(settings) * DAY_MS
-
-
 def read_sqlite_labels(path: Path, timeout_s: float = 10) -> pd.DataFrame:
     """The labels of a SQLite state file, through a read-only connection: a reader beside a
     running API takes no write lock and never creates or migrates the file."""
@@ -358,14 +318,10 @@ def read_sqlite_labels(path: Path, timeout_s: float = 10) -> pd.DataFrame:
     )
 
 
-def open_state(settings: Settings) -> OnlineState:
-    """The configured online state (`serving.state.backend`), with window spans taken from the
-    feature settings."""
+def open_sqlite_state(settings: Settings, retention_days: int) -> SqliteOnlineState:
+    """The SQLite state file of the settings, with the feature settings' window spans (rows
+    past `retention_days` go at `prune`, not as it writes)."""
     features = settings.features
-    if settings.serving.state.backend == "redis":
-        from pipelines.online_state_redis import open_redis_state
-
-        return open_redis_state(settings, retention_days(settings))
     return SqliteOnlineState(
         settings.under_workdir(settings.serving.state_path),
         customer_window_days=features.customer_history_days,
@@ -374,24 +330,9 @@ def open_state(settings: Settings) -> OnlineState:
     )
 
 
-def retention_days(settings: Settings) -> int:
-    """How long a row is kept: the longest history any feature reads, the label delay on top
-    (a label may still arrive for it) and the configured margin
-    (`serving.state.retention_margin_days`: transactions that arrive out of order, a delayed
-    batch or a clock skew between hosts, still see their full history)."""
-    features = settings.features
-    longest = max(features.customer_history_days, features.terminal_history_days)
-    return longest + features.label_delay_days + settings.serving.state.retention_margin_days
-
-
-def received_labels(settings: Settings) -> pd.DataFrame:
-    """The labels /feedback received, as monitoring and retraining read them; empty when the
-    API never ran here (no SQLite state is created just to be read)."""
-    if settings.serving.state.backend == "redis":
-        from pipelines.online_state_redis import open_redis_state
-
-        with closing(open_redis_state(settings, retention_days(settings))) as state:
-            return state.labels()
+def sqlite_labels(settings: Settings, retention_days: int) -> pd.DataFrame:
+    """The labels of the settings' state file, read only; empty when the API never ran here
+    (no state file is created just to be read)."""
     path = settings.under_workdir(settings.serving.state_path)
     if not path.is_file():
         return pd.DataFrame(columns=LABEL_COLUMNS)

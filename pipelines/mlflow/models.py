@@ -1,0 +1,104 @@
+"""Logged models: the model logged with a training run (the booster and its metadata as
+artifacts, the pyfunc as code), and what is read back from a logged model or its run, as data.
+
+Nothing that comes from the registry is executed or unpickled here: `load_scorer` downloads
+the booster and the metadata and `FraudScorer.load` checks them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from pipelines.mlflow.store import use_store
+from pipelines.model import ARTIFACTS_FOLDER, BOOSTER_FILE, META_FILE, FraudScorer
+from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+MODEL_DEPENDENCIES = ("mlflow", "lightgbm", "pandas", "numpy")
+# the pyfunc's code, logged with every model (models-from-code: no pickle)
+PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
+
+
+def pip_requirements() -> list[str]:
+    """What the logged model needs, pinned to the versions that trained it."""
+    return [f"{name}=={package_version(name)}" for name in MODEL_DEPENDENCIES]
+
+
+def log_model(
+    scorer: FraudScorer, example: pd.DataFrame, model_name: str, mlflow_client: MlflowClient
+) -> ModelVersion:
+    """Log the scorer as the active run's `model` (booster and metadata as artifacts, the pyfunc
+    as code, a signature from `example`) and register it as a new version of `model_name`."""
+    signature = infer_signature(example, scorer.predict_proba(example))
+    with tempfile.TemporaryDirectory() as folder:
+        artifacts = scorer.save(Path(folder))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            registered_model_name=model_name,
+        )
+    return mlflow_client.get_model_version(model_name, str(info.registered_model_version))
+
+
+def log_reference(reference: pd.DataFrame) -> None:
+    """Log the reference sample (validation features, scores, labels) with the active run."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(REFERENCE_ARTIFACT).name
+        reference.to_parquet(path)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+
+
+def download_model_files(settings: Settings, model_uri: str, folder: Path) -> tuple[Path, Path]:
+    """The booster and metadata files of a logged model (`models:/…`, `runs:/…`), downloaded
+    into `folder` as they are stored, unchecked: `FraudScorer.load` checks them."""
+    use_store(settings)
+    booster, meta = (
+        Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri.rstrip('/')}/{ARTIFACTS_FOLDER}/{name}",
+                dst_path=str(folder),
+            )
+        )
+        for name in (BOOSTER_FILE, META_FILE)
+    )
+    return booster, meta
+
+
+def load_scorer(settings: Settings, model_uri: str) -> FraudScorer:
+    """The booster and metadata of a logged model (`models:/…`, `runs:/…`), read as data and
+    checked (`FraudScorer.load`): nothing logged with the model is executed or unpickled."""
+    with tempfile.TemporaryDirectory() as folder:
+        return FraudScorer.load(*download_model_files(settings, model_uri, Path(folder)))
+
+
+def load_reference(settings: Settings, run_id: str) -> pd.DataFrame:
+    """The reference sample a training run logged (validation features, scores, labels)."""
+    use_store(settings)
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=folder
+        )
+        return pd.read_parquet(Path(path))
+
+
+def spark_scoring_udf(settings: Settings, spark: SparkSession, model_uri: str) -> Any:
+    """A Spark UDF scoring a struct of the model's features with the logged model's pyfunc on
+    the executors (MLflow's `spark_udf`, in the current environment)."""
+    use_store(settings)
+    return mlflow.pyfunc.spark_udf(spark, model_uri, result_type="double", env_manager="local")
