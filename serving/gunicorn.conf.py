@@ -47,8 +47,8 @@ def on_starting(server):
     SQLite store is created here, once: workers creating it together race on its schema.
 
     The serving stack (Flask, MLflow, LightGBM, pandas) is imported here, once, so that every
-    worker starts from the master's copy of it: workers that imported it themselves spent about
-    0.3 ms more CPU on each /predict (2.18 against 1.85-1.87 ms per request, benchmarks.load).
+    worker starts from the master's copy of it: workers that imported it themselves spent more
+    CPU on each /predict (see benchmarks/README.md, "The restructure").
     Importing opens no connection and builds no app; each worker still builds its own."""
     from serving.auth import LISTEN_ENV, load_credentials, require_tokens_when_exposed
 

@@ -2,10 +2,10 @@
 
 Everything that makes the API's scoring faster than `FraudScorer` lives here, each shortcut
 proven equal to the plain path when a model is loaded and used only then: one row at a time
-goes through LightGBM's single-row fast C API, without the ~0.1 ms the Python wrapper spends
-per call building a predictor. The probability (a plain tree walk) and the contributions
-(TreeSHAP, several times its cost) are separate calls, so that a caller pays for the
-contributions only when it uses them.
+goes through LightGBM's single-row fast C API, without the time the Python wrapper spends per
+call building a predictor (benchmarks/README.md, "Scale-out data plane"). The probability (a
+plain tree walk) and the contributions (TreeSHAP, several times its cost) are separate calls,
+so that a caller pays for the contributions only when it uses them.
 """
 
 from __future__ import annotations
