@@ -77,11 +77,9 @@ def build_world(root: Path, redis_url: str) -> World:
 
     settings = make_settings(
         root / "work",
-        serving={
-            "state_path": str(root / "state.sqlite"),
-            "prediction_log_dir": str(root / "predictions"),
-            "metrics_dir": str(root / "prom-api"),
-        },
+        serving={"metrics_dir": str(root / "prom-api")},
+        state={"sqlite_path": str(root / "state.sqlite")},
+        prediction_log={"dir": str(root / "predictions")},
     )
     data = root / "data"
     write_daily_parquet(simulate_transactions(settings.simulation), data)
@@ -95,11 +93,9 @@ def build_world(root: Path, redis_url: str) -> World:
     result.scorer.save(model_files)  # the booster file as logged, for MLServer
     redis_settings = make_settings(
         root / "work",
-        serving={
-            "state": {"backend": "redis", "url": redis_url},
-            "prediction_log_dir": str(root / "predictions-redis"),
-            "metrics_dir": str(root / "prom-api-redis"),
-        },
+        serving={"metrics_dir": str(root / "prom-api-redis")},
+        state={"backend": "redis", "url": redis_url},
+        prediction_log={"dir": str(root / "predictions-redis")},
     )
     redis_config = write_config(root / "serve-redis.yaml", redis_settings)
     warm = {"sqlite": warm_state(config, data), "redis": warm_state(redis_config, data)}

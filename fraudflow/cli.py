@@ -254,7 +254,7 @@ def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from pipelines.state.factory import open_state
 
     path, transactions = _load(args, settings, require_labels=False)
-    backend = settings.serving.state.backend
+    backend = settings.state.backend
     state = open_state(settings)
     started = time.perf_counter()
     added = 0
@@ -283,7 +283,7 @@ def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: the prediction log, the reports, the online state. Produces: closed log days
     compacted to Parquet; log days, labels, report folders and state rows past their retention
-    deleted (monitoring.prediction_log_retention_days, monitoring.reports_retention_days, the
+    deleted (prediction_log.retention_days, monitoring.reports_retention_days, the
     features' longest window + label delay + a margin)."""
     from fraudflow.prune import prune_and_describe
 

@@ -161,7 +161,7 @@ def _raw(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _reset_state(settings: Settings, history: pd.DataFrame) -> None:
     """A fresh online state and prediction log, so that a second demo starts like the first."""
-    path = settings.under_workdir(settings.serving.state_path)
+    path = settings.under_workdir(settings.state.sqlite_path)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     for file in log_files(log_folder(settings)):

@@ -28,7 +28,7 @@ def run_prune(settings: Settings, now: datetime | None = None) -> dict[str, Any]
     monitoring = settings.monitoring
     folder = record.log_folder(settings)
     removed_logs = (
-        retention.delete_older_than(folder, monitoring.prediction_log_retention_days, now)
+        retention.delete_older_than(folder, settings.prediction_log.retention_days, now)
         if folder.is_dir()
         else []
     )
@@ -46,7 +46,7 @@ def run_prune(settings: Settings, now: datetime | None = None) -> dict[str, Any]
     state: dict[str, Any] = {"backend": "sqlite", "transactions": 0, "labels": 0}
     online = open_state(settings)
     if isinstance(online, SqliteOnlineState):
-        labels_before = now - timedelta(days=monitoring.prediction_log_retention_days + 1)
+        labels_before = now - timedelta(days=settings.prediction_log.retention_days + 1)
         pruned = online.prune(retention_ms(settings), int(labels_before.timestamp() * 1000))
         state.update(transactions=pruned.transactions, labels=pruned.labels)
     else:  # a networked backend trims itself on every write, by the same rule

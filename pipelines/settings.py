@@ -36,6 +36,22 @@ class SettingsError(ValueError):
     """A configuration file or override is missing, malformed or out of range."""
 
 
+# Keys that moved, old -> (new, note), in dotted form; a section ending in .* takes each key
+# under it along (serving.state.url -> state.url). Every layer (conf/default.yaml, the --config
+# overlay, FRAUDFLOW__ variables) is checked against this one table, which names the new key.
+MOVED_KEYS: dict[str, tuple[str, str]] = {
+    "serving.state.*": ("state.*", ""),
+    "serving.state_path": ("state.sqlite_path", ""),
+    "serving.prediction_log_dir": ("prediction_log.dir", ""),
+    "monitoring.prediction_log_retention_days": ("prediction_log.retention_days", ""),
+    "serving.model_source": ("mlflow.model_source", ""),
+    "serving.auth_tokens": (
+        "serving.tokens",
+        "a list of {name, scopes: [score, label], token | sha256}: README, Security",
+    ),
+}
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -143,6 +159,9 @@ class MlflowSettings(_Frozen):
     monitoring_experiment: str
     model_name: str
     champion_alias: str
+    # which registry pointer is the model in service, for the API, batch scoring, the monitor
+    # and promotion alike: the "Production" stage or the champion alias
+    model_source: Literal["stage", "alias"]
 
 
 class PromotionSettings(_Frozen):
@@ -188,12 +207,14 @@ class ApiToken(Credential):
 
 
 class StateSettings(_Frozen):
-    """Where the online state lives: `sqlite` (serving.state_path, one host, the embedded
-    default) or `redis` (a server every API host shares)."""
+    """The online state (pipelines/state): `sqlite` (one file at sqlite_path, one host, the
+    embedded default) or `redis` (a server every API host shares)."""
 
     backend: Literal["sqlite", "redis"] = "sqlite"
+    # the SQLite state's file (backend sqlite; relative: under workdir)
+    sqlite_path: str = "online/state.sqlite"
     # redis://[:password@]host:6379/0 (rediss:// for TLS); a password belongs in the environment:
-    # FRAUDFLOW__SERVING__STATE__URL
+    # FRAUDFLOW__STATE__URL
     url: str | None = None
     key_prefix: str = "fraudflow:"
     # a /predict waits at most about this long (and one retry) before answering 503
@@ -205,10 +226,20 @@ class StateSettings(_Frozen):
     @model_validator(mode="after")
     def _redis_needs_a_url(self) -> "StateSettings":
         if self.backend == "redis" and not self.url:
-            raise ValueError("backend redis needs serving.state.url (redis://host:6379/0)")
+            raise ValueError("backend redis needs state.url (redis://host:6379/0)")
         if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("url must start with redis://, rediss:// or unix://")
         return self
+
+
+class PredictionLogSettings(_Frozen):
+    """The prediction log (pipelines/log): where the API writes it and how long it is kept."""
+
+    # JSON lines per host and process, compacted to Parquet by day (relative: under workdir)
+    dir: str = "predictions"
+    # `fraudflow prune`: files (and /feedback labels) of days that ended more than this many
+    # days ago are deleted
+    retention_days: int = Field(default=90, gt=0)
 
 
 class ServingSettings(_Frozen):
@@ -216,8 +247,6 @@ class ServingSettings(_Frozen):
     port: int = Field(gt=0, lt=65536)
     workers: int = Field(gt=0)
     timeout_s: int = Field(gt=0)
-    # which registry pointer the API serves: the "Production" stage or the champion alias
-    model_source: Literal["stage", "alias"]
     poll_interval_s: float = Field(gt=0)
     max_batch: int = Field(gt=0)
     # a request body larger than this is refused (413) before it is read or parsed
@@ -238,24 +267,10 @@ class ServingSettings(_Frozen):
     # one JSON line per request (who, method, route, status, latency) on stderr, or none
     access_log: Literal["json", "off"] = "json"
 
-    state: StateSettings = StateSettings()
-    # the SQLite state's file (backend sqlite)
-    state_path: str
-    prediction_log_dir: str
     metrics_dir: str
     # the last served model, kept on the replica's own disk for a start while the registry is
     # unreachable; None: no cache
     model_cache_dir: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, value: Any) -> Any:
-        if isinstance(value, Mapping) and "auth_tokens" in value:
-            raise ValueError(
-                "auth_tokens was replaced by tokens: [{name, scopes: [score, label], "
-                "token | sha256}] (README, Security)"
-            )
-        return value
 
 
 PERFORMANCE_METRICS = ("precision", "recall", "average_precision", "card_precision_at_100")
@@ -281,10 +296,8 @@ class MonitoringSettings(_Frozen):
     tolerance: dict[str, float]
     label_files: tuple[str, ...] = ()
     retrain_on: tuple[Literal["drift", "degraded"], ...]
-    # `fraudflow prune`: prediction-log files (and /feedback labels) of days that ended more
-    # than this many days ago are deleted; report folders older than reports_retention_days
-    # too (the newest one is always kept)
-    prediction_log_retention_days: int = Field(default=90, gt=0)
+    # `fraudflow prune`: report folders older than this many days are deleted (the newest one
+    # is always kept)
     reports_retention_days: int = Field(default=90, gt=0)
 
     @field_validator("tolerance")
@@ -353,10 +366,21 @@ class Settings(_Frozen):
     mlflow: MlflowSettings
     promotion: PromotionSettings
     serving: ServingSettings
+    state: StateSettings = StateSettings()
+    prediction_log: PredictionLogSettings = PredictionLogSettings()
     monitoring: MonitoringSettings
     retraining: RetrainingSettings
     backup: BackupSettings = BackupSettings()
     batch: BatchSettings = BatchSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_moved_keys(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            problems = moved_keys(value)
+            if problems:
+                raise ValueError("; ".join(problems))
+        return value
 
     def under_workdir(self, path: str) -> Path:
         """A configured path, taken relative to the workdir unless absolute."""
@@ -410,6 +434,43 @@ _SettingsLoader.add_implicit_resolver(
 )
 
 
+def _moved(raw: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(old key, new key, note) for each key of `raw` that MOVED_KEYS lists, or that is under a
+    section it lists."""
+    found = []
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if dotted in MOVED_KEYS:
+            found.append((dotted, *MOVED_KEYS[dotted]))
+        elif f"{dotted}.*" in MOVED_KEYS:
+            new, note = MOVED_KEYS[f"{dotted}.*"]
+            section = new.removesuffix(".*")
+            if isinstance(value, Mapping) and value:
+                found += [(f"{dotted}.{k}", f"{section}.{k}", note) for k in value]
+            else:
+                found.append((dotted, section, note))
+        elif isinstance(value, Mapping):
+            found += _moved(value, f"{dotted}.")
+    return found
+
+
+def _env_name(dotted: str) -> str:
+    return ENV_PREFIX + "__".join(dotted.upper().split("."))
+
+
+def moved_keys(raw: Mapping[str, Any], environment: bool = False) -> list[str]:
+    """One message per key of `raw` that moved (MOVED_KEYS), naming its new key; as
+    FRAUDFLOW__ variable names when `raw` came from the environment."""
+    problems = []
+    for old, new, note in _moved(raw):
+        if environment:
+            message = f"{_env_name(old)} moved to {_env_name(new)}"
+        else:
+            message = f"{old} moved to {new}"
+        problems.append(f"{message} ({note})" if note else message)
+    return problems
+
+
 def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_SettingsLoader)  # a SafeLoader: builds no Python objects
 
@@ -449,13 +510,15 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build the settings: default.yaml, then `config`, then environment, then `overrides`."""
-    raw = _read_yaml(DEFAULT_CONFIG)
+    """Build the settings: default.yaml, then `config`, then environment, then `overrides`.
+    A key that moved (MOVED_KEYS) is refused in any of them, naming where it was given."""
+    raw = _checked(_read_yaml(DEFAULT_CONFIG), f"config file {DEFAULT_CONFIG}")
     if config is not None:
-        raw = deep_merge(raw, _read_yaml(Path(config)))
-    raw = deep_merge(raw, env_overrides(os.environ if environ is None else environ))
+        raw = deep_merge(raw, _checked(_read_yaml(Path(config)), f"config file {config}"))
+    from_env = env_overrides(os.environ if environ is None else environ)
+    raw = deep_merge(raw, _checked(from_env, "environment", environment=True))
     if overrides:
-        raw = deep_merge(raw, overrides)
+        raw = deep_merge(raw, _checked(overrides, "overrides"))
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
@@ -463,3 +526,10 @@ def load_settings(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise SettingsError(f"invalid configuration: {problems}") from exc
+
+
+def _checked(raw: Mapping[str, Any], where: str, environment: bool = False) -> Mapping[str, Any]:
+    problems = moved_keys(raw, environment)
+    if problems:
+        raise SettingsError(f"{where}: {'; '.join(problems)}")
+    return raw

@@ -22,7 +22,7 @@ RECORDED_TAGS = ("threshold", "promotion.at", "promotion.by", "promotion.reason"
 
 def champion_record(settings: Settings) -> dict[str, Any]:
     """The served version's identity, promotion tags and test metrics (stage or alias, as
-    `serving.model_source` says)."""
+    `mlflow.model_source` says)."""
     client = store.client(settings)
     name = settings.mlflow.model_name
     version = served_version(client, settings)

@@ -16,7 +16,7 @@ import yaml
 from pipelines.backup.artifacts import relocate_files
 from pipelines.backup.sqlite_files import backup_sqlite, replace_text
 from pipelines.mlflow.promotion import set_stage
-from pipelines.settings import Settings, load_settings
+from pipelines.settings import Settings, StateSettings, load_settings
 from pipelines.training.record import log_training_run
 from pipelines.training.train import TrainingResult, train_model
 
@@ -88,17 +88,25 @@ def copy_store(source: Path, target: Path) -> None:
     assert not left, f"the copied store still points at {old}: {left}"
 
 
-def private_serving(settings: Settings, folder: Path, **serving: Any) -> Settings:
-    """`settings` with an online state, prediction log and model cache of its own under
-    `folder` (and any other `serving` values), so that an app shares nothing with another
-    test's."""
-    update = {
-        "state_path": str(Path(folder) / "state.sqlite"),
-        "prediction_log_dir": str(Path(folder) / "predictions"),
-        "model_cache_dir": str(Path(folder) / "model-cache"),
-        **serving,
-    }
-    return settings.model_copy(update={"serving": settings.serving.model_copy(update=update)})
+def private_serving(
+    settings: Settings, folder: Path, state: StateSettings | None = None, **serving: Any
+) -> Settings:
+    """`settings` with an online state (`state`, or the configured one, its SQLite file under
+    `folder`), prediction log and model cache of its own under `folder` (and any other
+    `serving` values), so that an app shares nothing with another test's."""
+    folder = Path(folder)
+    own_state = (state or settings.state).model_copy(
+        update={"sqlite_path": str(folder / "state.sqlite")}
+    )
+    own_log = settings.prediction_log.model_copy(update={"dir": str(folder / "predictions")})
+    update = {"model_cache_dir": str(folder / "model-cache"), **serving}
+    return settings.model_copy(
+        update={
+            "state": own_state,
+            "prediction_log": own_log,
+            "serving": settings.serving.model_copy(update=update),
+        }
+    )
 
 
 def train_and_register(

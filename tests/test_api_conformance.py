@@ -39,12 +39,9 @@ def api(tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFra
     root = tmp_path_factory.mktemp("conformance")
     settings = make_settings(
         root / "work",
-        serving={
-            "state_path": str(root / "state.sqlite"),
-            "prediction_log_dir": str(root / "predictions"),
-            "metrics_dir": str(root / "prom"),
-            **auth_settings(TOKEN),
-        },
+        serving={"metrics_dir": str(root / "prom"), **auth_settings(TOKEN)},
+        state={"sqlite_path": str(root / "state.sqlite")},
+        prediction_log={"dir": str(root / "predictions")},
     )
     version, _ = train_and_register(small_transactions, settings, production="conformance")
     config = write_config(root / "serve.yaml", settings)

@@ -426,8 +426,8 @@ def test_the_drill_on_the_embedded_store(tmp_path, small_transactions) -> None:
 
 @pytest.mark.multihost
 def test_the_redis_online_state_is_backed_up_as_a_snapshot_and_restored(tmp_path, redis_url):
-    state = {"state": {"backend": "redis", "url": redis_url}}
-    settings = make_settings(tmp_path / "work", serving=state)
+    state = {"backend": "redis", "url": redis_url}
+    settings = make_settings(tmp_path / "work", state=state)
     store.client(settings).create_registered_model(NAME)
     with closing(open_state(settings)) as online:
         online.add_labels([("r1", 1), ("r2", 0)], 0)
@@ -436,7 +436,7 @@ def test_the_redis_online_state_is_backed_up_as_a_snapshot_and_restored(tmp_path
     assert done.returncode == 0, done.stderr
     manifest = json.loads((tmp_path / "bk" / "backup-000001" / MANIFEST).read_text())
     assert manifest["parts"]["online_state"]["kind"] == "redis"
-    restored = make_settings(tmp_path / "elsewhere", serving=state)
+    restored = make_settings(tmp_path / "elsewhere", state=state)
     restored_config = write_config(tmp_path / "restored.yaml", restored)
     refused = cli("restore", "--config", str(restored_config), "--input", str(tmp_path / "bk"))
     assert refused.returncode == 1 and "not empty: online_state redis://" in refused.stderr

@@ -118,14 +118,14 @@ def stack(tmp_path_factory, small_data_dir):
             mlflow={"tracking_uri": tracking},
             serving={
                 "poll_interval_s": 1.0,
-                "state_path": str(root / "state.sqlite"),
-                "prediction_log_dir": str(root / "predictions"),
                 "metrics_dir": str(root / "prom-multiproc"),
                 "tokens": [
                     {"name": "stack", "scopes": ["score", "label"], "sha256": sha256(CLIENT_TOKEN)}
                 ],
                 "metrics_token": {"sha256": sha256(METRICS_TOKEN)},
             },
+            state={"sqlite_path": str(root / "state.sqlite")},
+            prediction_log={"dir": str(root / "predictions")},
             monitoring={"min_rows": 100},
         )
         config = write_config(root / "stack.yaml", settings)

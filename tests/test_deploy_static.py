@@ -161,7 +161,7 @@ def test_compose_stack_has_every_service_wired_as_documented() -> None:
     assert "fraudflow-data:/data" in backup["volumes"]
     database = backup["environment"]["FRAUDFLOW__BACKUP__MLFLOW_DATABASE"]
     assert database.startswith("postgresql://") and "@postgres:5432/mlflow" in database
-    assert backup["environment"]["FRAUDFLOW__SERVING__STATE__URL"] == "redis://redis:6379/0"
+    assert backup["environment"]["FRAUDFLOW__STATE__URL"] == "redis://redis:6379/0"
     # secrets from the environment only, refused when unset
     assert "${POSTGRES_PASSWORD:?" in (ROOT / "docker-compose.yml").read_text()
     for name in ("prometheus", "alertmanager", "grafana"):
@@ -263,8 +263,8 @@ def test_compose_api_shares_its_online_state_in_a_durable_redis() -> None:
     for name in ("api", "monitor"):
         service = services[name]
         environment = service["environment"]
-        assert environment["FRAUDFLOW__SERVING__STATE__BACKEND"] == "redis"
-        assert environment["FRAUDFLOW__SERVING__STATE__URL"].startswith("redis://redis:6379/")
+        assert environment["FRAUDFLOW__STATE__BACKEND"] == "redis"
+        assert environment["FRAUDFLOW__STATE__URL"].startswith("redis://redis:6379/")
         assert service["depends_on"]["redis"] == {"condition": "service_healthy"}
 
 
@@ -466,7 +466,7 @@ def test_k8s_monitor_runs_with_the_apis_security_context() -> None:
     assert prune["securityContext"] == api["containers"][0]["securityContext"]
     assert {m["mountPath"] for m in prune["volumeMounts"]} == {"/data", "/tmp"}
     names = {e["name"] for e in prune.get("env", [])}
-    assert "FRAUDFLOW__SERVING__STATE__URL" in names
+    assert "FRAUDFLOW__STATE__URL" in names
 
 
 def test_k8s_backup_runs_hardened_with_every_store_it_backs_up() -> None:
@@ -497,7 +497,7 @@ def test_k8s_backup_runs_hardened_with_every_store_it_backs_up() -> None:
     store = server_env["MLFLOW_BACKEND_STORE_URI"]["secretKeyRef"]
     assert refs["FRAUDFLOW__BACKUP__MLFLOW_DATABASE"] == (store["name"], store["key"])
     assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(refs)
-    assert "FRAUDFLOW__SERVING__STATE__URL" in refs
+    assert "FRAUDFLOW__STATE__URL" in refs
 
 
 def test_k8s_daily_batch_is_scaled_apart_from_the_api_and_hardened_alike() -> None:
@@ -659,7 +659,7 @@ def test_k8s_api_pods_share_a_redis_statefulset_not_a_sqlite_file() -> None:
     documents = [d for path in K8S for d in yaml.safe_load_all(path.read_text()) if d]
     by_kind = {(d["kind"], d["metadata"]["name"]): d for d in documents}
     config = by_kind[("ConfigMap", "fraudflow-config")]["data"]
-    assert config["FRAUDFLOW__SERVING__STATE__BACKEND"] == "redis"
+    assert config["FRAUDFLOW__STATE__BACKEND"] == "redis"
     assert not any("STATE_PATH" in key for key in config)
     redis = by_kind[("StatefulSet", "fraudflow-redis")]
     container = redis["spec"]["template"]["spec"]["containers"][0]
@@ -683,7 +683,7 @@ def test_k8s_api_pods_share_a_redis_statefulset_not_a_sqlite_file() -> None:
     ]
     for pod in pods:
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
-        source = env["FRAUDFLOW__SERVING__STATE__URL"]["valueFrom"]["secretKeyRef"]
+        source = env["FRAUDFLOW__STATE__URL"]["valueFrom"]["secretKeyRef"]
         assert source == {"name": "fraudflow-redis", "key": "url"}
 
 

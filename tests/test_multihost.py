@@ -175,15 +175,15 @@ def world(tmp_path_factory, small_transactions) -> Iterator[World]:
                             "sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
                         }
                     ],
-                    "state": {
-                        "backend": "redis",
-                        "url": redis.url_on(host.redis_address),
-                        "socket_timeout_s": 1.0,
-                    },
-                    "state_path": str(work / "unused.sqlite"),
-                    "prediction_log_dir": str(work / "predictions"),
                     "metrics_dir": str(work / "prom"),
                 },
+                state={
+                    "backend": "redis",
+                    "url": redis.url_on(host.redis_address),
+                    "socket_timeout_s": 1.0,
+                    "sqlite_path": str(work / "unused.sqlite"),
+                },
+                prediction_log={"dir": str(work / "predictions")},
             )
             config = write_config(root / f"host-{host.name}.yaml", host.settings)
             stack.enter_context(serve(host, config, v1))

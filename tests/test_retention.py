@@ -65,7 +65,7 @@ def test_pruning_the_state_keeps_every_later_feature(tmp_path: Path, small_trans
     kept, pruned = states
     keep = retention_ms(settings)
     # card history 30 + 14 days, label delay 7, the margin for late arrivals
-    assert keep == (44 + 7 + settings.serving.state.retention_margin_days) * DAY_MS
+    assert keep == (44 + 7 + settings.state.retention_margin_days) * DAY_MS
     times = history["tx_datetime"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
     cutoff = times.max() - keep
     result = pruned.prune(keep, labels_received_before_ms=0)
@@ -142,7 +142,7 @@ def _log_day(folder: Path, day: str, count: int) -> Path:
 def test_prune_command_compacts_and_deletes_by_retention(tmp_path: Path, capsys) -> None:
     """`fraudflow prune` on a workdir: a closed day's log becomes Parquet, a day past retention
     and an old report go, today's log and the state's recent rows stay."""
-    settings = make_settings(tmp_path / "work", monitoring={"prediction_log_retention_days": 30})
+    settings = make_settings(tmp_path / "work", prediction_log={"retention_days": 30})
     folder = log_folder(settings)
     today = datetime.now(timezone.utc).date()
     old = _log_day(folder, (today - timedelta(days=40)).isoformat(), 3)

@@ -43,18 +43,21 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def secured_serving(folder: Path, **serving) -> dict:
-    """A scoring token in clear, a labelling token as its SHA-256, a hashed metrics token."""
+def secured_sections(folder: Path, **serving) -> dict[str, dict]:
+    """Settings sections: a scoring token in clear, a labelling token as its SHA-256, a hashed
+    metrics token, and an online state and prediction log of its own under `folder`."""
     return {
-        "tokens": [
-            {"name": "checkout", "scopes": ["score"], "token": SCORER},
-            {"name": "chargebacks", "scopes": ["label"], "sha256": sha256(LABELLER)},
-        ],
-        "metrics_token": {"sha256": sha256(METRICS)},
-        "state_path": str(folder / "state.sqlite"),
-        "prediction_log_dir": str(folder / "predictions"),
-        "metrics_dir": str(folder / "prom"),
-        **serving,
+        "serving": {
+            "tokens": [
+                {"name": "checkout", "scopes": ["score"], "token": SCORER},
+                {"name": "chargebacks", "scopes": ["label"], "sha256": sha256(LABELLER)},
+            ],
+            "metrics_token": {"sha256": sha256(METRICS)},
+            "metrics_dir": str(folder / "prom"),
+            **serving,
+        },
+        "state": {"sqlite_path": str(folder / "state.sqlite")},
+        "prediction_log": {"dir": str(folder / "predictions")},
     }
 
 
@@ -69,7 +72,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def secured(workdir: Path, tmp_path: Path):
     """An app with tokens on an empty store: no model, so /predict that passes auth says 503."""
-    settings = make_settings(workdir, serving=secured_serving(tmp_path))
+    settings = make_settings(workdir, **secured_sections(tmp_path))
     app = create_app(settings, start_polling=False)
     yield app.test_client()
     app.extensions["fraudflow"].holder.stop()
@@ -119,9 +122,9 @@ def test_tokens_from_a_file_as_a_mounted_secret_hands_them_in(workdir, tmp_path)
     )
     metrics_file = tmp_path / "metrics-token"
     metrics_file.write_text(METRICS + "\n")
-    serving = secured_serving(tmp_path, tokens=[], tokens_file=str(secret))
-    serving["metrics_token"] = {"file": str(metrics_file)}
-    app = create_app(make_settings(workdir, serving=serving), start_polling=False)
+    sections = secured_sections(tmp_path, tokens=[], tokens_file=str(secret))
+    sections["serving"]["metrics_token"] = {"file": str(metrics_file)}
+    app = create_app(make_settings(workdir, **sections), start_polling=False)
     client = app.test_client()
     assert client.post("/feedback", json=LABEL, headers=bearer(SCORER)).status_code == 200
     assert client.post("/feedback", json=LABEL).status_code == 401
@@ -134,21 +137,21 @@ def test_a_broken_token_file_is_refused_without_echoing_its_secrets(workdir, tmp
     secret = tmp_path / "api-tokens.yaml"
     secret.write_text(yaml.safe_dump([{"name": "x", "scopes": ["admin"], "token": SCORER}]))
     settings = make_settings(
-        workdir, serving=secured_serving(tmp_path, tokens=[], tokens_file=str(secret))
+        workdir, **secured_sections(tmp_path, tokens=[], tokens_file=str(secret))
     )
     with pytest.raises(AuthConfigError, match="scopes") as error:
         create_app(settings, start_polling=False)
     assert SCORER not in str(error.value)
-    missing = secured_serving(tmp_path, tokens=[], tokens_file=str(tmp_path / "nope.yaml"))
+    missing = secured_sections(tmp_path, tokens=[], tokens_file=str(tmp_path / "nope.yaml"))
     with pytest.raises(AuthConfigError, match="nope.yaml"):
-        create_app(make_settings(workdir, serving=missing), start_polling=False)
+        create_app(make_settings(workdir, **missing), start_polling=False)
     twice = [
         {"name": "a", "scopes": ["score"], "token": SCORER},
         {"name": "b", "scopes": ["label"], "sha256": sha256(SCORER)},
     ]
     with pytest.raises(AuthConfigError, match="one secret"):
         create_app(
-            make_settings(workdir, serving=secured_serving(tmp_path, tokens=twice)),
+            make_settings(workdir, **secured_sections(tmp_path, tokens=twice)),
             start_polling=False,
         )
 
@@ -159,7 +162,7 @@ def test_settings_refuse_short_tokens_the_old_key_and_a_token_without_scope(tmp_
         ({"tokens": [{"name": "a", "scopes": [], "token": SCORER}]}, "scopes"),
         ({"tokens": [{"name": "a", "scopes": ["score"]}]}, "exactly one"),
         ({"metrics_token": {"sha256": "abc"}}, "sha256"),
-        ({"auth_tokens": [SCORER]}, "replaced by tokens"),
+        ({"auth_tokens": [SCORER]}, "serving.auth_tokens moved to serving.tokens"),
     ]
     for serving, message in bad:
         with pytest.raises(SettingsError, match=message) as error:
@@ -168,13 +171,11 @@ def test_settings_refuse_short_tokens_the_old_key_and_a_token_without_scope(tmp_
 
 
 def test_without_tokens_an_exposed_address_is_refused_at_app_creation(workdir, tmp_path) -> None:
-    settings = make_settings(workdir, serving=secured_serving(tmp_path, tokens=[]))
+    settings = make_settings(workdir, **secured_sections(tmp_path, tokens=[]))
     for exposed in (["0.0.0.0:8080"], ["127.0.0.1:8080", "10.1.2.3:8080"], ["[::]:80"], [":80"]):
         with pytest.raises(AuthConfigError, match="refusing to serve the API without tokens"):
             create_app(settings, start_polling=False, listen=exposed)
-    public_host = make_settings(
-        workdir, serving=secured_serving(tmp_path, tokens=[], host="0.0.0.0")
-    )
+    public_host = make_settings(workdir, **secured_sections(tmp_path, tokens=[], host="0.0.0.0"))
     with pytest.raises(AuthConfigError, match="0.0.0.0:8080"):
         create_app(public_host, start_polling=False)  # the settings' own host:port
     # loopback (the embedded demo), or an explicit allow_anonymous: served, to anyone
@@ -182,16 +183,14 @@ def test_without_tokens_an_exposed_address_is_refused_at_app_creation(workdir, t
         (["127.0.0.1:8080", "[::1]:8080", "localhost:1"], False),
         (["0.0.0.0:8080"], True),
     ):
-        serving = secured_serving(tmp_path, tokens=[], metrics_token=None, allow_anonymous=allow)
-        app = create_app(
-            make_settings(workdir, serving=serving), start_polling=False, listen=listen
-        )
+        sections = secured_sections(tmp_path, tokens=[], metrics_token=None, allow_anonymous=allow)
+        app = create_app(make_settings(workdir, **sections), start_polling=False, listen=listen)
         client = app.test_client()
         assert client.post("/feedback", json=LABEL).status_code == 200
         assert client.get("/metrics").status_code == 200
         app.extensions["fraudflow"].holder.stop()
     # with tokens, an exposed address is fine
-    settings = make_settings(workdir, serving=secured_serving(tmp_path))
+    settings = make_settings(workdir, **secured_sections(tmp_path))
     create_app(settings, start_polling=False, listen=["0.0.0.0:8080"]).extensions[
         "fraudflow"
     ].holder.stop()
@@ -226,7 +225,7 @@ def test_error_bodies_hold_no_token_and_no_registry_address(tmp_path, monkeypatc
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     registry = "http://fraud-admin:hunter2@127.0.0.1:9"  # nothing listens on port 9
     settings = make_settings(
-        tmp_path / "work", mlflow={"tracking_uri": registry}, serving=secured_serving(tmp_path)
+        tmp_path / "work", mlflow={"tracking_uri": registry}, **secured_sections(tmp_path)
     )
     app = create_app(settings, start_polling=False)
     client = app.test_client()
@@ -306,8 +305,8 @@ def test_access_log_is_one_json_line_per_request_without_card_data(secured) -> N
 
 
 def test_access_log_off_logs_nothing(workdir, tmp_path) -> None:
-    serving = secured_serving(tmp_path, access_log="off")
-    app = create_app(make_settings(workdir, serving=serving), start_polling=False)
+    sections = secured_sections(tmp_path, access_log="off")
+    app = create_app(make_settings(workdir, **sections), start_polling=False)
     lines = _Lines()
     logging.getLogger(LOGGER).addHandler(lines)
     try:
@@ -320,7 +319,7 @@ def test_access_log_off_logs_nothing(workdir, tmp_path) -> None:
 
 @pytest.mark.integration
 def test_gunicorn_refuses_to_start_on_an_exposed_address_without_tokens(tmp_path) -> None:
-    settings = make_settings(tmp_path / "work", serving=secured_serving(tmp_path, tokens=[]))
+    settings = make_settings(tmp_path / "work", **secured_sections(tmp_path, tokens=[]))
     config = write_config(tmp_path / "serve.yaml", settings)
     port = free_port()
     done = subprocess.run(
@@ -335,7 +334,7 @@ def test_gunicorn_refuses_to_start_on_an_exposed_address_without_tokens(tmp_path
     assert "Booting worker" not in done.stderr and "Listening at" not in done.stderr
     # the same server with allow_anonymous explicitly set starts and serves anyone
     allowed = make_settings(
-        tmp_path / "work", serving=secured_serving(tmp_path, tokens=[], allow_anonymous=True)
+        tmp_path / "work", **secured_sections(tmp_path, tokens=[], allow_anonymous=True)
     )
     config = write_config(tmp_path / "allowed.yaml", allowed)
     log = tmp_path / "allowed.log"
@@ -358,10 +357,8 @@ def test_gunicorn_enforces_scopes_and_writes_json_access_lines(tmp_path) -> None
             ]
         )
     )
-    serving = secured_serving(tmp_path, tokens=[], tokens_file=str(secret))
-    config = write_config(
-        tmp_path / "serve.yaml", make_settings(tmp_path / "work", serving=serving)
-    )
+    sections = secured_sections(tmp_path, tokens=[], tokens_file=str(secret))
+    config = write_config(tmp_path / "serve.yaml", make_settings(tmp_path / "work", **sections))
     log = tmp_path / "gunicorn.log"
     with gunicorn_api(config, log, version=None, metrics_headers=bearer(METRICS)) as url:
         with requests.Session() as session:

@@ -31,12 +31,9 @@ WORKERS = 2
 def serving_settings(root: Path, **mlflow):
     return make_settings(
         root / "work",
-        serving={
-            "poll_interval_s": POLL_S,
-            "state_path": str(root / "state.sqlite"),
-            "prediction_log_dir": str(root / "predictions"),
-            "metrics_dir": str(root / "prom"),
-        },
+        serving={"poll_interval_s": POLL_S, "metrics_dir": str(root / "prom")},
+        state={"sqlite_path": str(root / "state.sqlite")},
+        prediction_log={"dir": str(root / "predictions")},
         **({"mlflow": mlflow} if mlflow else {}),
     )
 

@@ -181,9 +181,7 @@ def test_warm_and_the_label_reader_go_through_the_configured_backend(
     redis_url, tmp_path, small_data_dir, capsys
 ) -> None:
     """`fraudflow warm` fills Redis (and says how fast); monitoring's label reader reads it."""
-    settings = make_settings(
-        tmp_path / "work", serving={"state": {"backend": "redis", "url": redis_url}}
-    )
+    settings = make_settings(tmp_path / "work", state={"backend": "redis", "url": redis_url})
     config = write_config(tmp_path / "redis.yaml", settings)
     assert main(["warm", "--config", str(config), "--data", str(small_data_dir)]) == 0
     printed = capsys.readouterr().out
@@ -192,7 +190,7 @@ def test_warm_and_the_label_reader_go_through_the_configured_backend(
     labels = received_labels(settings).set_index("transaction_id")["tx_fraud"]
     expected = transactions.set_index("transaction_id")["tx_fraud"].astype(int)
     assert len(labels) == len(expected) and labels.loc[expected.index].equals(expected)
-    assert not (tmp_path / "work" / settings.serving.state_path).exists()  # no SQLite file
+    assert not (tmp_path / "work" / settings.state.sqlite_path).exists()  # no SQLite file
 
 
 def test_redis_failures_are_named_by_kind_never_by_host() -> None:

@@ -74,13 +74,13 @@ def layout(settings: Settings) -> Layout:
         )
     if not database.startswith(("sqlite:///", "postgresql")):
         raise ValueError("backup.mlflow_database must be a postgresql:// or sqlite:/// URI")
-    redis_state = settings.serving.state.backend == "redis"
+    redis_state = settings.state.backend == "redis"
     return Layout(
         tracking,
         database,
         artifact_root,
-        None if redis_state else settings.under_workdir(settings.serving.state_path).resolve(),
-        settings.serving.state.url if redis_state else None,
+        None if redis_state else settings.under_workdir(settings.state.sqlite_path).resolve(),
+        settings.state.url if redis_state else None,
         log_folder(settings).resolve(),
         settings.under_workdir(settings.monitoring.reports_dir).resolve(),
     )
@@ -100,8 +100,8 @@ def _source(settings: Settings, where: Layout) -> dict[str, Any]:
         dumped["mlflow"]["tracking_uri"] = _redacted(dumped["mlflow"]["tracking_uri"])
     if dumped["backup"]["mlflow_database"]:
         dumped["backup"]["mlflow_database"] = _redacted(dumped["backup"]["mlflow_database"])
-    if dumped["serving"]["state"]["url"]:
-        dumped["serving"]["state"]["url"] = _redacted(dumped["serving"]["state"]["url"])
+    if dumped["state"]["url"]:
+        dumped["state"]["url"] = _redacted(dumped["state"]["url"])
     return {
         "tracking": where.tracking,
         "database": _redacted(where.database),
@@ -200,7 +200,7 @@ def _copy_stores(settings: Settings, where: Layout, work: Path) -> dict[str, dic
             "kind": "redis",
             "path": "online_state/state.rdb",
             "db": redis_snapshot.database_index(where.state_url),
-            "prefix": settings.serving.state.key_prefix,
+            "prefix": settings.state.key_prefix,
         }
     copied = snapshot_log(where.prediction_log, work / "prediction_log")
     parts["prediction_log"] = {"kind": "files", "path": "prediction_log", "files": len(copied)}
@@ -303,7 +303,7 @@ def _check_kinds(manifest: dict[str, Any], where: Layout, wanted: list[str]) -> 
     if "online_state" in wanted and parts["online_state"]["kind"] != target_state:
         raise RestoreRefused(
             f"the backup holds a {parts['online_state']['kind']} online state; the target's "
-            f"is {target_state} (serving.state.backend)"
+            f"is {target_state} (state.backend)"
         )
 
 
@@ -359,7 +359,7 @@ def _check_targets(settings: Settings, where: Layout, wanted: list[str], force: 
             problems.append(
                 f"online_state {shown} is live: other clients are connected (stop the API first)"
             )
-        if redis_snapshot.key_count(where.state_url, settings.serving.state.key_prefix):
+        if redis_snapshot.key_count(where.state_url, settings.state.key_prefix):
             full.append(f"online_state {shown}")
     if full and not force:
         problems.append("not empty: " + ", ".join(full) + " (restore --force replaces them)")
@@ -396,7 +396,7 @@ def _restore_parts(
         server_artifacts.upload_to_server(settings, folder / parts["artifacts"]["path"])
     if "online_state" in wanted and where.state_url:
         state = parts["online_state"]
-        prefix = settings.serving.state.key_prefix
+        prefix = settings.state.key_prefix
         if redis_snapshot.key_count(where.state_url, prefix):
             redis_snapshot.delete_keys(where.state_url, prefix)
             replaced.append("online_state")

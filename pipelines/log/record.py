@@ -73,7 +73,7 @@ def record(
 
 def log_folder(settings: Settings) -> Path:
     """Where the API writes its prediction log and monitoring reads it."""
-    return settings.under_workdir(settings.serving.prediction_log_dir)
+    return settings.under_workdir(settings.prediction_log.dir)
 
 
 def writer_name(hostname: str | None = None, pid: int | None = None) -> str:

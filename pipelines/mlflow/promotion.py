@@ -2,7 +2,7 @@
 
 A candidate reaches Production (stage and champion alias together) only if it passes the
 absolute gates and beats the version in service (the stage or the alias, as
-`serving.model_source` says: the same rule the API and the monitor follow) on the same recent
+`mlflow.model_source` says: the same rule the API and the monitor follow) on the same recent
 labelled period. Aliases keep no history, so every decision is also recorded as a run in the
 promotion experiment (who, what, when, why, the metrics it was decided on) and as version tags.
 """

@@ -35,10 +35,10 @@ def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersio
 
 def served_version(client: MlflowClient, settings: Settings) -> ModelVersion | None:
     """The version the API serves: the Production stage or the champion alias, as
-    `serving.model_source` says; None when there is none. Registry outages raise."""
+    `mlflow.model_source` says; None when there is none. Registry outages raise."""
     name = settings.mlflow.model_name
     try:
-        if settings.serving.model_source == "alias":
+        if settings.mlflow.model_source == "alias":
             return client.get_model_version_by_alias(name, settings.mlflow.champion_alias)
         latest = client.get_latest_versions(name, stages=["Production"])
         return latest[0] if latest else None
@@ -49,9 +49,9 @@ def served_version(client: MlflowClient, settings: Settings) -> ModelVersion | N
 
 
 def served_uri(settings: Settings) -> str:
-    """The model URI of what the API serves (stage or alias, as `serving.model_source` says)."""
+    """The model URI of what the API serves (stage or alias, as `mlflow.model_source` says)."""
     name = settings.mlflow.model_name
-    if settings.serving.model_source == "alias":
+    if settings.mlflow.model_source == "alias":
         return f"models:/{name}@{settings.mlflow.champion_alias}"
     return f"models:/{name}/Production"
 

@@ -1,4 +1,4 @@
-"""The online state the settings name (`serving.state.backend`), opened by name: one entry per
+"""The online state the settings name (`state.backend`), opened by name: one entry per
 backend in `BACKENDS`, so adding a backend touches no other. Also the retention every backend
 applies and the labels monitoring and retraining read."""
 
@@ -37,19 +37,19 @@ def retention_ms(settings: Settings) -> int:
 def retention_days(settings: Settings) -> int:
     """How long a row is kept: the longest history any feature reads, the label delay on top
     (a label may still arrive for it) and the configured margin
-    (`serving.state.retention_margin_days`: transactions that arrive out of order, a delayed
+    (`state.retention_margin_days`: transactions that arrive out of order, a delayed
     batch or a clock skew between hosts, still see their full history)."""
     features = settings.features
     longest = max(features.customer_history_days, features.terminal_history_days)
-    return longest + features.label_delay_days + settings.serving.state.retention_margin_days
+    return longest + features.label_delay_days + settings.state.retention_margin_days
 
 
 def open_state(settings: Settings) -> OnlineState:
-    """The configured online state (`serving.state.backend`), with window spans taken from the
+    """The configured online state (`state.backend`), with window spans taken from the
     feature settings."""
-    return BACKENDS[settings.serving.state.backend].open(settings, retention_days(settings))
+    return BACKENDS[settings.state.backend].open(settings, retention_days(settings))
 
 
 def received_labels(settings: Settings) -> pd.DataFrame:
     """The labels /feedback received, as monitoring and retraining read them."""
-    return BACKENDS[settings.serving.state.backend].labels(settings, retention_days(settings))
+    return BACKENDS[settings.state.backend].labels(settings, retention_days(settings))

@@ -303,9 +303,9 @@ class RedisOnlineState:
 
 
 def open_redis_state(settings: Settings, retention_days: int) -> RedisOnlineState:
-    """The Redis state of `settings.serving.state`, with the feature settings' window spans."""
+    """The Redis state of `settings.state`, with the feature settings' window spans."""
     features = settings.features
-    config = settings.serving.state
+    config = settings.state
     return RedisOnlineState(
         str(config.url),  # the settings refuse backend redis without a URL
         customer_window_days=features.customer_history_days,

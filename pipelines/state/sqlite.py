@@ -323,7 +323,7 @@ def open_sqlite_state(settings: Settings, retention_days: int) -> SqliteOnlineSt
     past `retention_days` go at `prune`, not as it writes)."""
     features = settings.features
     return SqliteOnlineState(
-        settings.under_workdir(settings.serving.state_path),
+        settings.under_workdir(settings.state.sqlite_path),
         customer_window_days=features.customer_history_days,
         terminal_span_days=features.terminal_history_days,
         terminal_delay_days=features.label_delay_days,
@@ -333,7 +333,7 @@ def open_sqlite_state(settings: Settings, retention_days: int) -> SqliteOnlineSt
 def sqlite_labels(settings: Settings, retention_days: int) -> pd.DataFrame:
     """The labels of the settings' state file, read only; empty when the API never ran here
     (no state file is created just to be read)."""
-    path = settings.under_workdir(settings.serving.state_path)
+    path = settings.under_workdir(settings.state.sqlite_path)
     if not path.is_file():
         return pd.DataFrame(columns=LABEL_COLUMNS)
     return read_sqlite_labels(path)
