@@ -3,6 +3,11 @@
 Every sub-command takes --config (an overlay on conf/default.yaml); commands that read
 transactions take --data, commands that produce a result take --output (JSON summaries).
 Every step runs in this process; only `serve` replaces it with gunicorn.
+
+Exit codes: 0 done; 2 a command line, a setting or an input that cannot be used; 1 a step that
+failed. `monitor` answers with its exit code (0 no drift, 1 drift, 2 degraded, 3 error: every
+failure of the monitor, a bad command line included, is 3, never a code a scheduler reads as
+drift).
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from tqdm import tqdm
 
+from drift.window import Window
 from fraudflow.logs import setup_logging
 from pipelines.backup.postgres import PostgresError
 from pipelines.backup.redis_snapshot import RedisBackupError
@@ -30,6 +39,9 @@ from pipelines.state.protocol import StateUnavailable
 log = logging.getLogger("fraudflow")
 # `warm` loads the history in slices of this many rows (one transaction each on SQLite)
 WARM_SLICE_ROWS = 100_000
+USAGE_EXIT, FAILED_EXIT = 2, 1
+# the monitor's exit code is its verdict: any failure of it is the error verdict
+MONITOR_FAILED_EXIT = Verdict.ERROR.exit_code
 
 
 class UsageError(ValueError):
@@ -38,6 +50,14 @@ class UsageError(ValueError):
 
 class DemoError(RuntimeError):
     """A step of the demo failed; its own output says why."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A command whose exit code is its answer: the summary (written to --output) and the code."""
+
+    summary: dict[str, Any] | None
+    code: int
 
 
 def _write_json(payload: Any, output: str | None) -> None:
@@ -319,23 +339,63 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return result.as_dict()
 
 
-def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> Answer:
     """Reads: the registry (model in service, its reference sample and training metrics), the
     prediction log, late labels. Produces: HTML reports and a JSON summary under reports/, a
     monitoring run; with --retrain, a retraining run. Exit code: 0 no drift, 1 drift,
     2 degraded, 3 error."""
-    from drift.monitor import run_job, window_from
+    from drift.monitor import MonitorFailed, run_job
 
-    window = window_from(settings, args.day, args.since, args.until)
-    return run_job(
-        settings,
-        window,
-        [Path(p) for p in args.labels],
-        retrain=args.retrain,
-        data=Path(args.data) if args.data else None,
-        output=args.output,
-        progress=True,
-    )
+    window = monitor_window(settings, args.day, args.since, args.until)
+    try:
+        result = run_job(
+            settings,
+            window,
+            [Path(p) for p in args.labels],
+            retrain=args.retrain,
+            data=Path(args.data) if args.data else None,
+            say=print,
+            progress=True,
+        )
+    except MonitorFailed as exc:  # already recorded as the error verdict
+        print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
+        return Answer(None, MONITOR_FAILED_EXIT)
+    if result.summary.retrain_error:
+        print(
+            f"fraudflow monitor: retraining failed: {result.summary.retrain_error}",
+            file=sys.stderr,
+        )
+    return Answer(result.summary.as_dict(), result.outcome.exit_code)
+
+
+def monitor_window(
+    settings: Settings, day: str | None, since: str | None, until: str | None
+) -> Window:
+    """The window --day, or --since/--until, or (none of them) the last
+    monitoring.window_hours name."""
+    if day and (since or until):
+        raise UsageError("--day and --since/--until exclude each other")
+    if day:
+        try:
+            return Window.day(day)
+        except ValueError as exc:
+            raise UsageError(f"--day: {exc}") from exc
+    if not (since or until):
+        return Window.last_hours(settings.monitoring.window_hours)
+    try:
+        end = pd.Timestamp(until or datetime.now(timezone.utc))
+        start = (
+            pd.Timestamp(since)
+            if since
+            else end - pd.Timedelta(hours=settings.monitoring.window_hours)
+        )
+    except ValueError as exc:
+        raise UsageError(f"--since/--until must be ISO times: {exc}") from exc
+    start = start.tz_localize("UTC") if start.tzinfo is None else start
+    end = end.tz_localize("UTC") if end.tzinfo is None else end
+    if start >= end:
+        raise UsageError(f"empty window: --since {start} is not before {end}")
+    return Window(start.to_pydatetime(), end.to_pydatetime())
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -379,12 +439,31 @@ def _whole(text: str) -> int:
     return int(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fraudflow", description=__doc__)
+class Parser(argparse.ArgumentParser):
+    """Refuses a bad command line with its command's usage exit code: 2, or the monitor's error
+    verdict (3), since a scheduler reads the monitor's 2 as "degraded"."""
+
+    usage_exit = USAGE_EXIT
+    commands: dict[str, "Parser"]
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="fraudflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices
 
-    def add(name: str, func, help_text: str, data: bool = False, summary: bool = True):
+    def add(
+        name: str,
+        func,
+        help_text: str,
+        data: bool = False,
+        summary: bool = True,
+    ) -> Parser:
         p = sub.add_parser(name, help=help_text, description=func.__doc__)
         p.add_argument(
             "--config", help="YAML overlay on conf/default.yaml (default: $FRAUDFLOW_CONFIG)"
@@ -393,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data", help="CSV/Parquet file or folder (default: data.path)")
         target = "JSON summary" if summary else "data"
         p.add_argument("--output", help=f"where to write the result ({target})")
-        p.set_defaults(func=func, summary=summary)
+        p.set_defaults(func=func, writes_summary=summary)
         return p
 
     p = add(
@@ -438,8 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_monitor,
         "drift and performance check of the prediction log (history for --retrain: --data)",
         data=True,
-        summary=False,
     )
+    p.usage_exit = MONITOR_FAILED_EXIT
     p.add_argument("--day", help="a UTC day YYYY-MM-DD (default: the last window_hours)")
     p.add_argument("--since", help="window start, ISO time (UTC unless given)")
     p.add_argument("--until", help="window end, ISO time (default: now)")
@@ -461,8 +540,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, refused (SystemExit) with its command's usage exit code."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse leaves these to the top parser, which knows no command's code
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     for name in (
         "config",
         "data",
@@ -480,23 +568,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "version", None) == "auto":
         args.version, args.auto = None, True
     setup_logging(args.verbose)
-    failed = Verdict.ERROR.exit_code if args.command == "monitor" else None
+    monitor = args.command == "monitor"
+    usage_exit = MONITOR_FAILED_EXIT if monitor else USAGE_EXIT
+    failed_exit = MONITOR_FAILED_EXIT if monitor else FAILED_EXIT
     try:
         # the API and the jobs of one image read the same overlay: gunicorn takes it from
         # $FRAUDFLOW_CONFIG, and so does every command without --config
         settings = load_settings(args.config or os.environ.get(CONFIG_ENV) or None)
         result = args.func(args, settings)
-        if isinstance(result, int):  # a command whose exit code is its answer (monitor)
-            return result
-        if args.summary:
+        code = 0
+        if isinstance(result, Answer):  # a command whose exit code is its answer
+            result, code = result.summary, result.code
+        if args.writes_summary and result is not None:
             _write_json(result, args.output)
+        return code
     except (SettingsError, DataValidationError, UsageError, FileNotFoundError) as exc:
         print(f"fraudflow {args.command}: error: {exc}", file=sys.stderr)
-        return failed or 2
-    except (ValueError, DemoError, StateUnavailable, PostgresError, RedisBackupError) as exc:
+        return usage_exit
+    except (
+        ValueError,
+        DemoError,
+        StateUnavailable,
+        PostgresError,
+        RedisBackupError,
+    ) as exc:
         print(f"fraudflow {args.command}: failed: {exc}", file=sys.stderr)
-        return failed or 1
-    return 0
+        return failed_exit
+    except Exception as exc:
+        if not monitor:
+            raise
+        # a crash of the monitor must not exit 1, which a scheduler reads as "drift"
+        log.exception("monitor failed")
+        print(f"fraudflow monitor: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return MONITOR_FAILED_EXIT
 
 
 if __name__ == "__main__":

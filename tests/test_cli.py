@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fraudflow.cli import main
+from fraudflow.cli import UsageError, main, monitor_window
 from pipelines.mlflow import store
 from pipelines.settings import LABEL_COLUMN, RAW_COLUMNS
 from tests.helpers import make_settings, write_config
@@ -197,3 +198,53 @@ def test_every_mlproject_entry_point_is_a_command_line_the_cli_accepts() -> None
         argv = shlex.split(command)
         assert argv[0] == "fraudflow", command
         assert build_parser().parse_args(argv[1:]).command == argv[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--retrain", "yes"], "unrecognized arguments: yes"),
+        (["--day", "2026-13-01"], "--day: a day must be YYYY-MM-DD, not '2026-13-01'"),
+        (["--day", "2026-01-01", "--since", "2025-12-31"], "--day and --since/--until exclude"),
+        (["--since", "yesterday-ish"], "--since/--until must be ISO times"),
+        (["--since", "2026-01-02", "--until", "2026-01-01"], "empty window: --since 2026-01-02"),
+    ],
+)
+def test_a_monitor_command_line_it_cannot_use_is_the_error_verdict(
+    tmp_path: Path, capsys, args: list[str], message: str
+) -> None:
+    """Exit code 3, never 2 (argparse's usual code), which a scheduler reads as "degraded"."""
+    config = write_config(tmp_path / "c.yaml", make_settings(tmp_path / "w"))
+    try:
+        code = run_cli("monitor", "--config", config, *args)
+    except SystemExit as refused:
+        code = refused.code
+    assert code == 3
+    assert message in capsys.readouterr().err
+
+
+def test_the_monitor_window_from_the_command_line(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, monitoring={"window_hours": 6})
+    day = monitor_window(settings, "2026-03-01", None, None)
+    assert (day.start.isoformat(), day.end.isoformat()) == (
+        "2026-03-01T00:00:00+00:00",
+        "2026-03-02T00:00:00+00:00",
+    )
+    since = monitor_window(settings, None, "2026-03-01T10:00", "2026-03-01T12:00+01:00")
+    assert since.start == datetime(2026, 3, 1, 10, tzinfo=timezone.utc)
+    assert since.end == datetime(2026, 3, 1, 11, tzinfo=timezone.utc)
+    until = monitor_window(settings, None, None, "2026-03-01T12:00")
+    assert until.end - until.start == timedelta(hours=6)
+    last = monitor_window(settings, None, None, None)
+    assert last.end - last.start == timedelta(hours=6)
+    assert abs(last.end - datetime.now(timezone.utc)) < timedelta(minutes=1)
+    with pytest.raises(UsageError, match="empty window"):
+        monitor_window(settings, None, "2026-03-01T12:00", "2026-03-01T12:00")
+
+
+def test_other_commands_refuse_a_bad_command_line_with_exit_code_2(capsys) -> None:
+    with pytest.raises(SystemExit) as refused:
+        run_cli("train", "--bogus")
+    assert refused.value.code == 2
+    assert "fraudflow train: error: unrecognized arguments: --bogus" in capsys.readouterr().err
