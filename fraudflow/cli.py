@@ -5,14 +5,15 @@ transactions take --data, commands that produce a result take --output (JSON sum
 Every step runs in this process; only `serve` replaces it with gunicorn.
 
 Exit codes: 0 done; 2 a command line, a setting or an input that cannot be used; 1 a step that
-failed. `monitor` answers with its exit code (0 no drift, 1 drift, 2 degraded, 3 error: every
-failure of the monitor, a bad command line included, is 3, never a code a scheduler reads as
-drift).
+failed. Two commands answer with their exit code: `monitor` (0 no drift, 1 drift, 2 degraded,
+3 error: every failure of the monitor, a bad command line included, is 3, never a code a
+scheduler reads as drift) and `check-gates` (1: the model misses a gate).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -42,6 +43,9 @@ WARM_SLICE_ROWS = 100_000
 USAGE_EXIT, FAILED_EXIT = 2, 1
 # the monitor's exit code is its verdict: any failure of it is the error verdict
 MONITOR_FAILED_EXIT = Verdict.ERROR.exit_code
+# `registry-account` reads the account's password from here, never from the command line
+ACCOUNT_PASSWORD_ENV = "FRAUDFLOW_REGISTRY_ACCOUNT_PASSWORD"
+RECORD_DEFAULT = "deploy/model-version.json"
 
 
 class UsageError(ValueError):
@@ -50,6 +54,10 @@ class UsageError(ValueError):
 
 class DemoError(RuntimeError):
     """A step of the demo failed; its own output says why."""
+
+
+class StepFailed(RuntimeError):
+    """A step that could not be done (a room's error the main loop does not import)."""
 
 
 @dataclass(frozen=True)
@@ -431,6 +439,93 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return summary
 
 
+def _train_summary(path: str, *keys: str) -> dict[str, Any]:
+    """The JSON summary `fraudflow train --output` wrote, holding `keys`."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--summary {path} is not JSON: {exc}") from exc
+    missing = [k for k in keys if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise UsageError(
+            f"--summary {path} lacks {', '.join(missing)}: not what `fraudflow train --output` "
+            "writes"
+        )
+    return summary
+
+
+def cmd_check_gates(args: argparse.Namespace, settings: Settings) -> Answer:
+    """Reads: the JSON summary of `fraudflow train --output` and the promotion.gates of the
+    same --config, so that CI and `fraudflow promote --auto` judge a model by the same
+    minimums. Exit code: 0 passes every gate, 1 misses one."""
+    from pipelines.mlflow.promotion import training_gate_failures
+
+    gates = settings.promotion.gates
+    metrics = _train_summary(args.summary, "test_metrics")["test_metrics"]
+    for name, minimum in sorted(gates.items()):
+        print(f"{name:>20}: {metrics.get(name, float('nan')):.4f} (gate {minimum})")
+    failures = training_gate_failures(metrics, gates)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    summary = {"summary": args.summary, "gates": gates, "passed": not failures}
+    return Answer({**summary, "failures": failures}, FAILED_EXIT if failures else 0)
+
+
+def cmd_export_model(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: the JSON summary of `fraudflow train --output` and the registry. Produces: the
+    MLflow model folder of the version it registered (MLmodel, the booster, its environment
+    files) in --output, replaced: the copy of every model CI trained that CI keeps outside the
+    MLflow store."""
+    from pipelines.mlflow.models import ModelExportError, export_model
+
+    if not args.output:
+        raise UsageError("export-model needs --output FOLDER")
+    trained = _train_summary(args.summary, "model_name", "model_version")
+    name, version = trained["model_name"], str(trained["model_version"])
+    try:
+        folder = export_model(settings, name, version, Path(args.output))
+    except ModelExportError as exc:
+        raise StepFailed(str(exc)) from exc
+    print(f"exported {version} to {folder}")
+    return {"model_name": name, "model_version": version, "folder": str(folder)}
+
+
+def cmd_record_promotion(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: the registry. Produces: the version in service (stage or alias, as
+    serving.model_source says), its promotion tags and test metrics in a small JSON file
+    (--output) that a pull request records: when the file changes, a new version was
+    promoted."""
+    from pipelines.mlflow.promotion import champion_record
+
+    if not args.output:
+        raise UsageError("record-promotion needs --output FILE")
+    record = champion_record(settings)
+    print(f"champion: {record['name']} v{record['version']} -> {args.output}")
+    return record
+
+
+def cmd_registry_account(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Creates a service account on an MLflow tracking server run with the basic-auth app, or
+    sets its password when it exists (running it again rotates the password). Acts as the
+    admin MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD name; the account's password
+    comes from $FRAUDFLOW_REGISTRY_ACCOUNT_PASSWORD, never from the command line (which `ps`
+    shows)."""
+    from pipelines.mlflow.accounts import AccountError, ensure_account
+
+    tracking_uri = args.tracking_uri or settings.mlflow.tracking_uri
+    if not tracking_uri:
+        raise UsageError("no tracking server: set MLFLOW_TRACKING_URI or pass --tracking-uri")
+    password = os.environ.get(ACCOUNT_PASSWORD_ENV, "")
+    if not password:
+        raise UsageError(f"set {ACCOUNT_PASSWORD_ENV} to the account's password")
+    try:
+        outcome = ensure_account(tracking_uri, args.username, password)
+    except AccountError as exc:
+        raise StepFailed(str(exc)) from exc
+    print(f"registry account {args.username!r} {outcome}")
+    return {"username": args.username, "outcome": outcome}
+
+
 def _whole(text: str) -> int:
     """An integer, also when MLflow passes it as a float ("5000.0")."""
     value = float(text)
@@ -463,6 +558,8 @@ def build_parser() -> Parser:
         help_text: str,
         data: bool = False,
         summary: bool = True,
+        output_help: str | None = None,
+        **output,
     ) -> Parser:
         p = sub.add_parser(name, help=help_text, description=func.__doc__)
         p.add_argument(
@@ -471,7 +568,9 @@ def build_parser() -> Parser:
         if data:
             p.add_argument("--data", help="CSV/Parquet file or folder (default: data.path)")
         target = "JSON summary" if summary else "data"
-        p.add_argument("--output", help=f"where to write the result ({target})")
+        p.add_argument(
+            "--output", help=output_help or f"where to write the result ({target})", **output
+        )
         p.set_defaults(func=func, writes_summary=summary)
         return p
 
@@ -537,6 +636,35 @@ def build_parser() -> Parser:
     p = add("demo", cmd_demo, "the whole flow on the embedded store", data=True)
     p.add_argument("--fresh", action="store_true", help="re-simulate even if data exists")
     p.add_argument("--skip-serving", action="store_true", help="stop after the training side")
+    trained = "the JSON summary `fraudflow train --output` wrote"
+    p = add("check-gates", cmd_check_gates, "fail unless a trained model meets promotion.gates")
+    p.add_argument("--summary", required=True, help=trained)
+    p = add(
+        "export-model",
+        cmd_export_model,
+        "copy a trained version's MLflow model folder out of the registry",
+        summary=False,
+        output_help="the folder to write the model to (replaced)",
+        required=True,
+    )
+    p.add_argument("--summary", required=True, help=trained)
+    add(
+        "record-promotion",
+        cmd_record_promotion,
+        "write the version in service to a JSON file a pull request records",
+        output_help=f"the JSON file to write (default: {RECORD_DEFAULT})",
+        default=RECORD_DEFAULT,
+    )
+    p = add(
+        "registry-account",
+        cmd_registry_account,
+        "create a service account (not an admin) on the tracking server, or rotate its password",
+    )
+    p.add_argument("--username", required=True, help="the service account's name")
+    p.add_argument(
+        "--tracking-uri",
+        help="the tracking server (default: mlflow.tracking_uri, or $MLFLOW_TRACKING_URI)",
+    )
     return parser
 
 
@@ -588,6 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         ValueError,
         DemoError,
+        StepFailed,
         StateUnavailable,
         PostgresError,
         RedisBackupError,
