@@ -336,10 +336,15 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: a backup (--input: one backup-NNNNNN, or a backup root: its newest). Produces: the
     stores the settings name, restored; refused, with nothing changed, when the backup fails its
     manifest or a target is in use, or holds data without --force."""
-    from pipelines.backup.run import restore_backup
+    from pipelines.backup.run import RestoreRefused, restore_backup
 
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
-    result = restore_backup(settings, Path(args.input), force=args.force, only=only)
+    try:
+        result = restore_backup(settings, Path(args.input), force=args.force, only=only)
+    except RestoreRefused as exc:
+        if not exc.not_empty:
+            raise
+        raise StepFailed(f"{exc} (--force replaces what they hold)") from exc
     print(
         f"restored {', '.join(result.parts)} from {result.folder} in {result.seconds:.1f} s"
         + (f" (replaced: {', '.join(result.replaced)})" if result.replaced else "")
