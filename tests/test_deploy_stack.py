@@ -8,8 +8,8 @@ the project's prometheus.yml (targets rewritten), rules and Alertmanager; after 
 rule is evaluated.
 
 The tracking server runs MLflow's basic-auth app as the compose file does: the jobs use the
-admin account, the API a read-only account made by `python -m fraudflow.registry_account` (as
-the compose bootstrap job makes it), anonymous clients get 401.
+admin account, the API a read-only account made by `fraudflow registry-account` (as the
+compose bootstrap job makes it), anonymous clients get 401.
 """
 
 from __future__ import annotations
