@@ -44,8 +44,8 @@ test-container: install system-deps
 model-check: install
 	$(VENV)/bin/fraudflow simulate --config $(MODEL_CHECK_CONFIG) --overwrite
 	$(VENV)/bin/fraudflow train --config $(MODEL_CHECK_CONFIG) --output $(MODEL_CHECK_DIR)/train.json
-	$(PY) scripts/check_model_gates.py --config $(MODEL_CHECK_CONFIG) --summary $(MODEL_CHECK_DIR)/train.json
-	$(PY) scripts/export_model.py --config $(MODEL_CHECK_CONFIG) --summary $(MODEL_CHECK_DIR)/train.json --output $(MODEL_CHECK_DIR)/model
+	$(VENV)/bin/fraudflow check-gates --config $(MODEL_CHECK_CONFIG) --summary $(MODEL_CHECK_DIR)/train.json
+	$(VENV)/bin/fraudflow export-model --config $(MODEL_CHECK_CONFIG) --summary $(MODEL_CHECK_DIR)/train.json --output $(MODEL_CHECK_DIR)/model
 
 lint: install
 	$(PY) -m black --check .

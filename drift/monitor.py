@@ -9,7 +9,6 @@ API's /metrics); a run in the monitoring experiment; on request, a retraining ru
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from drift.report import drift_report, performance_report
 from drift.report_parse import DriftSummary, parse
 from drift.window import Window
 from pipelines.data import load_transactions
-from pipelines.files import write_json_atomic
 from pipelines.log.reader import MonitoringInputError, read_log
 from pipelines.log.record import log_folder
 from pipelines.log.traffic import attach_labels, label_sources, production_transactions
@@ -52,6 +50,12 @@ class MonitorResult:
     @property
     def index(self) -> Path:
         return self.folder / "index.html"
+
+    @property
+    def outcome(self) -> Verdict:
+        """What a scheduler acts on: the verdict, or the error verdict when the retraining it
+        asked for failed (the verdict itself stays in the summary)."""
+        return Verdict.ERROR if self.summary.retrain_error else self.summary.verdict
 
 
 def scored_by_champion(current: pd.DataFrame, champion: Champion, threads: int = 1) -> pd.DataFrame:
@@ -282,30 +286,6 @@ def record_error(settings: Settings, message: str) -> MonitorSummary:
     return summary
 
 
-def window_from(
-    settings: Settings, day: str | None = None, since: str | None = None, until: str | None = None
-) -> Window:
-    """The window to check: a UTC day, a --since/--until range, or the last `window_hours`."""
-    if day:
-        return Window.day(day)
-    if since or until:
-        try:
-            end = pd.Timestamp(until or datetime.now(timezone.utc))
-            start = (
-                pd.Timestamp(since)
-                if since
-                else end - pd.Timedelta(hours=settings.monitoring.window_hours)
-            )
-        except ValueError as exc:
-            raise MonitoringInputError(f"--since/--until must be ISO times: {exc}") from exc
-        start = start.tz_localize("UTC") if start.tzinfo is None else start
-        end = end.tz_localize("UTC") if end.tzinfo is None else end
-        if start >= end:
-            raise MonitoringInputError(f"empty window: --since {start} is not before {end}")
-        return Window(start.to_pydatetime(), end.to_pydatetime())
-    return Window.last_hours(settings.monitoring.window_hours)
-
-
 def verdict_line(summary: MonitorSummary, seconds: float) -> str:
     """The one line a person or a scheduler's log reads."""
     drift, performance = summary.drift, summary.performance
@@ -332,45 +312,46 @@ def verdict_line(summary: MonitorSummary, seconds: float) -> str:
     return " ".join(parts)
 
 
+class MonitorFailed(RuntimeError):
+    """The check reached no verdict; the error is already recorded as the error verdict."""
+
+
 def run_job(
     settings: Settings,
     window: Window,
     labels: Sequence[Path],
     retrain: bool,
     data: Path | None,
-    output: str | None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None],
     progress: bool = False,
-) -> int:
-    """The daily job: check the window, print the verdict, retrain if the verdict says so.
-    Every failure is the error verdict (3), never an exit code a scheduler reads as drift."""
+) -> MonitorResult:
+    """The daily job: check the window, say the verdict, retrain if the verdict says so.
+
+    Any failure of the check is recorded as the error verdict and raised as MonitorFailed; a
+    failed retraining is recorded in the summary (`retrain_error`) and the result returned, so
+    its report is still written and the verdict stays."""
     started = time.perf_counter()
     try:
         result = run_monitor(settings, window, labels, progress)
     except (MonitoringInputError, NoChampionError, FileNotFoundError) as exc:
         record_error(settings, str(exc))
-        print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
-        return Verdict.ERROR.exit_code
-    except Exception as exc:  # a crash must not exit 1, which a scheduler reads as "drift"
+        raise MonitorFailed(str(exc)) from exc
+    except Exception as exc:  # any crash is the error verdict, never one read as "drift"
         log.exception("monitor failed")
-        record_error(settings, f"{type(exc).__name__}: {exc}")
-        print(f"fraudflow monitor: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return Verdict.ERROR.exit_code
+        message = f"{type(exc).__name__}: {exc}"
+        record_error(settings, message)
+        raise MonitorFailed(message) from exc
     say(verdict_line(result.summary, time.perf_counter() - started))
     say(f"report: {result.index}")
-    code = result.verdict.exit_code
     if retrain and should_retrain(result.verdict, settings.monitoring):
         say("retraining on the latest labelled data ...")
         try:
             retrain_after(settings, result, labels, data)
+        except Exception:
+            log.exception("retraining failed")
+        else:
             r = result.summary.retrain
             say(f"retraining: challenger v{r['challenger_version']} -> {r['stage']}: {r['reason']}")
-        except Exception as exc:
-            log.exception("retraining failed")
-            print(f"fraudflow monitor: retraining failed: {exc}", file=sys.stderr)
-            code = Verdict.ERROR.exit_code
     elif retrain:
         say(f"no retraining: the verdict is {result.verdict.value}")
-    if output:
-        write_json_atomic(Path(output), result.summary.as_dict())
-    return code
+    return result

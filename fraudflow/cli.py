@@ -3,21 +3,31 @@
 Every sub-command takes --config (an overlay on conf/default.yaml); commands that read
 transactions take --data, commands that produce a result take --output (JSON summaries).
 Every step runs in this process; only `serve` replaces it with gunicorn.
+
+Exit codes: 0 done; 2 a command line, a setting or an input that cannot be used; 1 a step that
+failed. Two commands answer with their exit code: `monitor` (0 no drift, 1 drift, 2 degraded,
+3 error: every failure of the monitor, a bad command line included, is 3, never a code a
+scheduler reads as drift) and `check-gates` (1: the model misses a gate).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from tqdm import tqdm
 
+from drift.window import Window
 from fraudflow.logs import setup_logging
 from pipelines.backup.postgres import PostgresError
 from pipelines.backup.redis_snapshot import RedisBackupError
@@ -30,6 +40,12 @@ from pipelines.state.protocol import StateUnavailable
 log = logging.getLogger("fraudflow")
 # `warm` loads the history in slices of this many rows (one transaction each on SQLite)
 WARM_SLICE_ROWS = 100_000
+USAGE_EXIT, FAILED_EXIT = 2, 1
+# the monitor's exit code is its verdict: any failure of it is the error verdict
+MONITOR_FAILED_EXIT = Verdict.ERROR.exit_code
+# `registry-account` reads the account's password from here, never from the command line
+ACCOUNT_PASSWORD_ENV = "FRAUDFLOW_REGISTRY_ACCOUNT_PASSWORD"
+RECORD_DEFAULT = "deploy/model-version.json"
 
 
 class UsageError(ValueError):
@@ -38,6 +54,18 @@ class UsageError(ValueError):
 
 class DemoError(RuntimeError):
     """A step of the demo failed; its own output says why."""
+
+
+class StepFailed(RuntimeError):
+    """A step that could not be done (a room's error the main loop does not import)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A command whose exit code is its answer: the summary (written to --output) and the code."""
+
+    summary: dict[str, Any] | None
+    code: int
 
 
 def _write_json(payload: Any, output: str | None) -> None:
@@ -308,10 +336,15 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: a backup (--input: one backup-NNNNNN, or a backup root: its newest). Produces: the
     stores the settings name, restored; refused, with nothing changed, when the backup fails its
     manifest or a target is in use, or holds data without --force."""
-    from pipelines.backup.run import restore_backup
+    from pipelines.backup.run import RestoreRefused, restore_backup
 
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
-    result = restore_backup(settings, Path(args.input), force=args.force, only=only)
+    try:
+        result = restore_backup(settings, Path(args.input), force=args.force, only=only)
+    except RestoreRefused as exc:
+        if not exc.not_empty:
+            raise
+        raise StepFailed(f"{exc} (--force replaces what they hold)") from exc
     print(
         f"restored {', '.join(result.parts)} from {result.folder} in {result.seconds:.1f} s"
         + (f" (replaced: {', '.join(result.replaced)})" if result.replaced else "")
@@ -319,23 +352,63 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return result.as_dict()
 
 
-def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> Answer:
     """Reads: the registry (model in service, its reference sample and training metrics), the
     prediction log, late labels. Produces: HTML reports and a JSON summary under reports/, a
     monitoring run; with --retrain, a retraining run. Exit code: 0 no drift, 1 drift,
     2 degraded, 3 error."""
-    from drift.monitor import run_job, window_from
+    from drift.monitor import MonitorFailed, run_job
 
-    window = window_from(settings, args.day, args.since, args.until)
-    return run_job(
-        settings,
-        window,
-        [Path(p) for p in args.labels],
-        retrain=args.retrain,
-        data=Path(args.data) if args.data else None,
-        output=args.output,
-        progress=True,
-    )
+    window = monitor_window(settings, args.day, args.since, args.until)
+    try:
+        result = run_job(
+            settings,
+            window,
+            [Path(p) for p in args.labels],
+            retrain=args.retrain,
+            data=Path(args.data) if args.data else None,
+            say=print,
+            progress=True,
+        )
+    except MonitorFailed as exc:  # already recorded as the error verdict
+        print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
+        return Answer(None, MONITOR_FAILED_EXIT)
+    if result.summary.retrain_error:
+        print(
+            f"fraudflow monitor: retraining failed: {result.summary.retrain_error}",
+            file=sys.stderr,
+        )
+    return Answer(result.summary.as_dict(), result.outcome.exit_code)
+
+
+def monitor_window(
+    settings: Settings, day: str | None, since: str | None, until: str | None
+) -> Window:
+    """The window --day, or --since/--until, or (none of them) the last
+    monitoring.window_hours name."""
+    if day and (since or until):
+        raise UsageError("--day and --since/--until exclude each other")
+    if day:
+        try:
+            return Window.day(day)
+        except ValueError as exc:
+            raise UsageError(f"--day: {exc}") from exc
+    if not (since or until):
+        return Window.last_hours(settings.monitoring.window_hours)
+    try:
+        end = pd.Timestamp(until or datetime.now(timezone.utc))
+        start = (
+            pd.Timestamp(since)
+            if since
+            else end - pd.Timedelta(hours=settings.monitoring.window_hours)
+        )
+    except ValueError as exc:
+        raise UsageError(f"--since/--until must be ISO times: {exc}") from exc
+    start = start.tz_localize("UTC") if start.tzinfo is None else start
+    end = end.tz_localize("UTC") if end.tzinfo is None else end
+    if start >= end:
+        raise UsageError(f"empty window: --since {start} is not before {end}")
+    return Window(start.to_pydatetime(), end.to_pydatetime())
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -371,6 +444,93 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return summary
 
 
+def _train_summary(path: str, *keys: str) -> dict[str, Any]:
+    """The JSON summary `fraudflow train --output` wrote, holding `keys`."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--summary {path} is not JSON: {exc}") from exc
+    missing = [k for k in keys if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise UsageError(
+            f"--summary {path} lacks {', '.join(missing)}: not what `fraudflow train --output` "
+            "writes"
+        )
+    return summary
+
+
+def cmd_check_gates(args: argparse.Namespace, settings: Settings) -> Answer:
+    """Reads: the JSON summary of `fraudflow train --output` and the promotion.gates of the
+    same --config, so that CI and `fraudflow promote --auto` judge a model by the same
+    minimums. Exit code: 0 passes every gate, 1 misses one."""
+    from pipelines.mlflow.promotion import training_gate_failures
+
+    gates = settings.promotion.gates
+    metrics = _train_summary(args.summary, "test_metrics")["test_metrics"]
+    for name, minimum in sorted(gates.items()):
+        print(f"{name:>20}: {metrics.get(name, float('nan')):.4f} (gate {minimum})")
+    failures = training_gate_failures(metrics, gates)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    summary = {"summary": args.summary, "gates": gates, "passed": not failures}
+    return Answer({**summary, "failures": failures}, FAILED_EXIT if failures else 0)
+
+
+def cmd_export_model(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: the JSON summary of `fraudflow train --output` and the registry. Produces: the
+    MLflow model folder of the version it registered (MLmodel, the booster, its environment
+    files) in --output, replaced: the copy of every model CI trained that CI keeps outside the
+    MLflow store."""
+    from pipelines.mlflow.models import ModelExportError, export_model
+
+    if not args.output:
+        raise UsageError("export-model needs --output FOLDER")
+    trained = _train_summary(args.summary, "model_name", "model_version")
+    name, version = trained["model_name"], str(trained["model_version"])
+    try:
+        folder = export_model(settings, name, version, Path(args.output))
+    except ModelExportError as exc:
+        raise StepFailed(str(exc)) from exc
+    print(f"exported {version} to {folder}")
+    return {"model_name": name, "model_version": version, "folder": str(folder)}
+
+
+def cmd_record_promotion(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: the registry. Produces: the version in service (stage or alias, as
+    serving.model_source says), its promotion tags and test metrics in a small JSON file
+    (--output) that a pull request records: when the file changes, a new version was
+    promoted."""
+    from pipelines.mlflow.promotion import champion_record
+
+    if not args.output:
+        raise UsageError("record-promotion needs --output FILE")
+    record = champion_record(settings)
+    print(f"champion: {record['name']} v{record['version']} -> {args.output}")
+    return record
+
+
+def cmd_registry_account(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Creates a service account on an MLflow tracking server run with the basic-auth app, or
+    sets its password when it exists (running it again rotates the password). Acts as the
+    admin MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD name; the account's password
+    comes from $FRAUDFLOW_REGISTRY_ACCOUNT_PASSWORD, never from the command line (which `ps`
+    shows)."""
+    from pipelines.mlflow.accounts import AccountError, ensure_account
+
+    tracking_uri = args.tracking_uri or settings.mlflow.tracking_uri
+    if not tracking_uri:
+        raise UsageError("no tracking server: set MLFLOW_TRACKING_URI or pass --tracking-uri")
+    password = os.environ.get(ACCOUNT_PASSWORD_ENV, "")
+    if not password:
+        raise UsageError(f"set {ACCOUNT_PASSWORD_ENV} to the account's password")
+    try:
+        outcome = ensure_account(tracking_uri, args.username, password)
+    except AccountError as exc:
+        raise StepFailed(str(exc)) from exc
+    print(f"registry account {args.username!r} {outcome}")
+    return {"username": args.username, "outcome": outcome}
+
+
 def _whole(text: str) -> int:
     """An integer, also when MLflow passes it as a float ("5000.0")."""
     value = float(text)
@@ -379,12 +539,33 @@ def _whole(text: str) -> int:
     return int(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fraudflow", description=__doc__)
+class Parser(argparse.ArgumentParser):
+    """Refuses a bad command line with its command's usage exit code: 2, or the monitor's error
+    verdict (3), since a scheduler reads the monitor's 2 as "degraded"."""
+
+    usage_exit = USAGE_EXIT
+    commands: dict[str, "Parser"]
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="fraudflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices
 
-    def add(name: str, func, help_text: str, data: bool = False, summary: bool = True):
+    def add(
+        name: str,
+        func,
+        help_text: str,
+        data: bool = False,
+        summary: bool = True,
+        output_help: str | None = None,
+        **output,
+    ) -> Parser:
         p = sub.add_parser(name, help=help_text, description=func.__doc__)
         p.add_argument(
             "--config", help="YAML overlay on conf/default.yaml (default: $FRAUDFLOW_CONFIG)"
@@ -392,8 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
         if data:
             p.add_argument("--data", help="CSV/Parquet file or folder (default: data.path)")
         target = "JSON summary" if summary else "data"
-        p.add_argument("--output", help=f"where to write the result ({target})")
-        p.set_defaults(func=func, summary=summary)
+        p.add_argument(
+            "--output", help=output_help or f"where to write the result ({target})", **output
+        )
+        p.set_defaults(func=func, writes_summary=summary)
         return p
 
     p = add(
@@ -438,8 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_monitor,
         "drift and performance check of the prediction log (history for --retrain: --data)",
         data=True,
-        summary=False,
     )
+    p.usage_exit = MONITOR_FAILED_EXIT
     p.add_argument("--day", help="a UTC day YYYY-MM-DD (default: the last window_hours)")
     p.add_argument("--since", help="window start, ISO time (UTC unless given)")
     p.add_argument("--until", help="window end, ISO time (default: now)")
@@ -458,11 +641,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "the whole flow on the embedded store", data=True)
     p.add_argument("--fresh", action="store_true", help="re-simulate even if data exists")
     p.add_argument("--skip-serving", action="store_true", help="stop after the training side")
+    trained = "the JSON summary `fraudflow train --output` wrote"
+    p = add("check-gates", cmd_check_gates, "fail unless a trained model meets promotion.gates")
+    p.add_argument("--summary", required=True, help=trained)
+    p = add(
+        "export-model",
+        cmd_export_model,
+        "copy a trained version's MLflow model folder out of the registry",
+        summary=False,
+        output_help="the folder to write the model to (replaced)",
+        required=True,
+    )
+    p.add_argument("--summary", required=True, help=trained)
+    add(
+        "record-promotion",
+        cmd_record_promotion,
+        "write the version in service to a JSON file a pull request records",
+        output_help=f"the JSON file to write (default: {RECORD_DEFAULT})",
+        default=RECORD_DEFAULT,
+    )
+    p = add(
+        "registry-account",
+        cmd_registry_account,
+        "create a service account (not an admin) on the tracking server, or rotate its password",
+    )
+    p.add_argument("--username", required=True, help="the service account's name")
+    p.add_argument(
+        "--tracking-uri",
+        help="the tracking server (default: mlflow.tracking_uri, or $MLFLOW_TRACKING_URI)",
+    )
     return parser
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, refused (SystemExit) with its command's usage exit code."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse leaves these to the top parser, which knows no command's code
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     for name in (
         "config",
         "data",
@@ -480,23 +701,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "version", None) == "auto":
         args.version, args.auto = None, True
     setup_logging(args.verbose)
-    failed = Verdict.ERROR.exit_code if args.command == "monitor" else None
+    monitor = args.command == "monitor"
+    usage_exit = MONITOR_FAILED_EXIT if monitor else USAGE_EXIT
+    failed_exit = MONITOR_FAILED_EXIT if monitor else FAILED_EXIT
     try:
         # the API and the jobs of one image read the same overlay: gunicorn takes it from
         # $FRAUDFLOW_CONFIG, and so does every command without --config
         settings = load_settings(args.config or os.environ.get(CONFIG_ENV) or None)
         result = args.func(args, settings)
-        if isinstance(result, int):  # a command whose exit code is its answer (monitor)
-            return result
-        if args.summary:
+        code = 0
+        if isinstance(result, Answer):  # a command whose exit code is its answer
+            result, code = result.summary, result.code
+        if args.writes_summary and result is not None:
             _write_json(result, args.output)
+        return code
     except (SettingsError, DataValidationError, UsageError, FileNotFoundError) as exc:
         print(f"fraudflow {args.command}: error: {exc}", file=sys.stderr)
-        return failed or 2
-    except (ValueError, DemoError, StateUnavailable, PostgresError, RedisBackupError) as exc:
+        return usage_exit
+    except (
+        ValueError,
+        DemoError,
+        StepFailed,
+        StateUnavailable,
+        PostgresError,
+        RedisBackupError,
+    ) as exc:
         print(f"fraudflow {args.command}: failed: {exc}", file=sys.stderr)
-        return failed or 1
-    return 0
+        return failed_exit
+    except Exception as exc:
+        if not monitor:
+            raise
+        # a crash of the monitor must not exit 1, which a scheduler reads as "drift"
+        log.exception("monitor failed")
+        print(f"fraudflow monitor: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return MONITOR_FAILED_EXIT
 
 
 if __name__ == "__main__":

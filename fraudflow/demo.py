@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,15 +22,17 @@ from typing import Any
 
 import pandas as pd
 
-from drift.monitor import run_job
+from drift.monitor import MonitorFailed, run_job
 from drift.window import Window
 from fraudflow.logs import logging_to
 from pipelines.data import load_transactions
+from pipelines.files import write_json_atomic
 from pipelines.log.reader import log_files
 from pipelines.log.record import log_folder
 from pipelines.mlflow import store
 from pipelines.mlflow.promotion import promote_if_better, set_stage
 from pipelines.mlflow.registry import champion_version
+from pipelines.monitor_summary import Verdict
 from pipelines.settings import CONFIG_ENV, Settings
 from pipelines.state.factory import open_state
 from pipelines.training import record
@@ -267,19 +270,30 @@ def _monitor(url: str, settings: Settings, data: str | None) -> None:
     window = Window.last_hours(settings.monitoring.window_hours)
     log_path = settings.workdir / "demo-monitor.log"
     with logging_to(log_path):
-        code = run_job(
-            settings,
-            window,
-            [],
-            retrain=True,
-            data=Path(data) if data else None,
-            output=str(output),
-            say=lambda line: print(f"      {line}", flush=True),
-        )
+        try:
+            result = run_job(
+                settings,
+                window,
+                [],
+                retrain=True,
+                data=Path(data) if data else None,
+                say=lambda line: print(f"      {line}", flush=True),
+            )
+        except MonitorFailed as exc:  # recorded as the error verdict
+            print(f"fraudflow monitor: error: {exc}", file=sys.stderr)
+            result = None
+    if result is not None:
+        write_json_atomic(output, result.summary.as_dict())
+        if result.summary.retrain_error:
+            print(
+                f"fraudflow monitor: retraining failed: {result.summary.retrain_error}",
+                file=sys.stderr,
+            )
+    code = result.outcome.exit_code if result else Verdict.ERROR.exit_code
     print(f"      exit code {code} (0 no drift, 1 drift, 2 degraded, 3 error)")
-    if code not in (0, 1, 2):
+    if result is None or result.summary.retrain_error:
         raise RuntimeError(f"the monitor failed; its log: {log_path}")
-    retrain = json.loads(output.read_text()).get("retrain")
+    retrain = result.summary.retrain
     if not retrain or not retrain["promoted"]:
         return
     deadline, current = time.monotonic() + 30, before

@@ -318,15 +318,15 @@ def config_file(folder: Path, settings: Settings) -> Path:
 
 
 def export_model(config: str, version: str, output: Path) -> Path:
-    """scripts/export_model.py, as `make model-check` runs it after training."""
+    """`fraudflow export-model`, as `make model-check` runs it after training."""
     summary = output.parent / "train.json"
     summary.write_text(json.dumps({"model_name": NAME, "model_version": version}))
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from export_model import export
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-    return export(config, summary, output)
+    done = cli(
+        "export-model", "--config", config, "--summary", str(summary), "--output", str(output)
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"exported {version} to {output}" in done.stdout
+    return output
 
 
 class Traffic(threading.Thread):

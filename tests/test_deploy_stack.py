@@ -8,8 +8,8 @@ the project's prometheus.yml (targets rewritten), rules and Alertmanager; after 
 rule is evaluated.
 
 The tracking server runs MLflow's basic-auth app as the compose file does: the jobs use the
-admin account, the API a read-only account made by `python -m fraudflow.registry_account` (as
-the compose bootstrap job makes it), anonymous clients get 401.
+admin account, the API a read-only account made by `fraudflow registry-account` (as the
+compose bootstrap job makes it), anonymous clients get 401.
 """
 
 from __future__ import annotations
@@ -307,8 +307,8 @@ def test_record_promotion_writes_the_champion_from_the_tracking_server(stack, se
     output = tmp_path / "model-version.json"
     done = subprocess.run(
         [
-            str(BIN / "python"),
-            str(ROOT / "scripts" / "record_promotion.py"),
+            str(BIN / "fraudflow"),
+            "record-promotion",
             "--config",
             str(stack["config"]),
             "--output",
@@ -410,9 +410,9 @@ def test_no_log_or_error_holds_a_registry_password(stack, served, tmp_path) -> N
 
 
 def registry_account(tracking: str, username: str, password: str) -> subprocess.CompletedProcess:
-    """`python -m fraudflow.registry_account` as the compose bootstrap job runs it."""
+    """`fraudflow registry-account` as the compose bootstrap job runs it."""
     return subprocess.run(
-        [str(BIN / "python"), "-m", "fraudflow.registry_account"]
+        [str(BIN / "fraudflow"), "registry-account"]
         + ["--username", username, "--tracking-uri", tracking],
         env=clean_env({**login(ADMIN), "FRAUDFLOW_REGISTRY_ACCOUNT_PASSWORD": password}),
         capture_output=True,

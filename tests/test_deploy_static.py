@@ -10,20 +10,17 @@ from __future__ import annotations
 import configparser
 import json
 import re
+import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-from check_model_gates import check as check_gates  # noqa: E402
-
-from tests.servers import BIN  # noqa: E402
-from tests.stack_servers import (  # noqa: E402
+from fraudflow.cli import build_parser
+from tests.servers import BIN
+from tests.stack_servers import (
     DASHBOARD,
     ROOT,
     RULES,
@@ -239,7 +236,7 @@ def test_compose_registry_runs_basic_auth_and_every_client_logs_in() -> None:
     # the API logs in with its own read-only account, never the admin's
     assert services["api"]["environment"]["MLFLOW_TRACKING_PASSWORD"] != admin
     assert services["monitor"]["environment"]["MLFLOW_TRACKING_PASSWORD"] == admin
-    assert "fraudflow.registry_account" in services["bootstrap"]["command"][0]
+    assert "fraudflow registry-account" in services["bootstrap"]["command"][0]
     # the auth settings the image carries: no secret in them, a deliberate default permission
     auth = configparser.ConfigParser()
     auth.read(ROOT / "conf" / "mlflow" / "basic_auth.ini")
@@ -327,7 +324,7 @@ def test_ci_workflow_runs_the_projects_own_targets_in_order() -> None:
         if step.get("uses", "").startswith("actions/upload-artifact@")
     ]
     model_check = (ROOT / "Makefile").read_text().split("\nmodel-check:")[1].split("\n\n")[0]
-    assert "scripts/export_model.py" in model_check
+    assert "fraudflow check-gates" in model_check and "fraudflow export-model" in model_check
     assert "--output $(MODEL_CHECK_DIR)/model" in model_check
     assert ".fraudflow-ci/model-check/model" in uploads
     assert "make test-integration" in runs("integration-tests")
@@ -364,7 +361,7 @@ def test_workflows_take_secrets_only_from_secrets_and_no_event_data_in_run() -> 
     monitor = (ROOT / ".github" / "workflows" / "monitor.yml").read_text()
     assert "schedule:" in monitor and "fraudflow monitor" in monitor
     assert "fraudflow monitor --retrain" in monitor and "actions/upload-artifact" in monitor
-    assert "scripts/record_promotion.py" in monitor and "gh pr create" in monitor
+    assert "fraudflow record-promotion" in monitor and "gh pr create" in monitor
 
 
 def test_ci_audits_the_pins_and_scans_the_image_before_pushing_it() -> None:
@@ -786,14 +783,68 @@ def test_grafana_dashboard_covers_what_fraud_operations_watch() -> None:
     assert f"./conf/grafana/dashboards:{provider['providers'][0]['options']['path']}:ro" in mounts
 
 
-# --- scripts ----------------------------------------------------------------------------------
+# --- scripts and command lines -----------------------------------------------------------------
+
+# a `fraudflow` command where a shell runs it: at the start of a line or after && || ; or a bin/
+FRAUDFLOW_LINE = re.compile(r"(?:^|&&|\|\||;|bin/)\s*fraudflow\s+(?P<args>[^\n&|;]+)", re.M)
 
 
-def test_model_gate_check_passes_fails_and_refuses_unknown_metrics() -> None:
-    summary = {"test_metrics": {"f1": 0.4, "precision": 0.3, "recall": 0.6}}
-    assert check_gates(summary, {"f1": 0.3, "recall": 0.5}) == []
-    assert check_gates(summary, {"f1": 0.5}) == ["f1 0.4000 < gate 0.5000"]
-    assert "does not report" in check_gates(summary, {"auc_typo": 0.1})[0]
+def fraudflow_command_lines() -> list[tuple[str, list[str]]]:
+    """Every `fraudflow` command line the Makefile, the workflows, the compose file and the
+    Kubernetes manifests run, as (where, arguments)."""
+    found = []
+    for path in [ROOT / "Makefile", ROOT / "docker-compose.yml", *WORKFLOWS]:
+        lines = [
+            line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+        ]
+        for match in FRAUDFLOW_LINE.finditer("\n".join(lines)):
+            found.append((path.name, shlex.split(match["args"])))
+    for name, service in load_yaml(ROOT / "docker-compose.yml")["services"].items():
+        entrypoint = service.get("entrypoint", [])
+        # the jobs run `fraudflow` (or a shell that ends in `exec fraudflow "$@"`) on `command`
+        if "command" in service and (
+            entrypoint == ["fraudflow"] or 'exec fraudflow "$$@"' in " ".join(entrypoint)
+        ):
+            found.append((f"docker-compose.yml {name}", service["command"]))
+    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            for container in _containers(document):
+                if container.get("command") == ["fraudflow"]:
+                    found.append((f"{path.name} {container['name']}", container["args"]))
+    return found
+
+
+def _containers(node) -> list[dict]:
+    if isinstance(node, dict):
+        own = node.get("containers", []) + node.get("initContainers", [])
+        return own + [c for value in node.values() for c in _containers(value)]
+    if isinstance(node, list):
+        return [c for item in node for c in _containers(item)]
+    return []
+
+
+def test_every_fraudflow_command_line_that_deploys_or_checks_parses_with_the_cli() -> None:
+    """A renamed sub-command or option breaks this test, not a CI run or a night's cron job."""
+    lines = fraudflow_command_lines()
+    commands = {args[0] for _, args in lines}
+    assert {
+        "simulate",
+        "train",
+        "promote",
+        "monitor",
+        "prune",
+        "backup",
+        "check-gates",
+        "export-model",
+        "record-promotion",
+        "registry-account",
+    } <= commands, commands
+    for where, args in lines:
+        try:
+            parsed = build_parser().parse_args(args)
+        except SystemExit:
+            pytest.fail(f"{where}: `fraudflow {shlex.join(args)}` is refused by the CLI")
+        assert parsed.command == args[0], where
 
 
 def test_system_deps_script_is_cheap_when_everything_is_installed() -> None:

@@ -15,6 +15,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,12 @@ NAME = re.compile(r"^backup-(\d{6})$")
 
 
 class RestoreRefused(ValueError):
-    """The target cannot take the backup (not empty, in use); nothing was changed."""
+    """The target cannot take the backup (not empty, in use); nothing was changed.
+    `not_empty`: the targets that hold data, which a restore with `force` replaces."""
+
+    def __init__(self, message: str, not_empty: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.not_empty = list(not_empty)
 
 
 @dataclass(frozen=True)
@@ -361,10 +367,13 @@ def _check_targets(settings: Settings, where: Layout, wanted: list[str], force: 
             )
         if redis_snapshot.key_count(where.state_url, settings.state.key_prefix):
             full.append(f"online_state {shown}")
-    if full and not force:
-        problems.append("not empty: " + ", ".join(full) + " (restore --force replaces them)")
+    refused_full = full if not force else []
+    if refused_full:
+        problems.append("not empty: " + ", ".join(refused_full))
     if problems:
-        raise RestoreRefused("restore refused, nothing changed: " + "; ".join(problems))
+        raise RestoreRefused(
+            "restore refused, nothing changed: " + "; ".join(problems), refused_full
+        )
 
 
 def _restore_parts(

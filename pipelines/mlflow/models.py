@@ -7,6 +7,7 @@ the booster and the metadata and `FraudScorer.load` checks them.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from pipelines.mlflow.registry import get_version
 from pipelines.mlflow.store import use_store
 from pipelines.model import ARTIFACTS_FOLDER, BOOSTER_FILE, META_FILE, FraudScorer
 from pipelines.settings import Settings
@@ -62,6 +65,28 @@ def log_reference(reference: pd.DataFrame) -> None:
         path = Path(folder) / Path(REFERENCE_ARTIFACT).name
         reference.to_parquet(path)
         mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+
+
+class ModelExportError(RuntimeError):
+    """A registered version's model folder could not be copied out of the registry."""
+
+
+def export_model(settings: Settings, name: str, version: str, output: Path) -> Path:
+    """The MLflow model folder of `models:/<name>/<version>` (MLmodel, the booster, its
+    environment files) downloaded into `output`, which is replaced: a copy of the model
+    outside the MLflow store. PromotionError for an unknown version."""
+    get_version(use_store(settings), name, version)
+    uri = f"models:/{name}/{version}"
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(output)))
+    except MlflowException as exc:
+        raise ModelExportError(f"{uri} could not be downloaded: {exc.message}") from exc
+    if not (folder / "MLmodel").is_file():
+        raise ModelExportError(f"{uri} downloaded to {folder} holds no MLmodel file")
+    return folder
 
 
 def download_model_files(settings: Settings, model_uri: str, folder: Path) -> tuple[Path, Path]:

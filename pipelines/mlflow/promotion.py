@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
@@ -199,6 +200,16 @@ def gate_failures(metrics: dict[str, float], gates: dict[str, float]) -> list[st
     return failures
 
 
+def training_gate_failures(test_metrics: dict[str, float], gates: dict[str, float]) -> list[str]:
+    """Reasons a freshly trained model's test metrics miss the gates (empty: passes), so that
+    CI and `promote_if_better` judge a model by the same minimums. A gate on a metric training
+    does not report is a failure, not an error: a typo in the gates must fail CI."""
+    unknown = sorted(set(gates) - set(test_metrics))
+    if unknown:
+        return [f"gate on {name}, which training does not report" for name in unknown]
+    return gate_failures(test_metrics, gates)
+
+
 def promote_if_better(
     settings: Settings,
     transactions: pd.DataFrame,
@@ -265,3 +276,31 @@ def promote_if_better(
     )
     apply_decision(client, settings, decision, actor)
     return decision
+
+
+RECORDED_TAGS = ("threshold", "promotion.at", "promotion.by", "promotion.reason")
+
+
+def champion_record(settings: Settings) -> dict[str, Any]:
+    """The served version's identity, promotion tags and test metrics (stage or alias, as
+    `mlflow.model_source` says): what a reviewed file in git keeps of each promotion.
+    PromotionError when no version is in service."""
+    client = store.client(settings)
+    name = settings.mlflow.model_name
+    version = served_version(client, settings)
+    if version is None:
+        raise PromotionError(f"no version of {name!r} is in service: nothing to record")
+    tags = dict(version.tags or {})
+    return {
+        "name": name,
+        "version": str(version.version),
+        "alias": settings.mlflow.champion_alias,
+        "stage": version.current_stage,
+        "run_id": version.run_id,
+        "source": version.source,
+        "tags": {
+            key: tags[key]
+            for key in sorted(tags)
+            if key in RECORDED_TAGS or key.startswith(runs.TEST_METRIC_TAG)
+        },
+    }

@@ -15,7 +15,8 @@ STAGES = ("Production", "Staging")
 
 
 class PromotionError(ValueError):
-    """A promotion request that cannot be carried out (unknown version, bad stage, no data)."""
+    """A promotion request that cannot be carried out (unknown version, bad stage, no data), or
+    a record of one when no version is in service."""
 
 
 def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
