@@ -8,6 +8,7 @@ passes everything (wrong flag, missing schema) fails the suite instead of blessi
 from __future__ import annotations
 
 import configparser
+import copy
 import json
 import re
 import shutil
@@ -22,6 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from check_model_gates import check as check_gates  # noqa: E402
 
+from tests.k8s_manifests import (  # noqa: E402
+    NAMESPACE,
+    POD_TEMPLATE_PATHS,
+    Endpoint,
+    NetworkModel,
+    documents,
+    pod_templates,
+    selects,
+)
 from tests.servers import BIN  # noqa: E402
 from tests.stack_servers import (  # noqa: E402
     DASHBOARD,
@@ -42,6 +52,7 @@ UIS = {"mlflow": 5000, "prometheus": 9090, "alertmanager": 9093, "grafana": 3000
 # third-party actions are pinned by commit SHA; GitHub's own and Docker's by release tag
 SHA_PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 TAG_PINNED = re.compile(r"^(actions|docker)/[\w.-]+@v\d+$")
+COMPONENT = "app.kubernetes.io/component"
 K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 RULE_TESTS = sorted((ROOT / "conf" / "prometheus" / "tests").glob("*.yml"))
 MINUTE_RULE_TESTS = ROOT / "conf" / "prometheus" / "tests" / "fraudflow_test.yml"
@@ -444,9 +455,12 @@ def test_k8s_api_has_probes_resources_and_an_autoscaler() -> None:
     assert hpa["spec"]["minReplicas"] >= 2
 
 
+def k8s_list() -> list[dict]:
+    return documents(K8S)
+
+
 def k8s_documents() -> dict[tuple[str, str], dict]:
-    documents = [d for path in K8S for d in yaml.safe_load_all(path.read_text()) if d]
-    return {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    return {(d["kind"], d["metadata"]["name"]): d for d in k8s_list()}
 
 
 def test_k8s_monitor_runs_with_the_apis_security_context() -> None:
@@ -563,96 +577,170 @@ def test_k8s_registry_runs_basic_auth_and_its_clients_log_in_from_secrets() -> N
     assert api_login["MLFLOW_TRACKING_PASSWORD"][0] != secrets["MLFLOW_AUTH_ADMIN_PASSWORD"][0]
 
 
-PODS = {
-    "api": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "api"},
-    "monitor": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "monitor"},
-    "backup": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "backup"},
-    "batch": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "batch"},
-    "mlflow": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "mlflow"},
-    "postgres": {"app.kubernetes.io/component": "postgres"},
-    "redis": {"app": "redis"},
-    "other": {"app": "debug-shell"},
-    # a pod of another namespace (an ingress controller, a compromised neighbour): our policies
-    # do not govern its egress, and peers without a namespaceSelector never match it
-    "outside": None,
+# NetworkPolicies, evaluated on the manifests' own pod templates (tests/k8s_manifests.py).
+# The endpoints besides our workloads (whose labels are read from deploy/k8s, never written here):
+# the in-cluster PostgreSQL by the label the manifests document for it (mlflow.yaml), a pod of the
+# namespace that is none of ours (a debug shell), a pod of another namespace (an ingress
+# controller, a compromised neighbour), the cluster DNS, and a host outside the cluster (a client,
+# a managed database).
+POSTGRES_LABELS = {"app.kubernetes.io/component": "postgres"}
+PROBES = [
+    Endpoint("postgres", NAMESPACE, POSTGRES_LABELS),
+    Endpoint("stranger", NAMESPACE, {"app": "debug-shell"}),
+    Endpoint("neighbour", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}),
+    Endpoint("kube-dns", "kube-system", {"k8s-app": "kube-dns"}),
+    Endpoint("internet", None),
+]
+OUTSIDE = ("neighbour", "kube-dns", "internet")
+PORTS = [("TCP", 8080), ("TCP", 5000), ("TCP", 6379), ("TCP", 5432), ("UDP", 53), ("TCP", 53)]
+PORTS += [("TCP", 22), ("TCP", 443)]  # and ports nobody is given
+WORKLOADS = {
+    "fraudflow-api",
+    "fraudflow-mlflow",
+    "fraudflow-redis",
+    "fraudflow-monitor",
+    "fraudflow-backup",
+    "fraudflow-batch",
+}
+# Who may reach what, (source, target, protocol, port); everything else is denied. Pairs in which
+# neither side is in our namespace are not ours to govern and are left out.
+EXPECTED = {
+    # the API takes requests on its port from outside the namespace (clients through the
+    # Service or an ingress controller, Prometheus); no pod of ours calls it
+    *{(source, "fraudflow-api", "TCP", 8080) for source in OUTSIDE},
+    # the registry: the API, the monitor, the batch and the backup
+    ("fraudflow-api", "fraudflow-mlflow", "TCP", 5000),
+    ("fraudflow-monitor", "fraudflow-mlflow", "TCP", 5000),
+    ("fraudflow-batch", "fraudflow-mlflow", "TCP", 5000),
+    ("fraudflow-backup", "fraudflow-mlflow", "TCP", 5000),
+    # Redis, the online state: the API, the monitor and the backup (its RDB snapshot)
+    ("fraudflow-api", "fraudflow-redis", "TCP", 6379),
+    ("fraudflow-monitor", "fraudflow-redis", "TCP", 6379),
+    ("fraudflow-backup", "fraudflow-redis", "TCP", 6379),
+    # PostgreSQL: the tracking server and the backup (pg_dump), in the cluster ...
+    ("fraudflow-mlflow", "postgres", "TCP", 5432),
+    ("fraudflow-backup", "postgres", "TCP", 5432),
+    # ... or a managed one outside the namespace: the database port, from these two only
+    *{(s, t, "TCP", 5432) for s in ("fraudflow-mlflow", "fraudflow-backup") for t in OUTSIDE},
+    # and every pod of the namespace resolves names
+    *{
+        (s, "kube-dns", protocol, 53)
+        for s in (*WORKLOADS, "postgres", "stranger")
+        for protocol in ("UDP", "TCP")
+    },
 }
 
 
-def _selects(selector: dict, labels: dict) -> bool:
-    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
-
-
-def _peer_matches(peers: list[dict] | None, labels: dict) -> bool:
-    """A rule's from/to list against a pod (absent: every source)."""
-    if peers is None:
-        return True
-    if labels is None:
-        return False
-    return any(
-        "podSelector" in peer
-        and "namespaceSelector" not in peer
-        and _selects(peer["podSelector"], labels)
-        for peer in peers
-    )
-
-
-def _port_matches(ports: list[dict] | None, port: int) -> bool:
-    return ports is None or any(p["port"] == port for p in ports)
-
-
-def network_allows(policies: list[dict], source: str, target: str, port: int) -> bool:
-    """Kubernetes' semantics within one namespace: a pod selected by a policy of a direction
-    accepts only what some such policy's rule lets through; unselected, everything."""
-
-    def direction(pod: str, kind: str, peer: str, rules: str, other: str) -> bool:
-        if PODS[pod] is None:
-            return True
-        selecting = [
-            p
-            for p in policies
-            if kind in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], PODS[pod])
-        ]
-        return not selecting or any(
-            _peer_matches(rule.get(peer), PODS[other]) and _port_matches(rule.get("ports"), port)
-            for p in selecting
-            for rule in p["spec"].get(rules, [])
-        )
-
-    egress = direction(source, "Egress", "to", "egress", target)
-    ingress = direction(target, "Ingress", "from", "ingress", source)
-    return egress and ingress
-
-
-def test_k8s_network_policies_let_through_only_the_documented_paths() -> None:
-    policies = [d for (kind, _), d in k8s_documents().items() if kind == "NetworkPolicy"]
-    assert all(p["metadata"]["namespace"] == "fraudflow" for p in policies)
-    allowed = {
-        ("api", "mlflow", 5000),
-        ("monitor", "mlflow", 5000),
-        ("batch", "mlflow", 5000),
-        ("api", "redis", 6379),
-        ("monitor", "redis", 6379),
-        ("mlflow", "postgres", 5432),
-        ("backup", "mlflow", 5000),
-        ("backup", "redis", 6379),
-        ("backup", "postgres", 5432),
+def network(docs: list[dict]) -> tuple[NetworkModel, list[Endpoint]]:
+    """The policies of the manifests, and every endpoint: each workload by its pod template's
+    labels, then the probes."""
+    [namespace] = [d for d in docs if d["kind"] == "Namespace"]
+    assert namespace["metadata"]["name"] == NAMESPACE
+    namespaces = {
+        NAMESPACE: {**namespace["metadata"].get("labels", {})},
+        "kube-system": {},
+        "ingress-nginx": {},
     }
-    for source in PODS:
-        for target in PODS:
-            for port in (5000, 5432, 6379, 8080):
-                if source == target or target in ("api", "outside"):
-                    continue
-                expected = (source, target, port) in allowed
-                got = network_allows(policies, source, target, port)
-                assert got == expected, (source, target, port)
-    # the API takes requests on its port from any source (ingress controller, Prometheus),
-    # on no other port
-    api = [p for p in policies if _selects(p["spec"]["podSelector"], PODS["api"])]
-    rules = [rule for p in api for rule in p["spec"].get("ingress", [])]
+    for name, labels in namespaces.items():  # the label Kubernetes sets on every namespace
+        labels["kubernetes.io/metadata.name"] = name
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    workloads = [
+        Endpoint(name, NAMESPACE, template["metadata"]["labels"])
+        for name, template in pod_templates(docs).items()
+    ]
+    return NetworkModel(policies, namespaces), workloads + PROBES
+
+
+def allow_matrix(docs: list[dict]) -> set[tuple[str, str, str, int]]:
+    model, endpoints = network(docs)
+    return {
+        (source.name, target.name, protocol, port)
+        for source in endpoints
+        for target in endpoints
+        if source != target and NAMESPACE in (source.namespace, target.namespace)
+        for protocol, port in PORTS
+        if model.allows(source, target, protocol, port)
+    }
+
+
+def test_k8s_workloads_are_all_in_the_namespace_and_in_the_matrix() -> None:
+    docs = k8s_list()
+    assert set(pod_templates(docs)) == WORKLOADS  # a new workload needs its row in EXPECTED
+    keys = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
+    assert len(keys) == len(set(keys))
+    assert all(
+        d["metadata"].get("namespace") == NAMESPACE for d in docs if d["kind"] != "Namespace"
+    )
+    # the PostgreSQL label the policies use is the one the manifests tell operators to set
+    label = "app.kubernetes.io/component: postgres"
+    assert label in (ROOT / "deploy" / "k8s" / "mlflow.yaml").read_text()
+
+
+def test_k8s_network_policies_allow_exactly_the_matrix_on_the_pods_own_labels() -> None:
+    got = allow_matrix(k8s_list())
+    assert not got - EXPECTED, f"allowed beyond the matrix: {sorted(got - EXPECTED)}"
+    assert not EXPECTED - got, f"denied but needed: {sorted(EXPECTED - got)}"
+
+
+def test_k8s_every_policy_selector_selects_a_pod_of_the_manifests() -> None:
+    model, endpoints = network(k8s_list())
+    assert model.dead_selectors(endpoints) == []
+    # the API takes requests on its port from any source, on no other port
+    [api] = [e for e in endpoints if e.name == "fraudflow-api"]
+    rules = [r for p in model.selected_by(api) for r in p["spec"].get("ingress") or []]
     assert rules == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
-    # no pod can leave the namespace but for DNS and the database port (a managed PostgreSQL)
-    dns = next(p for p in policies if p["metadata"]["name"] == "allow-dns")
+    # no pod leaves the namespace but for DNS and the database port (a managed PostgreSQL)
+    dns = next(p for p in model.policies if p["metadata"]["name"] == "allow-dns")
     assert {r["port"] for rule in dns["spec"]["egress"] for r in rule["ports"]} == {53}
+
+
+def _old_redis_selectors(docs: list[dict]) -> list[dict]:
+    """The policies as they were: every selector of the Redis pods written `app: redis`."""
+    docs = copy.deepcopy(docs)
+
+    def revert(selector: dict | None) -> None:
+        if selector and (selector.get("matchLabels") or {}).get(COMPONENT) == "redis":
+            selector["matchLabels"] = {"app": "redis"}
+
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        revert(policy["spec"]["podSelector"])
+        for rule in policy["spec"].get("ingress", []) + policy["spec"].get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                revert(peer.get("podSelector"))
+    return docs
+
+
+def test_k8s_the_matrix_fails_with_the_old_app_redis_selector() -> None:
+    """The bug this suite once blessed (a hand-written table gave Redis `app: redis` too): with
+    the policies' old selector, the API, the monitor and the backup lose Redis, and the Redis
+    policy protects nothing."""
+    docs = _old_redis_selectors(k8s_list())
+    got = allow_matrix(docs)
+    lost = {(s, t, port) for s, t, _, port in EXPECTED - got}
+    assert lost == {
+        ("fraudflow-api", "fraudflow-redis", 6379),
+        ("fraudflow-monitor", "fraudflow-redis", 6379),
+        ("fraudflow-backup", "fraudflow-redis", 6379),
+    }
+    model, endpoints = network(docs)
+    assert any(dead.startswith("redis: podSelector") for dead in model.dead_selectors(endpoints))
+
+
+def test_k8s_services_and_budgets_select_the_pods_of_their_workload() -> None:
+    docs = k8s_list()
+    templates = pod_templates(docs)
+    for doc in docs:
+        kind, name, spec = doc["kind"], doc["metadata"]["name"], doc.get("spec", {})
+        if kind in POD_TEMPLATE_PATHS and "selector" in spec:
+            assert selects(spec["selector"], templates[name]["metadata"]["labels"]), name
+        if kind == "Service":
+            selector = {"matchLabels": spec["selector"]}
+        elif kind == "PodDisruptionBudget":
+            selector = spec["selector"]
+        else:
+            continue
+        chosen = [w for w, t in templates.items() if selects(selector, t["metadata"]["labels"])]
+        assert len(chosen) == 1, (kind, name, chosen)
 
 
 def test_k8s_api_pods_share_a_redis_statefulset_not_a_sqlite_file() -> None:
