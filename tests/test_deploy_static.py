@@ -783,7 +783,7 @@ def test_k8s_api_pods_share_a_redis_statefulset_not_a_sqlite_file() -> None:
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--appendfsync") + 1] == "everysec"
-    assert "--requirepass" in args and container["readinessProbe"]
+    assert container["readinessProbe"]  # its password: the command-line test below
     claim = redis["spec"]["volumeClaimTemplates"][0]
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert container["volumeMounts"][0]["name"] == claim["metadata"]["name"]
@@ -801,6 +801,141 @@ def test_k8s_api_pods_share_a_redis_statefulset_not_a_sqlite_file() -> None:
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         source = env["FRAUDFLOW__SERVING__STATE__URL"]["valueFrom"]["secretKeyRef"]
         assert source == {"name": "fraudflow-redis", "key": "url"}
+
+
+# --- Passwords never on a command line -------------------------------------------------------
+# A process's arguments are readable by every process of the machine (/proc/PID/cmdline, `ps`):
+# passwords reach a container from the environment or a file, and its commands (command, args,
+# entrypoint, probes, health checks) name none, whatever the shell expands.
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY\b|_AUTH\b|AUTH_", re.I)
+SECRET_FLAG = re.compile(
+    r"(?<![\w-])(-a|--pass|--password|--requirepass|--masterauth|--pwd)(?=[\s=\"']|$)"
+)
+USERINFO = re.compile(r"://[^/\s:@]*:[^/\s@]+@")  # a URL that carries a password
+HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1[^\n]*\n.*?^\s*\2\s*$", re.S | re.M)
+
+
+def command_line_leaks(words: list[str], secret_vars: set[str]) -> list[str]:
+    """What in a command would put a password on a command line: a password flag, a URL with a
+    password, or a secret variable expanded by Kubernetes ($(VAR)), Compose (${VAR}) or a shell
+    ($VAR, ${VAR}) into the arguments. A shell's here-document (the process's standard input)
+    may expand one."""
+    text = HEREDOC.sub("<<here-document", "\n".join(str(word) for word in words))
+    leaks = [f"flag {m.group(1)}" for m in SECRET_FLAG.finditer(text)]
+    leaks += [f"URL with a password {m.group(0)}" for m in USERINFO.finditer(text)]
+    for var in sorted(secret_vars):
+        if re.search(rf"\$\(?\{{?{re.escape(var)}\b", text):
+            leaks.append(f"variable {var}")
+    return leaks
+
+
+def _words(command) -> list[str]:
+    return [command] if isinstance(command, str) else list(command or [])
+
+
+def k8s_container_commands() -> dict[str, tuple[list[str], set[str]]]:
+    """pod/container -> (every word it runs: command, args, probes, hooks; the variables it takes
+    from Secrets)."""
+    found = {}
+    for pod, template in pod_templates(k8s_list()).items():
+        spec = template["spec"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            assert not any("secretRef" in source for source in container.get("envFrom", []))
+            secret_vars = {
+                e["name"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {}) or SECRET_NAME.search(e["name"])
+            }
+            words = _words(container.get("command")) + _words(container.get("args"))
+            for key in ("readinessProbe", "livenessProbe", "startupProbe"):
+                words += _words(container.get(key, {}).get("exec", {}).get("command"))
+            for hook in container.get("lifecycle", {}).values():
+                words += _words(hook.get("exec", {}).get("command"))
+            found[f"{pod}/{container['name']}"] = (words, secret_vars)
+    return found
+
+
+def compose_commands() -> dict[str, tuple[list[str], set[str]]]:
+    """service -> (command, entrypoint and health check words; the variables that carry a secret:
+    its own environment's and the .env file's)."""
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    interpolated = set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text()))
+    found = {}
+    for name, service in services.items():
+        environment = service.get("environment") or {}
+        secret_vars = {var for var in interpolated if SECRET_NAME.search(var)}
+        secret_vars |= {
+            key
+            for key, value in environment.items()
+            if SECRET_NAME.search(key)
+            or USERINFO.search(str(value))
+            or any(SECRET_NAME.search(v) for v in re.findall(r"\$\{(\w+)", str(value)))
+        }
+        words = _words(service.get("command")) + _words(service.get("entrypoint"))
+        words += _words((service.get("healthcheck") or {}).get("test"))
+        found[name] = (words, secret_vars)
+    return found
+
+
+def test_no_password_stands_on_a_container_command_line() -> None:
+    commands = {**k8s_container_commands(), **compose_commands()}
+    assert "fraudflow-redis/redis" in commands and "postgres" in commands
+    leaks = {name: command_line_leaks(*c) for name, c in commands.items()}
+    assert {name: found for name, found in leaks.items() if found} == {}
+    # Redis on Kubernetes: the password on redis-server's standard input, redis-cli's from the
+    # environment (REDISCLI_AUTH)
+    redis = k8s_documents()[("StatefulSet", "fraudflow-redis")]["spec"]["template"]["spec"]
+    [container] = redis["containers"]
+    script = container["command"][2]
+    assert container["command"][:2] == ["sh", "-c"] and 'redis-server - "$@" <<EOF' in script
+    assert 'requirepass "$REDISCLI_AUTH"' in script
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env["REDISCLI_AUTH"] == {"name": "fraudflow-redis", "key": "password"}
+
+
+def test_the_command_line_scan_catches_the_old_ways() -> None:
+    secret = {"REDIS_PASSWORD", "POSTGRES_PASSWORD"}
+    for words in (
+        ["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"],  # redis.yaml's old args
+        ["sh", "-c", 'redis-cli --no-auth-warning -a "$REDIS_PASSWORD" ping | grep -q PONG'],
+        ["sh", "-c", "pg_dump postgresql://mlflow:${POSTGRES_PASSWORD}@postgres/mlflow"],
+        ["psql", "postgresql://mlflow:hunter2@postgres:5432/mlflow"],
+        ["sh", "-c", 'echo "$$REDIS_PASSWORD" | tee /tmp/x'],
+    ):
+        assert command_line_leaks(words, secret), words
+    heredoc = ["sh", "-c", 'exec redis-server - "$@" <<EOF\nrequirepass "$REDIS_PASSWORD"\nEOF\n']
+    assert command_line_leaks(heredoc, secret) == []
+
+
+def test_the_backup_hands_passwords_to_its_tools_in_the_environment(monkeypatch, tmp_path) -> None:
+    """pg_dump, psql, pg_restore and redis-cli --rdb get the password as PGPASSWORD and
+    REDISCLI_AUTH, not in their arguments."""
+    from pipelines.backup import postgres, redis_snapshot
+
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append((command, kwargs.get("env") or {}))
+        if "--rdb" in command:
+            Path(command[command.index("--rdb") + 1]).write_bytes(b"REDIS")
+        return subprocess.CompletedProcess(command, 0, stdout="0\n", stderr="")
+
+    for module in (postgres, redis_snapshot):
+        monkeypatch.setattr(module.subprocess, "run", run)
+        monkeypatch.setattr(module, "_tool", lambda name: name)
+    database = "postgresql+psycopg2://mlflow:s%40cret%3Apw@postgres:5432/mlflow"
+    postgres.dump(database, tmp_path / "mlflow.pgc")
+    postgres.table_count(database)
+    postgres.restore(database, tmp_path / "mlflow.pgc", clean=False)
+    redis_snapshot.snapshot("redis://:r%40dis-pw@fraudflow-redis:6379/0", tmp_path / "s.rdb")
+    tools = [command[0] for command, _ in calls]
+    assert tools == ["pg_dump", "psql", "pg_restore", "redis-cli"]
+    for command, env in calls:
+        assert not any("cret" in word or "dis-pw" in word for word in command), command
+        assert "postgresql://mlflow@postgres:5432/mlflow" in command or "redis-cli" in command
+    assert [env.get("PGPASSWORD") for _, env in calls[:3]] == ["s@cret:pw"] * 3
+    assert calls[3][1]["REDISCLI_AUTH"] == "r@dis-pw"
 
 
 # --- Prometheus, Alertmanager, Grafana --------------------------------------------------------
