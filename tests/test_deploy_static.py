@@ -416,6 +416,56 @@ def test_workflows_take_secrets_only_from_secrets_and_no_event_data_in_run() -> 
     assert "scripts/record_promotion.py" in monitor and "gh pr create" in monitor
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_monitor_job_installs_hash_checked_wheels_and_holds_secrets_only_where_needed() -> None:
+    """The job that holds the registry's admin secret installs only wheels whose SHA-256 is in
+    requirements/monitor.txt (the constraints' pins), then the project offline; the registry's
+    secrets reach the steps that talk to the registry, not the install."""
+    text = (ROOT / ".github" / "workflows" / "monitor.yml").read_text()
+    job = load_yaml(ROOT / ".github" / "workflows" / "monitor.yml")["jobs"]["monitor"]
+    assert "make install" not in text
+    assert not any("secrets." in str(value) for value in (job.get("env") or {}).values())
+    steps = job["steps"]
+    installs = [
+        line.strip()
+        for step in steps
+        for line in step.get("run", "").splitlines()
+        if "pip install" in line
+    ]
+    assert installs == [
+        ".venv/bin/python -m pip install --require-hashes -r requirements/monitor.txt",
+        ".venv/bin/python -m pip install --no-deps --no-build-isolation --no-index .",
+    ]
+    registry = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    for step in steps:
+        env = step.get("env") or {}
+        held = {key for key, value in env.items() if "secrets.MLFLOW_" in str(value)}
+        run_text = step.get("run", "")
+        talks = "fraudflow monitor" in run_text or "record_promotion" in run_text
+        assert held == (registry if talks else set()), step.get("name", step.get("uses"))
+    # the lock: each wheel pinned and hashed, at the constraints' version, the whole runtime
+    lock = (ROOT / "requirements" / "monitor.txt").read_text()
+    entries = re.findall(r"^([\w.-]+)==(\S+) \\\n    --hash=sha256:([0-9a-f]{64})$", lock, re.M)
+    requirements = [line for line in lock.splitlines() if line and not line.startswith(("#", " "))]
+    assert len(entries) == len(requirements) > 100
+    constraints = dict(
+        (_canonical(name), version)
+        for name, version in re.findall(
+            r"^([\w.-]+)==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M
+        )
+    )
+    locked = {_canonical(name): version for name, version, _ in entries}
+    assert {n: v for n, v in locked.items() if constraints.get(n, v) != v} == {}
+    assert set(locked) - set(constraints) == {"setuptools", "wheel"}  # the build backend
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    runtime = re.findall(r"^([\w.-]+)==", setup["options"]["install_requires"], re.M)
+    assert runtime and {_canonical(name) for name in runtime} <= set(locked)
+
+
 def test_ci_audits_the_pins_and_scans_the_image_before_pushing_it() -> None:
     jobs = load_yaml(ROOT / ".github" / "workflows" / "ci.yml")["jobs"]
     audit = "\n".join(step.get("run", "") for step in jobs["dependency-audit"]["steps"])
