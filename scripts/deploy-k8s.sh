@@ -15,4 +15,6 @@ for manifest in deploy/k8s/*.yaml; do
   sed "s#image: ghcr.io/fraudflow/fraudflow:main#image: ${image}#" "$manifest"
   echo "---"
 done | kubectl apply -f -
+# the Redis policy once lived in redis.yaml: network-policies.yaml holds it now
+kubectl -n fraudflow delete networkpolicy fraudflow-redis --ignore-not-found
 kubectl -n fraudflow rollout status deployment/fraudflow-api --timeout=10m

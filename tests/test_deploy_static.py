@@ -8,6 +8,7 @@ passes everything (wrong flag, missing schema) fails the suite instead of blessi
 from __future__ import annotations
 
 import configparser
+import copy
 import json
 import re
 import shlex
@@ -19,6 +20,15 @@ import pytest
 import yaml
 
 from fraudflow.cli import build_parser
+from tests.k8s_manifests import (
+    NAMESPACE,
+    POD_TEMPLATE_PATHS,
+    Endpoint,
+    NetworkModel,
+    documents,
+    pod_templates,
+    selects,
+)
 from tests.servers import BIN
 from tests.stack_servers import (
     DASHBOARD,
@@ -36,9 +46,10 @@ DEPENDABOT = ROOT / ".github" / "dependabot.yml"
 EXPOSE_OVERLAY = ROOT / "docker-compose.expose.yml"
 # the operator UIs: on loopback unless the overlay opens them
 UIS = {"mlflow": 5000, "prometheus": 9090, "alertmanager": 9093, "grafana": 3000}
-# third-party actions are pinned by commit SHA; GitHub's own and Docker's by release tag
+# every action is pinned by commit SHA, its release tag in a comment on the same line
 SHA_PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
-TAG_PINNED = re.compile(r"^(actions|docker)/[\w.-]+@v\d+$")
+USES_LINE = re.compile(r"^\s*(?:- )?uses: ([\w.-]+/[\w./-]+)@([0-9a-f]{40})  # (v\d+\.\d+\.\d+)$")
+COMPONENT = "app.kubernetes.io/component"
 K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 RULE_TESTS = sorted((ROOT / "conf" / "prometheus" / "tests").glob("*.yml"))
 MINUTE_RULE_TESTS = ROOT / "conf" / "prometheus" / "tests" / "fraudflow_test.yml"
@@ -293,8 +304,10 @@ def test_workflows_pass_zizmor_with_the_accepted_findings_explicit(tmp_path) -> 
     config = ROOT / ".github" / "zizmor.yml"
     done = run(*zizmor, "--config", config, ".github/workflows")
     assert done.returncode == 0, done.stdout + done.stderr
-    # the accepted findings are only the documented ones: tag pins and the monitor's runner
-    assert set(load_yaml(config)["rules"]) == {"unpinned-uses", "self-hosted-runner"}
+    # the rules configured: hash pins for every action, and the monitor's runner accepted
+    rules = load_yaml(config)["rules"]
+    assert set(rules) == {"unpinned-uses", "self-hosted-runner"}
+    assert rules["unpinned-uses"] == {"config": {"policies": {"*": "hash-pin"}}}
     bad = tmp_path / "bad.yml"
     bad.write_text(
         "name: x\non: pull_request_target\npermissions: {}\njobs:\n  x:\n    name: x\n"
@@ -303,6 +316,42 @@ def test_workflows_pass_zizmor_with_the_accepted_findings_explicit(tmp_path) -> 
     )
     found = run(*zizmor, "--config", config, bad)
     assert found.returncode != 0 and "template-injection" in found.stdout
+
+
+def test_every_action_is_pinned_by_sha_and_zizmor_refuses_a_tag_pin(tmp_path) -> None:
+    """Every `uses:` names a commit SHA with its release tag in a comment, one SHA per action and
+    tag throughout; zizmor with the project's config fails a workflow that pins a tag, GitHub's
+    own and Docker's actions included, and finds nothing unpinned once it is pinned by SHA."""
+    pins: dict[str, set[tuple[str, str]]] = {}
+    for path in WORKFLOWS:
+        for line in path.read_text().splitlines():
+            if re.match(r"^\s*(- )?uses:", line):
+                match = USES_LINE.match(line)
+                assert match, f"{path.name}: {line.strip()}"
+                action, sha, tag = match.groups()
+                pins.setdefault(action, set()).add((sha, tag))
+    assert {"actions/checkout", "docker/login-action", "docker/build-push-action"} <= set(pins)
+    assert all(len(versions) == 1 for versions in pins.values()), pins
+    zizmor = (BIN / "zizmor", "--offline", "--persona=auditor")
+    config = ROOT / ".github" / "zizmor.yml"
+
+    def workflow(uses: list[str]) -> Path:
+        steps = "".join(f"      - uses: {u}\n" for u in uses)
+        path = tmp_path / "pins.yml"
+        path.write_text(
+            "name: pins\non: push\npermissions: {}\njobs:\n  pins:\n    name: pins\n"
+            "    runs-on: ubuntu-latest\n    steps:\n" + steps
+        )
+        return path
+
+    for action in ("actions/checkout", "docker/login-action", "docker/build-push-action"):
+        [(sha, tag)] = pins[action]
+        major = tag.split(".")[0]
+        found = run(*zizmor, "--config", config, workflow([f"{action}@{major}"]))
+        assert found.returncode != 0 and "unpinned-uses" in found.stdout, (action, found.stdout)
+        # the same step pinned by SHA: no such finding (a bare test workflow may raise others)
+        pinned = run(*zizmor, "--config", config, workflow([f"{action}@{sha}"]))
+        assert "unpinned-uses" not in pinned.stdout and "error" not in pinned.stderr.lower()
 
 
 def test_ci_workflow_runs_the_projects_own_targets_in_order() -> None:
@@ -355,13 +404,63 @@ def test_workflows_take_secrets_only_from_secrets_and_no_event_data_in_run() -> 
                 assert "${{" not in step.get("run", ""), f"{path.name}: expression in run:"
                 if "uses" in step:
                     uses = step["uses"]
-                    assert TAG_PINNED.match(uses) or SHA_PINNED.match(uses), uses
+                    assert SHA_PINNED.match(uses), uses
         text = path.read_text()
         assert not re.search(r"(?i)(password|token|kubeconfig)\w*:\s*['\"]?[A-Za-z0-9/+]{12}", text)
     monitor = (ROOT / ".github" / "workflows" / "monitor.yml").read_text()
     assert "schedule:" in monitor and "fraudflow monitor" in monitor
     assert "fraudflow monitor --retrain" in monitor and "actions/upload-artifact" in monitor
     assert "fraudflow record-promotion" in monitor and "gh pr create" in monitor
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_monitor_job_installs_hash_checked_wheels_and_holds_secrets_only_where_needed() -> None:
+    """The job that holds the registry's admin secret installs only wheels whose SHA-256 is in
+    requirements/monitor.txt (the constraints' pins), then the project offline; the registry's
+    secrets reach the steps that talk to the registry, not the install."""
+    text = (ROOT / ".github" / "workflows" / "monitor.yml").read_text()
+    job = load_yaml(ROOT / ".github" / "workflows" / "monitor.yml")["jobs"]["monitor"]
+    assert "make install" not in text
+    assert not any("secrets." in str(value) for value in (job.get("env") or {}).values())
+    steps = job["steps"]
+    installs = [
+        line.strip()
+        for step in steps
+        for line in step.get("run", "").splitlines()
+        if "pip install" in line
+    ]
+    assert installs == [
+        ".venv/bin/python -m pip install --require-hashes -r requirements/monitor.txt",
+        ".venv/bin/python -m pip install --no-deps --no-build-isolation --no-index .",
+    ]
+    registry = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    for step in steps:
+        env = step.get("env") or {}
+        held = {key for key, value in env.items() if "secrets.MLFLOW_" in str(value)}
+        run_text = step.get("run", "")
+        talks = "fraudflow monitor" in run_text or "fraudflow record-promotion" in run_text
+        assert held == (registry if talks else set()), step.get("name", step.get("uses"))
+    # the lock: each wheel pinned and hashed, at the constraints' version, the whole runtime
+    lock = (ROOT / "requirements" / "monitor.txt").read_text()
+    entries = re.findall(r"^([\w.-]+)==(\S+) \\\n    --hash=sha256:([0-9a-f]{64})$", lock, re.M)
+    requirements = [line for line in lock.splitlines() if line and not line.startswith(("#", " "))]
+    assert len(entries) == len(requirements) > 100
+    constraints = dict(
+        (_canonical(name), version)
+        for name, version in re.findall(
+            r"^([\w.-]+)==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M
+        )
+    )
+    locked = {_canonical(name): version for name, version, _ in entries}
+    assert {n: v for n, v in locked.items() if constraints.get(n, v) != v} == {}
+    assert set(locked) - set(constraints) == {"setuptools", "wheel"}  # the build backend
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    runtime = re.findall(r"^([\w.-]+)==", setup["options"]["install_requires"], re.M)
+    assert runtime and {_canonical(name) for name in runtime} <= set(locked)
 
 
 def test_ci_audits_the_pins_and_scans_the_image_before_pushing_it() -> None:
@@ -402,17 +501,45 @@ def test_dependabot_config_passes_its_schema_which_catches_a_bad_one(tmp_path) -
 # --- Kubernetes -------------------------------------------------------------------------------
 
 
-def test_k8s_manifests_pass_the_kubernetes_schemas_which_catch_a_typo(tmp_path) -> None:
-    validate = (BIN / "kubernetes-validate", "--strict", "--quiet")
+def test_k8s_manifests_pass_the_kubernetes_schemas_strictly_which_catch_a_typo(tmp_path) -> None:
+    """Strict mode refuses unknown fields (a misspelt field would otherwise be dropped by the API
+    server without a word); every document must be checked against a schema, not skipped."""
+    validate = (BIN / "kubernetes-validate", "--strict")
     assert K8S
-    assert_ok(run(*validate, *K8S))
-    bad = tmp_path / "api.yaml"
-    bad.write_text(
-        (ROOT / "deploy" / "k8s" / "api.yaml")
-        .read_text()
-        .replace("readinessProbe", "readynessProbe")
-    )
-    assert run(*validate, bad).returncode != 0
+    done = run(*validate, *K8S)
+    assert_ok(done)
+    assert "WARN" not in done.stdout + done.stderr  # e.g. no schema for a kind: not checked
+    passed = re.findall(r"^INFO .* passed for resource (\S+) ", done.stdout, re.M)
+    assert len(passed) == len(k8s_list())
+    # a misspelt field, a misplaced one: refused in strict mode (and let through without it)
+    api = (ROOT / "deploy" / "k8s" / "api.yaml").read_text()
+    for good, bad in [
+        ("readinessProbe", "readynessProbe"),
+        ("automountServiceAccountToken", "automountServiceAccountTokens"),
+        (
+            "      terminationGracePeriodSeconds",
+            "      restartPolicyy: Always\n      terminationGracePeriodSeconds",
+        ),
+    ]:
+        broken = tmp_path / "api.yaml"
+        broken.write_text(api.replace(good, bad, 1))
+        assert broken.read_text() != api
+        refused = run(*validate, "--quiet", broken)
+        assert refused.returncode != 0 and "was unexpected" in refused.stdout, bad
+        assert_ok(run(BIN / "kubernetes-validate", "--quiet", broken))
+    policies = (ROOT / "deploy" / "k8s" / "network-policies.yaml").read_text()
+    broken = tmp_path / "network-policies.yaml"
+    broken.write_text(policies.replace("podSelector: {}", "podSelecter: {}", 1))
+    assert run(*validate, "--quiet", broken).returncode != 0
+
+
+def test_k8s_no_pod_mounts_a_service_account_token() -> None:
+    """No pod of ours calls the Kubernetes API: none gets the token a compromised process could
+    use against the cluster (automountServiceAccountToken: false on every pod template)."""
+    needs_token: set[str] = set()  # none today; a pod that needs one is named here
+    for name, template in pod_templates(k8s_list()).items():
+        expected = name in needs_token
+        assert template["spec"].get("automountServiceAccountToken") is expected, name
 
 
 def test_k8s_api_has_probes_resources_and_an_autoscaler() -> None:
@@ -441,9 +568,12 @@ def test_k8s_api_has_probes_resources_and_an_autoscaler() -> None:
     assert hpa["spec"]["minReplicas"] >= 2
 
 
+def k8s_list() -> list[dict]:
+    return documents(K8S)
+
+
 def k8s_documents() -> dict[tuple[str, str], dict]:
-    documents = [d for path in K8S for d in yaml.safe_load_all(path.read_text()) if d]
-    return {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    return {(d["kind"], d["metadata"]["name"]): d for d in k8s_list()}
 
 
 def test_k8s_monitor_runs_with_the_apis_security_context() -> None:
@@ -560,96 +690,170 @@ def test_k8s_registry_runs_basic_auth_and_its_clients_log_in_from_secrets() -> N
     assert api_login["MLFLOW_TRACKING_PASSWORD"][0] != secrets["MLFLOW_AUTH_ADMIN_PASSWORD"][0]
 
 
-PODS = {
-    "api": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "api"},
-    "monitor": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "monitor"},
-    "backup": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "backup"},
-    "batch": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "batch"},
-    "mlflow": {"app.kubernetes.io/name": "fraudflow", "app.kubernetes.io/component": "mlflow"},
-    "postgres": {"app.kubernetes.io/component": "postgres"},
-    "redis": {"app": "redis"},
-    "other": {"app": "debug-shell"},
-    # a pod of another namespace (an ingress controller, a compromised neighbour): our policies
-    # do not govern its egress, and peers without a namespaceSelector never match it
-    "outside": None,
+# NetworkPolicies, evaluated on the manifests' own pod templates (tests/k8s_manifests.py).
+# The endpoints besides our workloads (whose labels are read from deploy/k8s, never written here):
+# the in-cluster PostgreSQL by the label the manifests document for it (mlflow.yaml), a pod of the
+# namespace that is none of ours (a debug shell), a pod of another namespace (an ingress
+# controller, a compromised neighbour), the cluster DNS, and a host outside the cluster (a client,
+# a managed database).
+POSTGRES_LABELS = {"app.kubernetes.io/component": "postgres"}
+PROBES = [
+    Endpoint("postgres", NAMESPACE, POSTGRES_LABELS),
+    Endpoint("stranger", NAMESPACE, {"app": "debug-shell"}),
+    Endpoint("neighbour", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}),
+    Endpoint("kube-dns", "kube-system", {"k8s-app": "kube-dns"}),
+    Endpoint("internet", None),
+]
+OUTSIDE = ("neighbour", "kube-dns", "internet")
+PORTS = [("TCP", 8080), ("TCP", 5000), ("TCP", 6379), ("TCP", 5432), ("UDP", 53), ("TCP", 53)]
+PORTS += [("TCP", 22), ("TCP", 443)]  # and ports nobody is given
+WORKLOADS = {
+    "fraudflow-api",
+    "fraudflow-mlflow",
+    "fraudflow-redis",
+    "fraudflow-monitor",
+    "fraudflow-backup",
+    "fraudflow-batch",
+}
+# Who may reach what, (source, target, protocol, port); everything else is denied. Pairs in which
+# neither side is in our namespace are not ours to govern and are left out.
+EXPECTED = {
+    # the API takes requests on its port from outside the namespace (clients through the
+    # Service or an ingress controller, Prometheus); no pod of ours calls it
+    *{(source, "fraudflow-api", "TCP", 8080) for source in OUTSIDE},
+    # the registry: the API, the monitor, the batch and the backup
+    ("fraudflow-api", "fraudflow-mlflow", "TCP", 5000),
+    ("fraudflow-monitor", "fraudflow-mlflow", "TCP", 5000),
+    ("fraudflow-batch", "fraudflow-mlflow", "TCP", 5000),
+    ("fraudflow-backup", "fraudflow-mlflow", "TCP", 5000),
+    # Redis, the online state: the API, the monitor and the backup (its RDB snapshot)
+    ("fraudflow-api", "fraudflow-redis", "TCP", 6379),
+    ("fraudflow-monitor", "fraudflow-redis", "TCP", 6379),
+    ("fraudflow-backup", "fraudflow-redis", "TCP", 6379),
+    # PostgreSQL: the tracking server and the backup (pg_dump), in the cluster ...
+    ("fraudflow-mlflow", "postgres", "TCP", 5432),
+    ("fraudflow-backup", "postgres", "TCP", 5432),
+    # ... or a managed one outside the namespace: the database port, from these two only
+    *{(s, t, "TCP", 5432) for s in ("fraudflow-mlflow", "fraudflow-backup") for t in OUTSIDE},
+    # and every pod of the namespace resolves names
+    *{
+        (s, "kube-dns", protocol, 53)
+        for s in (*WORKLOADS, "postgres", "stranger")
+        for protocol in ("UDP", "TCP")
+    },
 }
 
 
-def _selects(selector: dict, labels: dict) -> bool:
-    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
-
-
-def _peer_matches(peers: list[dict] | None, labels: dict) -> bool:
-    """A rule's from/to list against a pod (absent: every source)."""
-    if peers is None:
-        return True
-    if labels is None:
-        return False
-    return any(
-        "podSelector" in peer
-        and "namespaceSelector" not in peer
-        and _selects(peer["podSelector"], labels)
-        for peer in peers
-    )
-
-
-def _port_matches(ports: list[dict] | None, port: int) -> bool:
-    return ports is None or any(p["port"] == port for p in ports)
-
-
-def network_allows(policies: list[dict], source: str, target: str, port: int) -> bool:
-    """Kubernetes' semantics within one namespace: a pod selected by a policy of a direction
-    accepts only what some such policy's rule lets through; unselected, everything."""
-
-    def direction(pod: str, kind: str, peer: str, rules: str, other: str) -> bool:
-        if PODS[pod] is None:
-            return True
-        selecting = [
-            p
-            for p in policies
-            if kind in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], PODS[pod])
-        ]
-        return not selecting or any(
-            _peer_matches(rule.get(peer), PODS[other]) and _port_matches(rule.get("ports"), port)
-            for p in selecting
-            for rule in p["spec"].get(rules, [])
-        )
-
-    egress = direction(source, "Egress", "to", "egress", target)
-    ingress = direction(target, "Ingress", "from", "ingress", source)
-    return egress and ingress
-
-
-def test_k8s_network_policies_let_through_only_the_documented_paths() -> None:
-    policies = [d for (kind, _), d in k8s_documents().items() if kind == "NetworkPolicy"]
-    assert all(p["metadata"]["namespace"] == "fraudflow" for p in policies)
-    allowed = {
-        ("api", "mlflow", 5000),
-        ("monitor", "mlflow", 5000),
-        ("batch", "mlflow", 5000),
-        ("api", "redis", 6379),
-        ("monitor", "redis", 6379),
-        ("mlflow", "postgres", 5432),
-        ("backup", "mlflow", 5000),
-        ("backup", "redis", 6379),
-        ("backup", "postgres", 5432),
+def network(docs: list[dict]) -> tuple[NetworkModel, list[Endpoint]]:
+    """The policies of the manifests, and every endpoint: each workload by its pod template's
+    labels, then the probes."""
+    [namespace] = [d for d in docs if d["kind"] == "Namespace"]
+    assert namespace["metadata"]["name"] == NAMESPACE
+    namespaces = {
+        NAMESPACE: {**namespace["metadata"].get("labels", {})},
+        "kube-system": {},
+        "ingress-nginx": {},
     }
-    for source in PODS:
-        for target in PODS:
-            for port in (5000, 5432, 6379, 8080):
-                if source == target or target in ("api", "outside"):
-                    continue
-                expected = (source, target, port) in allowed
-                got = network_allows(policies, source, target, port)
-                assert got == expected, (source, target, port)
-    # the API takes requests on its port from any source (ingress controller, Prometheus),
-    # on no other port
-    api = [p for p in policies if _selects(p["spec"]["podSelector"], PODS["api"])]
-    rules = [rule for p in api for rule in p["spec"].get("ingress", [])]
+    for name, labels in namespaces.items():  # the label Kubernetes sets on every namespace
+        labels["kubernetes.io/metadata.name"] = name
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    workloads = [
+        Endpoint(name, NAMESPACE, template["metadata"]["labels"])
+        for name, template in pod_templates(docs).items()
+    ]
+    return NetworkModel(policies, namespaces), workloads + PROBES
+
+
+def allow_matrix(docs: list[dict]) -> set[tuple[str, str, str, int]]:
+    model, endpoints = network(docs)
+    return {
+        (source.name, target.name, protocol, port)
+        for source in endpoints
+        for target in endpoints
+        if source != target and NAMESPACE in (source.namespace, target.namespace)
+        for protocol, port in PORTS
+        if model.allows(source, target, protocol, port)
+    }
+
+
+def test_k8s_workloads_are_all_in_the_namespace_and_in_the_matrix() -> None:
+    docs = k8s_list()
+    assert set(pod_templates(docs)) == WORKLOADS  # a new workload needs its row in EXPECTED
+    keys = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
+    assert len(keys) == len(set(keys))
+    assert all(
+        d["metadata"].get("namespace") == NAMESPACE for d in docs if d["kind"] != "Namespace"
+    )
+    # the PostgreSQL label the policies use is the one the manifests tell operators to set
+    label = "app.kubernetes.io/component: postgres"
+    assert label in (ROOT / "deploy" / "k8s" / "mlflow.yaml").read_text()
+
+
+def test_k8s_network_policies_allow_exactly_the_matrix_on_the_pods_own_labels() -> None:
+    got = allow_matrix(k8s_list())
+    assert not got - EXPECTED, f"allowed beyond the matrix: {sorted(got - EXPECTED)}"
+    assert not EXPECTED - got, f"denied but needed: {sorted(EXPECTED - got)}"
+
+
+def test_k8s_every_policy_selector_selects_a_pod_of_the_manifests() -> None:
+    model, endpoints = network(k8s_list())
+    assert model.dead_selectors(endpoints) == []
+    # the API takes requests on its port from any source, on no other port
+    [api] = [e for e in endpoints if e.name == "fraudflow-api"]
+    rules = [r for p in model.selected_by(api) for r in p["spec"].get("ingress") or []]
     assert rules == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
-    # no pod can leave the namespace but for DNS and the database port (a managed PostgreSQL)
-    dns = next(p for p in policies if p["metadata"]["name"] == "allow-dns")
+    # no pod leaves the namespace but for DNS and the database port (a managed PostgreSQL)
+    dns = next(p for p in model.policies if p["metadata"]["name"] == "allow-dns")
     assert {r["port"] for rule in dns["spec"]["egress"] for r in rule["ports"]} == {53}
+
+
+def _old_redis_selectors(docs: list[dict]) -> list[dict]:
+    """The policies as they were: every selector of the Redis pods written `app: redis`."""
+    docs = copy.deepcopy(docs)
+
+    def revert(selector: dict | None) -> None:
+        if selector and (selector.get("matchLabels") or {}).get(COMPONENT) == "redis":
+            selector["matchLabels"] = {"app": "redis"}
+
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        revert(policy["spec"]["podSelector"])
+        for rule in policy["spec"].get("ingress", []) + policy["spec"].get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                revert(peer.get("podSelector"))
+    return docs
+
+
+def test_k8s_the_matrix_fails_with_the_old_app_redis_selector() -> None:
+    """The bug this suite once blessed (a hand-written table gave Redis `app: redis` too): with
+    the policies' old selector, the API, the monitor and the backup lose Redis, and the Redis
+    policy protects nothing."""
+    docs = _old_redis_selectors(k8s_list())
+    got = allow_matrix(docs)
+    lost = {(s, t, port) for s, t, _, port in EXPECTED - got}
+    assert lost == {
+        ("fraudflow-api", "fraudflow-redis", 6379),
+        ("fraudflow-monitor", "fraudflow-redis", 6379),
+        ("fraudflow-backup", "fraudflow-redis", 6379),
+    }
+    model, endpoints = network(docs)
+    assert any(dead.startswith("redis: podSelector") for dead in model.dead_selectors(endpoints))
+
+
+def test_k8s_services_and_budgets_select_the_pods_of_their_workload() -> None:
+    docs = k8s_list()
+    templates = pod_templates(docs)
+    for doc in docs:
+        kind, name, spec = doc["kind"], doc["metadata"]["name"], doc.get("spec", {})
+        if kind in POD_TEMPLATE_PATHS and "selector" in spec:
+            assert selects(spec["selector"], templates[name]["metadata"]["labels"]), name
+        if kind == "Service":
+            selector = {"matchLabels": spec["selector"]}
+        elif kind == "PodDisruptionBudget":
+            selector = spec["selector"]
+        else:
+            continue
+        chosen = [w for w, t in templates.items() if selects(selector, t["metadata"]["labels"])]
+        assert len(chosen) == 1, (kind, name, chosen)
 
 
 def test_k8s_api_pods_share_a_redis_statefulset_not_a_sqlite_file() -> None:
@@ -664,7 +868,7 @@ def test_k8s_api_pods_share_a_redis_statefulset_not_a_sqlite_file() -> None:
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--appendfsync") + 1] == "everysec"
-    assert "--requirepass" in args and container["readinessProbe"]
+    assert container["readinessProbe"]  # its password: the command-line test below
     claim = redis["spec"]["volumeClaimTemplates"][0]
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert container["volumeMounts"][0]["name"] == claim["metadata"]["name"]
@@ -682,6 +886,141 @@ def test_k8s_api_pods_share_a_redis_statefulset_not_a_sqlite_file() -> None:
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         source = env["FRAUDFLOW__STATE__URL"]["valueFrom"]["secretKeyRef"]
         assert source == {"name": "fraudflow-redis", "key": "url"}
+
+
+# --- Passwords never on a command line -------------------------------------------------------
+# A process's arguments are readable by every process of the machine (/proc/PID/cmdline, `ps`):
+# passwords reach a container from the environment or a file, and its commands (command, args,
+# entrypoint, probes, health checks) name none, whatever the shell expands.
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY\b|_AUTH\b|AUTH_", re.I)
+SECRET_FLAG = re.compile(
+    r"(?<![\w-])(-a|--pass|--password|--requirepass|--masterauth|--pwd)(?=[\s=\"']|$)"
+)
+USERINFO = re.compile(r"://[^/\s:@]*:[^/\s@]+@")  # a URL that carries a password
+HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1[^\n]*\n.*?^\s*\2\s*$", re.S | re.M)
+
+
+def command_line_leaks(words: list[str], secret_vars: set[str]) -> list[str]:
+    """What in a command would put a password on a command line: a password flag, a URL with a
+    password, or a secret variable expanded by Kubernetes ($(VAR)), Compose (${VAR}) or a shell
+    ($VAR, ${VAR}) into the arguments. A shell's here-document (the process's standard input)
+    may expand one."""
+    text = HEREDOC.sub("<<here-document", "\n".join(str(word) for word in words))
+    leaks = [f"flag {m.group(1)}" for m in SECRET_FLAG.finditer(text)]
+    leaks += [f"URL with a password {m.group(0)}" for m in USERINFO.finditer(text)]
+    for var in sorted(secret_vars):
+        if re.search(rf"\$\(?\{{?{re.escape(var)}\b", text):
+            leaks.append(f"variable {var}")
+    return leaks
+
+
+def _words(command) -> list[str]:
+    return [command] if isinstance(command, str) else list(command or [])
+
+
+def k8s_container_commands() -> dict[str, tuple[list[str], set[str]]]:
+    """pod/container -> (every word it runs: command, args, probes, hooks; the variables it takes
+    from Secrets)."""
+    found = {}
+    for pod, template in pod_templates(k8s_list()).items():
+        spec = template["spec"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            assert not any("secretRef" in source for source in container.get("envFrom", []))
+            secret_vars = {
+                e["name"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {}) or SECRET_NAME.search(e["name"])
+            }
+            words = _words(container.get("command")) + _words(container.get("args"))
+            for key in ("readinessProbe", "livenessProbe", "startupProbe"):
+                words += _words(container.get(key, {}).get("exec", {}).get("command"))
+            for hook in container.get("lifecycle", {}).values():
+                words += _words(hook.get("exec", {}).get("command"))
+            found[f"{pod}/{container['name']}"] = (words, secret_vars)
+    return found
+
+
+def compose_commands() -> dict[str, tuple[list[str], set[str]]]:
+    """service -> (command, entrypoint and health check words; the variables that carry a secret:
+    its own environment's and the .env file's)."""
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    interpolated = set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text()))
+    found = {}
+    for name, service in services.items():
+        environment = service.get("environment") or {}
+        secret_vars = {var for var in interpolated if SECRET_NAME.search(var)}
+        secret_vars |= {
+            key
+            for key, value in environment.items()
+            if SECRET_NAME.search(key)
+            or USERINFO.search(str(value))
+            or any(SECRET_NAME.search(v) for v in re.findall(r"\$\{(\w+)", str(value)))
+        }
+        words = _words(service.get("command")) + _words(service.get("entrypoint"))
+        words += _words((service.get("healthcheck") or {}).get("test"))
+        found[name] = (words, secret_vars)
+    return found
+
+
+def test_no_password_stands_on_a_container_command_line() -> None:
+    commands = {**k8s_container_commands(), **compose_commands()}
+    assert "fraudflow-redis/redis" in commands and "postgres" in commands
+    leaks = {name: command_line_leaks(*c) for name, c in commands.items()}
+    assert {name: found for name, found in leaks.items() if found} == {}
+    # Redis on Kubernetes: the password on redis-server's standard input, redis-cli's from the
+    # environment (REDISCLI_AUTH)
+    redis = k8s_documents()[("StatefulSet", "fraudflow-redis")]["spec"]["template"]["spec"]
+    [container] = redis["containers"]
+    script = container["command"][2]
+    assert container["command"][:2] == ["sh", "-c"] and 'redis-server - "$@" <<EOF' in script
+    assert 'requirepass "$REDISCLI_AUTH"' in script
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env["REDISCLI_AUTH"] == {"name": "fraudflow-redis", "key": "password"}
+
+
+def test_the_command_line_scan_catches_the_old_ways() -> None:
+    secret = {"REDIS_PASSWORD", "POSTGRES_PASSWORD"}
+    for words in (
+        ["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"],  # redis.yaml's old args
+        ["sh", "-c", 'redis-cli --no-auth-warning -a "$REDIS_PASSWORD" ping | grep -q PONG'],
+        ["sh", "-c", "pg_dump postgresql://mlflow:${POSTGRES_PASSWORD}@postgres/mlflow"],
+        ["psql", "postgresql://mlflow:hunter2@postgres:5432/mlflow"],
+        ["sh", "-c", 'echo "$$REDIS_PASSWORD" | tee /tmp/x'],
+    ):
+        assert command_line_leaks(words, secret), words
+    heredoc = ["sh", "-c", 'exec redis-server - "$@" <<EOF\nrequirepass "$REDIS_PASSWORD"\nEOF\n']
+    assert command_line_leaks(heredoc, secret) == []
+
+
+def test_the_backup_hands_passwords_to_its_tools_in_the_environment(monkeypatch, tmp_path) -> None:
+    """pg_dump, psql, pg_restore and redis-cli --rdb get the password as PGPASSWORD and
+    REDISCLI_AUTH, not in their arguments."""
+    from pipelines.backup import postgres, redis_snapshot
+
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append((command, kwargs.get("env") or {}))
+        if "--rdb" in command:
+            Path(command[command.index("--rdb") + 1]).write_bytes(b"REDIS")
+        return subprocess.CompletedProcess(command, 0, stdout="0\n", stderr="")
+
+    for module in (postgres, redis_snapshot):
+        monkeypatch.setattr(module.subprocess, "run", run)
+        monkeypatch.setattr(module, "_tool", lambda name: name)
+    database = "postgresql+psycopg2://mlflow:s%40cret%3Apw@postgres:5432/mlflow"
+    postgres.dump(database, tmp_path / "mlflow.pgc")
+    postgres.table_count(database)
+    postgres.restore(database, tmp_path / "mlflow.pgc", clean=False)
+    redis_snapshot.snapshot("redis://:r%40dis-pw@fraudflow-redis:6379/0", tmp_path / "s.rdb")
+    tools = [command[0] for command, _ in calls]
+    assert tools == ["pg_dump", "psql", "pg_restore", "redis-cli"]
+    for command, env in calls:
+        assert not any("cret" in word or "dis-pw" in word for word in command), command
+        assert "postgresql://mlflow@postgres:5432/mlflow" in command or "redis-cli" in command
+    assert [env.get("PGPASSWORD") for _, env in calls[:3]] == ["s@cret:pw"] * 3
+    assert calls[3][1]["REDISCLI_AUTH"] == "r@dis-pw"
 
 
 # --- Prometheus, Alertmanager, Grafana --------------------------------------------------------

@@ -3,10 +3,11 @@ while the tracking server runs) and restored with `pg_restore` into an empty dat
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -19,6 +20,18 @@ def libpq_uri(uri: str) -> str:
     """The URI as libpq reads it: SQLAlchemy's driver suffix (postgresql+psycopg2) dropped."""
     parts = urlsplit(uri)
     return urlunsplit(parts._replace(scheme="postgresql"))
+
+
+def _passwordless(uri: str) -> tuple[str, dict[str, str]]:
+    """The libpq URI without its password, and the environment that carries it (PGPASSWORD): on
+    the command line of pg_dump, psql or pg_restore it would be readable in /proc/*/cmdline."""
+    parts = urlsplit(libpq_uri(uri))
+    env = dict(os.environ)
+    if parts.password is None:
+        return urlunsplit(parts), env
+    env["PGPASSWORD"] = unquote(parts.password)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}@{hostport}")), env
 
 
 def without_password(uri: str) -> str:
@@ -37,8 +50,8 @@ def _tool(name: str) -> str:
     return found
 
 
-def _run(command: list[str]) -> str:
-    done = subprocess.run(command, capture_output=True, text=True)
+def _run(command: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise PostgresError(f"{Path(command[0]).name} failed: {done.stderr.strip()[-2000:]}")
     return done.stdout
@@ -47,13 +60,15 @@ def _run(command: list[str]) -> str:
 def dump(uri: str, target: Path) -> Path:
     """`pg_dump -Fc` of the database to `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    _run([_tool("pg_dump"), "-Fc", "--no-owner", "--no-acl", "-f", str(target), libpq_uri(uri)])
+    database, env = _passwordless(uri)
+    _run([_tool("pg_dump"), "-Fc", "--no-owner", "--no-acl", "-f", str(target), database], env)
     return target
 
 
 def _query(uri: str, sql: str) -> str:
+    database, env = _passwordless(uri)
     return _run(
-        [_tool("psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, libpq_uri(uri)]
+        [_tool("psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, database], env
     ).strip()
 
 
@@ -80,6 +95,7 @@ def other_sessions(uri: str) -> int:
 def restore(uri: str, source: Path, clean: bool) -> None:
     """`pg_restore` of a dump into the database, in one transaction (all or nothing); `clean`
     drops the objects the dump holds first (restore --force onto a non-empty database)."""
+    database, env = _passwordless(uri)
     command = [
         _tool("pg_restore"),
         "--no-owner",
@@ -87,8 +103,8 @@ def restore(uri: str, source: Path, clean: bool) -> None:
         "--single-transaction",
         "--exit-on-error",
         "-d",
-        libpq_uri(uri),
+        database,
     ]
     if clean:
         command += ["--clean", "--if-exists"]
-    _run(command + [str(source)])
+    _run(command + [str(source)], env)
