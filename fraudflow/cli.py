@@ -335,12 +335,19 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: a backup (--input: one backup-NNNNNN, or a backup root: its newest). Produces: the
     stores the settings name, restored; refused, with nothing changed, when the backup fails its
-    manifest or a target is in use, or holds data without --force."""
+    manifest or its signature (integrity.backup_key; --allow-unsigned: not required), or a
+    target is in use, or holds data without --force."""
     from pipelines.backup.run import RestoreRefused, restore_backup
 
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
     try:
-        result = restore_backup(settings, Path(args.input), force=args.force, only=only)
+        result = restore_backup(
+            settings,
+            Path(args.input),
+            force=args.force,
+            only=only,
+            allow_unsigned=args.allow_unsigned,
+        )
     except RestoreRefused as exc:
         if not exc.not_empty:
             raise
@@ -348,6 +355,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     print(
         f"restored {', '.join(result.parts)} from {result.folder} in {result.seconds:.1f} s"
         + (f" (replaced: {', '.join(result.replaced)})" if result.replaced else "")
+        + ("" if result.signed else "; its signature was NOT checked (--allow-unsigned)")
     )
     return result.as_dict()
 
@@ -638,6 +646,12 @@ def build_parser() -> Parser:
     p.add_argument("--input", required=True, help="a backup folder, or a root of backups")
     p.add_argument("--force", action="store_true", help="replace stores that hold data")
     p.add_argument("--only", help="comma-separated parts (default: all the backup holds)")
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="restore a backup whose signature cannot be checked (unsigned, or no "
+        "integrity.backup_key here); a signature that does not match is always refused",
+    )
     p = add("demo", cmd_demo, "the whole flow on the embedded store", data=True)
     p.add_argument("--fresh", action="store_true", help="re-simulate even if data exists")
     p.add_argument("--skip-serving", action="store_true", help="stop after the training side")

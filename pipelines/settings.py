@@ -332,6 +332,30 @@ class BackupSettings(_Frozen):
     mlflow_database: str | None = None
 
 
+class KeySource(_Frozen):
+    """Where an HMAC key is read from, as exactly one of: a file (a mounted secret) or an
+    environment variable (its name here; the key itself never sits in the config)."""
+
+    file: str | None = None
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "KeySource":
+        given = [k for k in ("file", "env") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of file, env (got {given or 'none'})")
+        return self
+
+
+class IntegritySettings(_Frozen):
+    """Keys of the HMAC-SHA256 signatures (`pipelines.integrity`): a backup's manifest
+    (required at restore unless --allow-unsigned) and a promoted model version's files
+    (required by the API when it holds the key). None: nothing is signed or required."""
+
+    backup_key: KeySource | None = None
+    model_key: KeySource | None = None
+
+
 class BatchSettings(_Frozen):
     """Batch scoring on this machine (`fraudflow score`, backtest and monitor re-scoring)."""
 
@@ -372,6 +396,7 @@ class Settings(_Frozen):
     retraining: RetrainingSettings
     backup: BackupSettings = BackupSettings()
     batch: BatchSettings = BatchSettings()
+    integrity: IntegritySettings = IntegritySettings()
 
     @model_validator(mode="before")
     @classmethod

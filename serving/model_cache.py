@@ -6,12 +6,13 @@ Layout of the cache folder (local to the replica, never shared between hosts):
     current.json          the entry served last, e.g. {"entry": "v7"} (replaced atomically)
     v7/booster.txt        the model's files, byte for byte as the registry holds them
     v7/meta.json
-    v7/served.json        the manifest: name, version, stage, aliases, run id and the SHA-256
-                          of both files
+    v7/served.json        the manifest: name, version, stage, aliases, run id, the SHA-256
+                          of both files and the version's signature (or null)
 
 An entry is written into a temporary folder (each file through `pipelines.files`) and renamed
 into place, so a reader sees all of it or none of it. Reading checks the manifest and the
-hashes, then loads the files with `FraudScorer.load`, the check a registry load goes through;
+hashes (and, through the caller's `check`, the signature), then loads the files with
+`FraudScorer.load`, the check a registry load goes through;
 anything that fails is refused with the reason. Only the entry served last and the one before
 it are kept.
 """
@@ -25,6 +26,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,6 +97,7 @@ class ModelCache:
         stage: str,
         aliases: tuple[str, ...],
         run_id: str,
+        signature: str | None = None,
     ) -> Path:
         """Keep the files of the model now served as the entry to serve from; returns it."""
         entry = self.folder / f"v{int(version)}"
@@ -107,6 +110,7 @@ class ModelCache:
             "run_id": run_id,
             "cached_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "sha256": {BOOSTER_FILE: sha256_file(booster), META_FILE: sha256_file(meta)},
+            "signature": signature,
         }
         if not self._holds(entry, manifest):
             self._write_entry(entry, booster, meta, manifest)
@@ -114,9 +118,14 @@ class ModelCache:
         self._prune(entry.name)
         return entry
 
-    def load(self, name: str) -> CachedModel | None:
+    def load(
+        self,
+        name: str,
+        check: Callable[[str, str, Path, Path, str | None], None] | None = None,
+    ) -> CachedModel | None:
         """The model served last, checked; None when nothing was cached. Raises CacheError
-        naming what is wrong with an entry that cannot be served."""
+        naming what is wrong with an entry that cannot be served. `check(name, version,
+        booster, meta, signature)` runs before the files are parsed and raises to refuse them."""
         pointer = self.folder / POINTER
         if not pointer.exists():
             return None
@@ -140,6 +149,15 @@ class ModelCache:
                 raise CacheError(f"{entry_name}/{file_name} is missing")
             if sha256_file(path) != hashes.get(file_name):
                 raise CacheError(f"{entry_name}/{file_name} differs from what was cached")
+        if check is not None:
+            signature = manifest.get("signature")
+            check(
+                name,
+                str(manifest["version"]),
+                entry / BOOSTER_FILE,
+                entry / META_FILE,
+                signature if isinstance(signature, str) else None,
+            )
         scorer = FraudScorer.load(entry / BOOSTER_FILE, entry / META_FILE)
         aliases = manifest.get("aliases") or []
         return CachedModel(
@@ -163,7 +181,8 @@ class ModelCache:
         this replica wrote it, or this version was served before)."""
         try:
             held = _read_json(entry / MANIFEST, MANIFEST)
-            if any(held.get(k) != manifest[k] for k in ("format", "name", "version", "sha256")):
+            kept = ("format", "name", "version", "sha256", "signature")
+            if any(held.get(k) != manifest[k] for k in kept):
                 return False
             return all(sha256_file(entry / f) == h for f, h in manifest["sha256"].items())
         except (CacheError, OSError):

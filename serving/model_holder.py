@@ -4,6 +4,8 @@ Each worker holds one `ServedModel` reference; a request reads it once and finis
 model even if a newer one is swapped in meanwhile. Registry failures never unload a model.
 Every model loaded from the registry is kept in the replica's model cache; a worker that has no
 model and cannot get one from the registry serves the cached one until the registry answers.
+A holder given `integrity.model_key` loads only versions whose files match their signature (from
+the registry and from the cache alike), before any parser reads them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipelines.features import feature_names
+from pipelines.integrity import MODEL_SIGNATURE_TAG, check_model, read_key
 from pipelines.mlflow import models, store
 from pipelines.mlflow.registry import served_uri, served_version
 from pipelines.mlflow.store import MlflowClient, ModelVersion
@@ -93,6 +96,8 @@ class ModelHolder:
         self.settings = settings
         self.client = client or store.client(settings)
         self.status = RegistryStatus()
+        # configured but unreadable: the service does not start (it would serve unchecked)
+        self.model_key = read_key(settings.integrity.model_key, "integrity.model_key")
         folder = settings.serving.model_cache_dir
         self.cache = ModelCache(settings.under_workdir(folder)) if folder else None
         self._cache_tried = False
@@ -140,9 +145,13 @@ class ModelHolder:
                     booster, meta = models.download_model_files(
                         self.settings, f"models:/{target.name}/{target.version}", Path(folder)
                     )
+                    signature = (target.tags or {}).get(MODEL_SIGNATURE_TAG)
+                    self._check_signature(
+                        target.name, str(target.version), booster, meta, signature
+                    )
                     scorer = self._checked(FraudScorer.load(booster, meta))
                     self._swap(target, scorer)
-                    self._keep(booster, meta)
+                    self._keep(booster, meta, signature)
             except Exception as exc:
                 self.status.reload_failures += 1
                 self.status.last_error = redact(f"loading v{target.version} failed: {exc}")[:500]
@@ -164,6 +173,13 @@ class ModelHolder:
         no model (not even a cached one) is served: this replica cannot score until someone
         fixes or replaces that version."""
         return self._model is None and self.status.failed_version is not None
+
+    def _check_signature(
+        self, name: str, version: str, booster: Path, meta: Path, signature: str | None
+    ) -> None:
+        """With a model key, refuse files that do not match the version's signature."""
+        if self.model_key is not None:
+            check_model(self.model_key, name, version, booster, meta, signature)
 
     def _checked(self, scorer: FraudScorer) -> FraudScorer:
         """The scorer, if it was trained on the features this service computes."""
@@ -193,7 +209,7 @@ class ModelHolder:
         log.info("serving %s v%s", target.name, target.version)
         self._notify("reload", self._model)
 
-    def _keep(self, booster: Path, meta: Path) -> None:
+    def _keep(self, booster: Path, meta: Path, signature: str | None) -> None:
         """Cache the files of the model just swapped in; a failure only costs the cache."""
         model = self._model
         if self.cache is None or model is None:
@@ -207,6 +223,7 @@ class ModelHolder:
                 stage=model.stage,
                 aliases=model.aliases,
                 run_id=model.run_id,
+                signature=signature,
             )
         except Exception as exc:
             log.warning("could not cache v%s at %s: %s", model.version, self.cache.folder, exc)
@@ -218,7 +235,7 @@ class ModelHolder:
         self._cache_tried = True
         folder = self.cache.folder
         try:
-            cached = self.cache.load(self.settings.mlflow.model_name)
+            cached = self.cache.load(self.settings.mlflow.model_name, check=self._check_signature)
             if cached is None:
                 log.warning("no model from the registry and none cached at %s", folder)
                 return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 import redis
 import requests
 
-from pipelines.backup.manifest import MANIFEST
+from pipelines.backup.manifest import MANIFEST, SIGNATURE
 from pipelines.backup.postgres import libpq_uri
 from pipelines.backup.run import numbered
 from pipelines.files import sha256_file
@@ -35,14 +36,22 @@ from tests.stack_servers import ROOT, compose_mlflow_server, new_password, postg
 
 pytestmark = pytest.mark.backup
 NAME = "fraud-detector"
+# every backup here is signed, and every restore checks it, as in Compose and Kubernetes
+BACKUP_KEY = {
+    "FRAUDFLOW__INTEGRITY__BACKUP_KEY__ENV": "FRAUDFLOW_TEST_BACKUP_KEY",
+    "FRAUDFLOW_TEST_BACKUP_KEY": secrets.token_hex(32),
+}
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """This checkout's `fraudflow` command (python -m from the repository root)."""
+def cli(
+    *args: str, env: dict[str, str] | None = None, key: bool = True
+) -> subprocess.CompletedProcess:
+    """This checkout's `fraudflow` command (python -m from the repository root), holding the
+    backup key (`key`: False, none)."""
     return subprocess.run(
         [sys.executable, "-m", "fraudflow.cli", *args],
         cwd=ROOT,
-        env=clean_env(env),
+        env=clean_env({**(BACKUP_KEY if key else {}), **(env or {})}),
         capture_output=True,
         text=True,
         timeout=600,
@@ -123,7 +132,8 @@ def test_the_manifest_checksums_every_file_and_describes_the_source(source) -> N
     assert manifest["format"] == "fraudflow-backup" and manifest["format_version"] == 1
     files = {entry["path"]: entry for entry in manifest["files"]}
     on_disk = {str(p.relative_to(backup)) for p in backup.rglob("*") if p.is_file()}
-    assert set(files) == on_disk - {MANIFEST}
+    assert set(files) == on_disk - {MANIFEST, SIGNATURE}
+    assert manifest["signed"] and manifest["skipped"] == []
     for path, entry in files.items():
         assert entry["size"] == (backup / path).stat().st_size
         assert entry["sha256"] == hashlib.sha256((backup / path).read_bytes()).hexdigest()

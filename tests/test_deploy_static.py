@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from fraudflow.cli import build_parser
+from pipelines.settings import load_settings
 from tests.k8s_manifests import (
     NAMESPACE,
     POD_TEMPLATE_PATHS,
@@ -187,11 +188,11 @@ def test_compose_hands_the_api_and_prometheus_their_token_secrets() -> None:
     0.0.0.0 without tokens); Prometheus scrapes /metrics with the same metrics token file."""
     compose = load_yaml(ROOT / "docker-compose.yml")
     api, prometheus = compose["services"]["api"], compose["services"]["prometheus"]
-    assert set(api["secrets"]) == {"api_tokens", "metrics_token"}
+    assert set(api["secrets"]) == {"api_tokens", "metrics_token", "model_key"}
     assert api["environment"]["FRAUDFLOW__SERVING__TOKENS_FILE"] == "/run/secrets/api_tokens"
     metrics_file = api["environment"]["FRAUDFLOW__SERVING__METRICS_TOKEN__FILE"]
     assert metrics_file == "/run/secrets/metrics_token" and "metrics_token" in prometheus["secrets"]
-    assert set(compose["secrets"]) == {"api_tokens", "metrics_token"}
+    assert set(compose["secrets"]) == {"api_tokens", "metrics_token", "model_key", "backup_key"}
     assert not any("AUTH_TOKENS" in key for key in api["environment"])
     config = load_yaml(ROOT / "conf" / "prometheus" / "prometheus.yml")
     api_job = next(j for j in config["scrape_configs"] if j["job_name"] == "fraudflow-api")
@@ -501,6 +502,64 @@ def test_dependabot_config_passes_its_schema_which_catches_a_bad_one(tmp_path) -
 # --- Kubernetes -------------------------------------------------------------------------------
 
 
+MODEL_KEY = "FRAUDFLOW__INTEGRITY__MODEL_KEY__FILE"
+BACKUP_KEY = "FRAUDFLOW__INTEGRITY__BACKUP_KEY__FILE"
+
+
+def test_compose_signs_promotions_and_backups_with_keys_from_secret_files() -> None:
+    """Fail closed: the API and every job that promotes hold the model key, the backup job
+    the backup key, each as a Compose secret file (a missing file stops the service), and the
+    settings read them as key files."""
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    services = compose["services"]
+    for name in ("api", "monitor", "bootstrap"):
+        service = services[name]
+        assert service["environment"][MODEL_KEY] == "/run/secrets/model_key", name
+        assert "model_key" in service["secrets"], name
+        assert BACKUP_KEY not in service["environment"], name
+    backup = services["backup"]
+    assert backup["environment"][BACKUP_KEY] == "/run/secrets/backup_key"
+    assert backup["secrets"] == ["backup_key"]  # not the model key: it promotes nothing
+    assert compose["secrets"]["model_key"]["file"].endswith("/secrets/model-key}")
+    assert compose["secrets"]["backup_key"]["file"].endswith("/secrets/backup-key}")
+    for name, variable in (("api", MODEL_KEY), ("backup", BACKUP_KEY)):
+        environ = {k: str(v) for k, v in services[name]["environment"].items()}
+        settings = load_settings(environ={variable: environ[variable]})
+        key = (
+            settings.integrity.model_key if variable == MODEL_KEY else settings.integrity.backup_key
+        )
+        assert key is not None and key.file == environ[variable]
+
+
+def secret_file(pod: dict, container: dict, variable: str) -> tuple[str, str, bool]:
+    """The Secret and key a container's `variable` names a file of, and whether that Secret
+    is optional."""
+    value = next(e["value"] for e in container["env"] if e["name"] == variable)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    folder, key = value.rsplit("/", 1)
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[folder])
+    return volume["secret"]["secretName"], key, volume["secret"].get("optional", False)
+
+
+def test_k8s_signs_promotions_and_backups_with_keys_from_required_secrets() -> None:
+    by_kind = k8s_documents()
+    api = by_kind[("Deployment", "fraudflow-api")]["spec"]["template"]["spec"]
+    monitor = by_kind[("CronJob", "fraudflow-monitor")]["spec"]["jobTemplate"]["spec"]
+    backup = by_kind[("CronJob", "fraudflow-backup")]["spec"]["jobTemplate"]["spec"]
+    model_key = ("fraudflow-model-key", "model-key", False)
+    assert secret_file(api, api["containers"][0], MODEL_KEY) == model_key
+    pod = monitor["template"]["spec"]
+    assert secret_file(pod, pod["containers"][0], MODEL_KEY) == model_key
+    pod = backup["template"]["spec"]
+    assert secret_file(pod, pod["containers"][0], BACKUP_KEY) == (
+        "fraudflow-backup-key",
+        "backup-key",
+        False,
+    )
+    assert MODEL_KEY not in {e["name"] for e in pod["containers"][0]["env"]}
+    assert BACKUP_KEY not in {e["name"] for e in api["containers"][0]["env"]}
+
+
 def test_k8s_manifests_pass_the_kubernetes_schemas_strictly_which_catch_a_typo(tmp_path) -> None:
     """Strict mode refuses unknown fields (a misspelt field would otherwise be dropped by the API
     server without a word); every document must be checked against a schema, not skipped."""
@@ -617,6 +676,7 @@ def test_k8s_backup_runs_hardened_with_every_store_it_backs_up() -> None:
     refs = {
         e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
         for e in container["env"]
+        if "valueFrom" in e
     }
     # the database pg_dump reads is the one the tracking server runs on
     server = by_kind[("Deployment", "fraudflow-mlflow")]["spec"]["template"]["spec"]

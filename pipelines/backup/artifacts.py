@@ -4,20 +4,18 @@ absolute paths MLflow wrote into them relocated (a tracking server's artifacts g
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+
+from pipelines.backup.confined import copy_tree
 
 # MLmodel files (and any small text file) that name the artifact folder by its absolute path
 _TEXT_LIMIT = 1_000_000
 
 
-def copy_local(source: Path, target: Path) -> Path:
-    """Copy the artifact folder (files are written once by MLflow and never changed after)."""
-    if Path(source).is_dir():
-        shutil.copytree(source, target)
-    else:
-        target.mkdir(parents=True)
-    return target
+def copy_local(source: Path, target: Path, shown_as: str) -> list[dict[str, str]]:
+    """Copy the artifact folder (files are written once by MLflow and never changed after);
+    symlinks and special files in it are skipped, never followed: returns them."""
+    return copy_tree(source, target, shown_as)
 
 
 def relocate_files(folder: Path, old: str, new: str) -> int:

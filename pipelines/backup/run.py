@@ -3,9 +3,11 @@ checksummed backup folder, and back into a store of the same shape, all or nothi
 
 A backup is made in a hidden folder and renamed to backup-NNNNNN once its manifest is written,
 so a numbered backup is always complete; older ones beyond `backup.keep` are then deleted. A
-restore checks the manifest and every file, and every target (empty, or --force; never in use
-by a running API), before it changes anything; it builds each part beside its target and
-renames it into place.
+symlink or special file in a live folder is never followed: it is skipped and reported. With
+`integrity.backup_key` the manifest is signed. A restore checks the signature (required unless
+--allow-unsigned), the manifest and every file, and every target (empty, or --force; never in
+use by a running API), before it changes anything; it builds each part beside its target from
+the manifest's own list of that part's files and renames it into place.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,13 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.backup import artifacts, live, postgres, redis_snapshot
-from pipelines.backup.manifest import MANIFEST, read_manifest, verify, write_manifest
+from pipelines.backup.confined import copy_tree, skipped_entry
+from pipelines.backup.manifest import (
+    MANIFEST,
+    PART_SHAPES,
+    copy_listed,
+    part_entries,
+    verify,
+    write_manifest,
+)
 from pipelines.backup.sqlite_files import (
     backup_sqlite,
     check_integrity,
     is_empty_sqlite,
     replace_text,
 )
+from pipelines.integrity import read_key
 from pipelines.log.record import log_folder
 from pipelines.log.snapshot import snapshot_log
 from pipelines.mlflow import artifacts as server_artifacts
@@ -35,7 +47,7 @@ from pipelines.settings import Settings
 
 log = logging.getLogger("fraudflow.backup")
 
-PARTS = ("mlflow_store", "artifacts", "online_state", "prediction_log", "reports")
+PARTS = tuple(PART_SHAPES)
 NAME = re.compile(r"^backup-(\d{6})$")
 
 
@@ -124,6 +136,9 @@ class BackupResult:
     seconds: float
     parts: dict[str, dict[str, Any]]
     pruned: list[Path] = field(default_factory=list)
+    signed: bool = False
+    # symlinks and special files found in the live folders: skipped, never followed
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +148,8 @@ class BackupResult:
             "seconds": round(self.seconds, 3),
             "parts": self.parts,
             "pruned": [str(p) for p in self.pruned],
+            "signed": self.signed,
+            "skipped": self.skipped,
         }
 
 
@@ -153,13 +170,16 @@ def make_backup(settings: Settings, output: str | Path | None = None) -> BackupR
     `backup.root`), while the API keeps serving; then prune to `backup.keep` backups."""
     started = time.perf_counter()
     where = layout(settings)
+    key = read_key(settings.integrity.backup_key, "integrity.backup_key")
     root = backup_root(settings, output)
     root.mkdir(parents=True, exist_ok=True)
     work = root / f".partial-{uuid.uuid4().hex}"
     work.mkdir()
     try:
-        parts = _copy_stores(settings, where, work)
-        manifest = write_manifest(work, parts, _source(settings, where))
+        parts, skipped = _copy_stores(settings, where, work)
+        for entry in skipped:
+            log.warning("not backed up: %s is a %s (never followed)", entry["path"], entry["what"])
+        manifest = write_manifest(work, parts, _source(settings, where), key, skipped)
         folder = _rename_numbered(work, root)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -172,11 +192,17 @@ def make_backup(settings: Settings, output: str | Path | None = None) -> BackupR
         time.perf_counter() - started,
         parts,
         pruned,
+        key is not None,
+        skipped,
     )
 
 
-def _copy_stores(settings: Settings, where: Layout, work: Path) -> dict[str, dict[str, Any]]:
+def _copy_stores(
+    settings: Settings, where: Layout, work: Path
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
+    """Every store into `work`: the parts, and what was skipped (symlinks, special files)."""
     parts: dict[str, dict[str, Any]] = {}
+    skipped: list[dict[str, str]] = []
     if where.database.startswith("sqlite:///"):
         database = _sqlite_path(where.database)
         if not database.is_file():
@@ -188,7 +214,7 @@ def _copy_stores(settings: Settings, where: Layout, work: Path) -> dict[str, dic
         parts["mlflow_store"] = {"kind": "postgresql", "path": "mlflow/mlflow.pgdump"}
     # after the database: every artifact it names is already written (MLflow logs files first)
     if where.artifact_root is not None:
-        artifacts.copy_local(where.artifact_root, work / "artifacts")
+        skipped += artifacts.copy_local(where.artifact_root, work / "artifacts", "artifacts")
         parts["artifacts"] = {
             "kind": "local",
             "path": "artifacts",
@@ -208,14 +234,15 @@ def _copy_stores(settings: Settings, where: Layout, work: Path) -> dict[str, dic
             "db": redis_snapshot.database_index(where.state_url),
             "prefix": settings.state.key_prefix,
         }
-    copied = snapshot_log(where.prediction_log, work / "prediction_log")
+    not_regular: list[Path] = []
+    copied = snapshot_log(where.prediction_log, work / "prediction_log", not_regular)
+    skipped += [
+        skipped_entry(f"prediction_log/{p.name}", "symlink or special file") for p in not_regular
+    ]
     parts["prediction_log"] = {"kind": "files", "path": "prediction_log", "files": len(copied)}
-    if where.reports.is_dir():
-        shutil.copytree(where.reports, work / "reports")
-    else:
-        (work / "reports").mkdir()
+    skipped += copy_tree(where.reports, work / "reports", "reports")
     parts["reports"] = {"kind": "files", "path": "reports"}
-    return parts
+    return parts, skipped
 
 
 def _rename_numbered(work: Path, root: Path) -> Path:
@@ -258,6 +285,7 @@ class RestoreResult:
     parts: list[str]
     seconds: float
     replaced: list[str]
+    signed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -265,6 +293,7 @@ class RestoreResult:
             "parts": self.parts,
             "seconds": round(self.seconds, 3),
             "replaced": self.replaced,
+            "signed": self.signed,
         }
 
 
@@ -273,22 +302,26 @@ def restore_backup(
     source: str | Path,
     force: bool = False,
     only: list[str] | None = None,
+    allow_unsigned: bool = False,
 ) -> RestoreResult:
     """Restore the backup at `source` into the stores the settings name. Refused (nothing
-    changed) when the backup is damaged, a target is in use, or not empty without `force`."""
+    changed) when the backup is not signed with `integrity.backup_key` (unless
+    `allow_unsigned`), escapes its folder or is damaged, a target is in use, or not empty
+    without `force`."""
     started = time.perf_counter()
     unknown = sorted(set(only or []) - set(PARTS))
     if unknown:
         raise ValueError(f"unknown parts {unknown}; known: {list(PARTS)}")
+    key = read_key(settings.integrity.backup_key, "integrity.backup_key")
     folder = resolve_input(Path(source))
-    read_manifest(folder)  # format version first: no checksum work on a foreign backup
-    manifest = verify(folder)
+    manifest = verify(folder, key, allow_unsigned)
     where = layout(settings)
     wanted = [p for p in PARTS if p in manifest["parts"] and (not only or p in only)]
     _check_kinds(manifest, where, wanted)
     _check_targets(settings, where, wanted, force)
     replaced = _restore_parts(settings, where, folder, manifest, wanted)
-    return RestoreResult(folder, wanted, time.perf_counter() - started, replaced)
+    signed = manifest["verified_signature"]
+    return RestoreResult(folder, wanted, time.perf_counter() - started, replaced, signed)
 
 
 def _check_kinds(manifest: dict[str, Any], where: Layout, wanted: list[str]) -> None:
@@ -389,7 +422,7 @@ def _restore_parts(
             target.parent.mkdir(parents=True, exist_ok=True)
             stage = target.parent / f".restore-{uuid.uuid4().hex}-{target.name}"
             staged[part] = stage
-            _stage(part, folder / parts[part]["path"], stage, parts, where)
+            _stage(part, folder, manifest, stage, where)
         replaced = _swap(staged, targets)
     finally:
         for stage in staged.values():
@@ -397,32 +430,56 @@ def _restore_parts(
                 shutil.rmtree(stage, ignore_errors=True)
             else:
                 stage.unlink(missing_ok=True)
-    if "mlflow_store" in wanted and not where.database.startswith("sqlite:///"):
-        clean = postgres.table_count(where.database) > 0
-        postgres.restore(where.database, folder / parts["mlflow_store"]["path"], clean)
-        replaced += ["mlflow_store"] if clean else []
-    if "artifacts" in wanted and where.artifact_root is None:
-        server_artifacts.upload_to_server(settings, folder / parts["artifacts"]["path"])
-    if "online_state" in wanted and where.state_url:
-        state = parts["online_state"]
-        prefix = settings.state.key_prefix
-        if redis_snapshot.key_count(where.state_url, prefix):
-            redis_snapshot.delete_keys(where.state_url, prefix)
-            replaced.append("online_state")
-        redis_snapshot.restore(where.state_url, folder / state["path"], state["db"], prefix)
+    # the database, server artifacts and Redis state are read by tools from a private copy
+    # of the part's listed files, checked as it is made
+    with tempfile.TemporaryDirectory(prefix="fraudflow-restore-") as private:
+        if "mlflow_store" in wanted and not where.database.startswith("sqlite:///"):
+            dump = _private_copy(folder, manifest, "mlflow_store", Path(private))
+            clean = postgres.table_count(where.database) > 0
+            postgres.restore(where.database, dump, clean)
+            replaced += ["mlflow_store"] if clean else []
+        if "artifacts" in wanted and where.artifact_root is None:
+            uploads = _private_copy(folder, manifest, "artifacts", Path(private))
+            uploads.mkdir(parents=True, exist_ok=True)
+            server_artifacts.upload_to_server(settings, uploads)
+        if "online_state" in wanted and where.state_url:
+            state = parts["online_state"]
+            rdb = _private_copy(folder, manifest, "online_state", Path(private))
+            prefix = settings.state.key_prefix
+            if redis_snapshot.key_count(where.state_url, prefix):
+                redis_snapshot.delete_keys(where.state_url, prefix)
+                replaced.append("online_state")
+            redis_snapshot.restore(where.state_url, rdb, state["db"], prefix)
     return replaced
 
 
-def _stage(part: str, source: Path, stage: Path, parts: dict[str, Any], where: Layout) -> None:
+def _copy_part(folder: Path, manifest: dict[str, Any], part: str, target: Path) -> None:
+    """The part's files as the manifest lists them (no other file, no link), checked as
+    they are copied: a file part becomes `target`, a folder part the folder `target`."""
+    root = manifest["parts"][part]["path"]
+    for entry in part_entries(manifest, part):
+        relative = entry["path"][len(root) + 1 :]
+        copy_listed(folder, entry, target / relative if relative else target)
+
+
+def _private_copy(folder: Path, manifest: dict[str, Any], part: str, private: Path) -> Path:
+    target = private / part
+    _copy_part(folder, manifest, part, target)
+    return target
+
+
+def _stage(part: str, folder: Path, manifest: dict[str, Any], stage: Path, where: Layout) -> None:
+    parts = manifest["parts"]
     if part in ("mlflow_store", "online_state"):
-        shutil.copyfile(source, stage)
+        _copy_part(folder, manifest, part, stage)
         check_integrity(stage)
         old_root = parts.get("artifacts", {}).get("root")
         if part == "mlflow_store" and old_root and where.artifact_root is not None:
             if old_root != str(where.artifact_root):
                 replace_text(stage, old_root, str(where.artifact_root))
     else:
-        shutil.copytree(source, stage)
+        stage.mkdir()
+        _copy_part(folder, manifest, part, stage)
         old_root = parts.get("artifacts", {}).get("root")
         if part == "artifacts" and old_root and old_root != str(where.artifact_root):
             artifacts.relocate_files(stage, old_root, str(where.artifact_root))
@@ -463,8 +520,14 @@ def _swap(staged: dict[str, Path], targets: dict[str, Path]) -> list[str]:
 
 
 def describe(result: BackupResult) -> str:
-    return (
+    lines = [
         f"backup {result.folder}: {result.files} files, {result.total_bytes / 1e6:.1f} MB "
-        f"in {result.seconds:.1f} s"
+        f"in {result.seconds:.1f} s, "
+        + ("signed" if result.signed else "UNSIGNED (no integrity.backup_key)")
         + (f"; deleted {len(result.pruned)} older backup(s)" if result.pruned else "")
-    )
+    ]
+    lines += [
+        f"  not backed up: {entry['path']} is a {entry['what']} (never followed)"
+        for entry in result.skipped
+    ]
+    return "\n".join(lines)

@@ -5,13 +5,17 @@ absolute gates and beats the version in service (the stage or the alias, as
 `mlflow.model_source` says: the same rule the API and the monitor follow) on the same recent
 labelled period. Aliases keep no history, so every decision is also recorded as a run in the
 promotion experiment (who, what, when, why, the metrics it was decided on) and as version tags.
+With `integrity.model_key`, a version is signed (its booster and meta, as stored) before it is
+placed in Production: an API holding the key serves no version promoted any other way.
 """
 
 from __future__ import annotations
 
 import getpass
+import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.evaluate import evaluate_scores, known_compromised
 from pipelines.features import build_features
+from pipelines.integrity import MODEL_SIGNATURE_TAG, read_key, sign_model
 from pipelines.mlflow import models, runs, store
 from pipelines.mlflow.registry import (
     PromotionError,
@@ -74,12 +79,32 @@ def set_stage(
 def apply_decision(
     client: MlflowClient, settings: Settings, decision: PromotionDecision, actor: str | None
 ) -> None:
-    """Carry the decision out in the registry, then record it."""
+    """Carry the decision out in the registry (a version going to Production signed first,
+    when a model key is configured), then record it."""
     name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
+    if decision.stage == "Production":
+        sign_version(client, settings, decision.version)
     holder = champion_version(client, name, alias)
     holds_alias = holder is not None and str(holder.version) == decision.version
     place(client, settings, decision.version, decision.stage, holds_alias)
     record_promotion(client, settings, decision, actor)
+
+
+def sign_version(client: MlflowClient, settings: Settings, version: str) -> str | None:
+    """Sign the version's booster and meta, as the registry stores them, with
+    `integrity.model_key` and tag the version with the signature; None (nothing done) when no
+    key is configured. A configured key that cannot be read raises before anything changes."""
+    key = read_key(settings.integrity.model_key, "integrity.model_key")
+    if key is None:
+        return None
+    name = settings.mlflow.model_name
+    with tempfile.TemporaryDirectory() as folder:
+        booster, meta = models.download_model_files(
+            settings, f"models:/{name}/{version}", Path(folder)
+        )
+        signature = sign_model(key, name, str(version), booster, meta)
+    tag_version(client, name, str(version), {MODEL_SIGNATURE_TAG: signature})
+    return signature
 
 
 def record_promotion(
