@@ -17,7 +17,7 @@ from pipelines.state.protocol import StateUnavailable
 from serving.auth import METRICS_ENDPOINT, ROUTE_SCOPES, bearer
 from serving.mlflow_payload import PayloadError, feature_matrix
 from serving.openapi import openapi_document
-from serving.schemas import LabelIn, TransactionIn
+from serving.schemas import MAX_JSON_DEPTH, LabelIn, TransactionIn, json_too_deep
 from serving.service import service
 
 api = Blueprint("api", __name__)
@@ -95,10 +95,23 @@ def _json_body() -> Any:
     raw = request.get_data(cache=False)
     if not raw:
         raise ApiError(400, "the request body is empty; send a JSON document")
+    depth = json_too_deep(raw)
+    if depth is not None:
+        raise ApiError(400, _too_deep(depth))
     try:
         return json.loads(raw)
+    except RecursionError:  # not reached past the depth check; kept so that it stays a 400
+        raise ApiError(400, _too_deep(None)) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+
+
+def _too_deep(depth: int | None) -> str:
+    levels = f"{depth:,} levels" if depth is not None else "too deep"
+    return (
+        f"the request body nests arrays and objects {levels}"
+        f"{'' if depth is None else ' deep'}; at most {MAX_JSON_DEPTH} are accepted"
+    )
 
 
 def _items(body: Any, limit: int) -> tuple[list[Any], bool]:
