@@ -97,21 +97,17 @@ def _json_body() -> Any:
         raise ApiError(400, "the request body is empty; send a JSON document")
     depth = json_too_deep(raw)
     if depth is not None:
-        raise ApiError(400, _too_deep(depth))
+        raise ApiError(
+            400,
+            f"the request body nests arrays and objects {depth:,} levels deep; at most "
+            f"{MAX_JSON_DEPTH} are accepted",
+        )
     try:
         return json.loads(raw)
-    except RecursionError:  # not reached past the depth check; kept so that it stays a 400
-        raise ApiError(400, _too_deep(None)) from None
+    except RecursionError:  # the depth check makes it unreachable; still a client's fault
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
-
-
-def _too_deep(depth: int | None) -> str:
-    levels = f"{depth:,} levels" if depth is not None else "too deep"
-    return (
-        f"the request body nests arrays and objects {levels}"
-        f"{'' if depth is None else ' deep'}; at most {MAX_JSON_DEPTH} are accepted"
-    )
 
 
 def _items(body: Any, limit: int) -> tuple[list[Any], bool]:
