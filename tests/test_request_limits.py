@@ -54,14 +54,18 @@ def test_a_deeply_nested_body_is_a_400_with_no_traceback(workdir, tmp_path, capl
     app = create_app(private_serving(make_settings(workdir), tmp_path), start_polling=False)
     client = app.test_client()
     caplog.set_level(logging.DEBUG)
+    spec = client.get("/openapi.json").json
     try:
         for route in ROUTES:
+            declared = spec["paths"][route]["post"]["responses"]["400"]
+            assert f"deeper than {MAX_JSON_DEPTH} levels" in declared["description"]
             for body, depth in ((DEEP, "100,000"), (nested(MAX_JSON_DEPTH + 1), "33")):
                 answer = client.post(route, data=body, content_type="application/json")
                 assert answer.status_code == 400, (route, answer.status_code)
                 message = answer.json["error"]
                 assert f"nests arrays and objects {depth} levels deep" in message, message
                 assert f"at most {MAX_JSON_DEPTH}" in message
+                assert set(answer.json) == {"error"}  # the declared Error body
             # as deep as allowed: parsed, and refused for its shape (422), not its depth
             at_limit = client.post(
                 route, data=nested(MAX_JSON_DEPTH), content_type="application/json"
