@@ -6,6 +6,7 @@ MLFLOW_TRACKING_URI wins over mlflow.tracking_uri. Nothing here runs at import t
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -30,6 +31,79 @@ ENV_PREFIX = "FRAUDFLOW__"
 CONFIG_ENV = "FRAUDFLOW_CONFIG"
 RAW_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
 LABEL_COLUMN = "tx_fraud"
+
+
+# The LightGBM parameters a configuration, a retraining search or a champion's logged
+# configuration may set: how the trees are learnt, nothing else. What LightGBM would also take
+# (files to write or read, `machines` and ports to connect to, a task, a device, a metric that
+# early stopping would follow) is refused by name.
+LIGHTGBM_PARAMETERS = frozenset(
+    {
+        "objective",
+        "boosting",
+        "learning_rate",
+        "num_leaves",
+        "max_depth",
+        "min_data_in_leaf",
+        "min_child_samples",
+        "min_sum_hessian_in_leaf",
+        "min_child_weight",
+        "bagging_fraction",
+        "subsample",
+        "bagging_freq",
+        "subsample_freq",
+        "bagging_seed",
+        "feature_fraction",
+        "colsample_bytree",
+        "feature_fraction_bynode",
+        "feature_fraction_seed",
+        "extra_trees",
+        "extra_seed",
+        "lambda_l1",
+        "reg_alpha",
+        "lambda_l2",
+        "reg_lambda",
+        "min_gain_to_split",
+        "min_split_gain",
+        "max_delta_step",
+        "path_smooth",
+        "max_bin",
+        "min_data_in_bin",
+        "drop_rate",
+        "max_drop",
+        "skip_drop",
+        "drop_seed",
+        "num_threads",
+        "seed",
+        "deterministic",
+        "force_row_wise",
+        "force_col_wise",
+        "verbosity",
+    }
+)
+# the parameters that take a word, and the words they may take (fraudflow scores binary models)
+LIGHTGBM_CHOICES = {"objective": ("binary",), "boosting": ("gbdt", "dart")}
+
+
+def check_lightgbm_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` if every name is in LIGHTGBM_PARAMETERS and every value a finite number, a
+    boolean or one of its LIGHTGBM_CHOICES; else ValueError naming the first offender."""
+    unknown = sorted(str(name) for name in params if name not in LIGHTGBM_PARAMETERS)
+    if unknown:
+        raise ValueError(
+            f"unknown LightGBM parameter {unknown[0]!r}"
+            + (f" (and {unknown[1:]})" if unknown[1:] else "")
+            + f"; allowed: {', '.join(sorted(LIGHTGBM_PARAMETERS))}"
+        )
+    for name, value in params.items():
+        if name in LIGHTGBM_CHOICES:
+            if value not in LIGHTGBM_CHOICES[name]:
+                raise ValueError(
+                    f"LightGBM parameter {name!r} must be one of {list(LIGHTGBM_CHOICES[name])}"
+                )
+        elif not isinstance(value, (bool, int, float)) or not math.isfinite(value):
+            raise ValueError(f"LightGBM parameter {name!r} must be a finite number or a boolean")
+    return dict(params)
 
 
 class SettingsError(ValueError):
@@ -137,6 +211,11 @@ class TrainingSettings(_Frozen):
     threshold: ThresholdSettings
     card_precision_k: int = Field(gt=0)
     reference_sample_rows: int = Field(ge=0)
+
+    @field_validator("lightgbm")
+    @classmethod
+    def _allowed_lightgbm(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_lightgbm_parameters(value)
 
     @model_validator(mode="after")
     def _one_anchor(self) -> "TrainingSettings":
@@ -316,6 +395,11 @@ class RetrainingSettings(_Frozen):
     auto_promote: bool
     # LightGBM parameter overlays tried as nested runs; the best on validation is registered
     search: tuple[dict[str, Any], ...] = ()
+
+    @field_validator("search")
+    @classmethod
+    def _allowed_lightgbm(cls, value: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        return tuple(check_lightgbm_parameters(overlay) for overlay in value)
 
 
 class BackupSettings(_Frozen):

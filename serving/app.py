@@ -32,8 +32,8 @@ def create_app(
 
     Settings default to conf/default.yaml + $FRAUDFLOW_CONFIG + the environment. `listen`:
     the addresses the server binds (default: what gunicorn's master bound, else
-    serving.host:port); without tokens, an address other hosts can reach is refused
-    (AuthConfigError) unless serving.allow_anonymous is set.
+    serving.host:port); without API tokens or without the metrics token, an address other
+    hosts can reach is refused (AuthConfigError) unless serving.allow_anonymous is set.
     """
     settings = settings or load_settings(os.environ.get(CONFIG_ENV) or None)
     credentials = load_credentials(settings.serving)

@@ -62,6 +62,8 @@ class Credentials:
         return found
 
     def metrics_allowed(self, presented: str | None) -> bool:
+        """Whether /metrics answers: always without a metrics token, which only a loopback
+        bind or serving.allow_anonymous permits (require_tokens_when_exposed)."""
         if self.metrics is None:
             return True
         return presented is not None and hmac.compare_digest(_digest(presented), self.metrics)
@@ -169,16 +171,26 @@ def require_tokens_when_exposed(
     credentials: Credentials, addresses: Iterable[str], allow_anonymous: bool
 ) -> None:
     """Refuse to serve anyone who asks on an address other hosts can reach, unless the
-    configuration says so explicitly."""
-    if not credentials.anonymous or allow_anonymous:
+    configuration says so explicitly: without API tokens, or without the metrics token (what
+    /metrics tells, the model's version, traffic, decisions and the monitor's verdict, is
+    not for anyone either). On loopback, or with serving.allow_anonymous, both stay open."""
+    if allow_anonymous:
         return
     exposed = [a for a in addresses if not is_loopback(a)]
-    if exposed:
+    if not exposed:
+        return
+    where = f"on {', '.join(exposed)}, an address other hosts can reach"
+    if credentials.anonymous:
         raise AuthConfigError(
-            f"refusing to serve the API without tokens on {', '.join(exposed)}, an address "
-            "other hosts can reach: configure serving.tokens or serving.tokens_file "
-            "(README, Security), bind to 127.0.0.1, or set serving.allow_anonymous: true to "
-            "let anyone score and post labels"
+            f"refusing to serve the API without tokens {where}: configure serving.tokens or "
+            "serving.tokens_file (README, Security), bind to 127.0.0.1, or set "
+            "serving.allow_anonymous: true to let anyone score and post labels"
+        )
+    if credentials.metrics is None:
+        raise AuthConfigError(
+            f"refusing to serve /metrics without serving.metrics_token {where}: configure "
+            "serving.metrics_token (README, Security), bind to 127.0.0.1, or set "
+            "serving.allow_anonymous: true to let anyone read the metrics"
         )
 
 

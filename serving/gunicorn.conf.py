@@ -39,9 +39,9 @@ loglevel = "info"
 
 
 def on_starting(server):
-    """Before anything listens: an API without tokens on an address other hosts can reach is
-    refused (the master exits with 1 and says why), and the workers are told the addresses
-    bound, which they check again when they build their app.
+    """Before anything listens: an API without tokens (or without its metrics token) on an
+    address other hosts can reach is refused (the master exits with 1 and says why), and the
+    workers are told the addresses bound, which they check again when they build their app.
 
     A fresh multiprocess directory: files of earlier runs would be summed in. The embedded
     SQLite store is created here, once: workers creating it together race on its schema.

@@ -7,7 +7,7 @@ from typing import Any
 from pipelines.features import feature_names
 from pipelines.settings import Settings
 from serving.auth import LABEL, SCORE, Credentials
-from serving.schemas import LARGEST_NUMBER, LabelIn, TransactionIn
+from serving.schemas import LARGEST_NUMBER, MAX_JSON_DEPTH, LabelIn, TransactionIn
 
 NUMBER = {"type": "number"}
 STRING = {"type": "string"}
@@ -61,7 +61,7 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
-        400: "body is not JSON",
+        400: f"body is not JSON, or nests arrays and objects deeper than {MAX_JSON_DEPTH} levels",
         401: "missing or invalid bearer token",
         403: "the token lacks the scope this route needs",
         413: "more items than serving.max_batch, or a body over serving.max_body_bytes",

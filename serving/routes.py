@@ -17,7 +17,7 @@ from pipelines.state.protocol import StateUnavailable
 from serving.auth import METRICS_ENDPOINT, ROUTE_SCOPES, bearer
 from serving.mlflow_payload import PayloadError, feature_matrix
 from serving.openapi import openapi_document
-from serving.schemas import LabelIn, TransactionIn
+from serving.schemas import MAX_JSON_DEPTH, LabelIn, TransactionIn, json_too_deep
 from serving.service import service
 
 api = Blueprint("api", __name__)
@@ -95,8 +95,17 @@ def _json_body() -> Any:
     raw = request.get_data(cache=False)
     if not raw:
         raise ApiError(400, "the request body is empty; send a JSON document")
+    depth = json_too_deep(raw)
+    if depth is not None:
+        raise ApiError(
+            400,
+            f"the request body nests arrays and objects {depth:,} levels deep; at most "
+            f"{MAX_JSON_DEPTH} are accepted",
+        )
     try:
         return json.loads(raw)
+    except RecursionError:  # the depth check makes it unreachable; still a client's fault
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
 

@@ -9,15 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fraudflow.cli import main
 from pipelines.features import build_features, feature_names
 from pipelines.mlflow import models
 from pipelines.mlflow import store as mlflow_store
 from pipelines.mlflow.models import REFERENCE_ARTIFACT
 from pipelines.mlflow.promotion import promote_if_better, promotion_history, set_stage
+from pipelines.mlflow.runs import TRAINING_CONFIG_ARTIFACT
+from pipelines.settings import SettingsError, check_lightgbm_parameters
 from pipelines.training.record import log_training_run
 from pipelines.training.retrain import champion_configuration
 from pipelines.training.train import train_model
-from tests.helpers import make_settings
+from tests.helpers import make_settings, write_config
 
 NAME = "fraud-detector"
 
@@ -237,3 +240,52 @@ def test_retraining_takes_over_the_configuration_the_champion_was_trained_with(
     assert taken.training.threshold == trained_with.training.threshold
     assert taken.training.threshold.rule == "max_f1" != today.training.threshold.rule
     assert taken.training.train_days == 21
+
+
+def test_retraining_refuses_a_champion_whose_logged_lightgbm_parameters_are_not_allowed(
+    tmp_path, small_data_dir, small_transactions, capsys
+) -> None:
+    """A registry writer edits the champion run's logged configuration to make LightGBM
+    connect to a machine: retraining refuses it, naming the run and the key, before any run
+    or version is made and before LightGBM sees it."""
+    settings = make_settings(tmp_path, training={"max_rounds": 1, "lightgbm": {"num_leaves": 2}})
+    run_id, version = train_and_log(small_transactions, settings)
+    set_stage(settings, version, "Production", "the champion")
+    client = mlflow_store.client(settings)
+    logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAINING_CONFIG_ARTIFACT}")
+    logged["lightgbm"] = {**logged["lightgbm"], "machines": "10.9.9.9:12400"}
+    client.log_dict(run_id, logged, TRAINING_CONFIG_ARTIFACT)
+    runs_before = len(client.search_runs([client.get_run(run_id).info.experiment_id]))
+
+    with pytest.raises(SettingsError, match="unknown LightGBM parameter 'machines'") as refused:
+        champion_configuration(settings)
+    assert run_id in str(refused.value) and "training.lightgbm" in str(refused.value)
+
+    config = write_config(tmp_path / "config.yaml", settings)
+    assert main(["retrain", "--config", str(config), "--data", str(small_data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown LightGBM parameter 'machines'" in err and run_id in err
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == runs_before
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == [version]
+
+
+def test_a_configuration_with_an_unknown_lightgbm_parameter_is_refused(tmp_path) -> None:
+    """The allowlist guards configuration files and retraining searches the same way."""
+    for sections, where in (
+        ({"training": {"lightgbm": {"num_leaves": 7, "machines": "a:1"}}}, "training.lightgbm"),
+        ({"retraining": {"search": [{"output_model": "/tmp/m.txt"}]}}, "retraining.search"),
+    ):
+        unknown = "machines" if "training" in sections else "output_model"
+        with pytest.raises(SettingsError, match=f"unknown LightGBM parameter '{unknown}'") as bad:
+            make_settings(tmp_path, **sections)
+        assert where in str(bad.value)
+    for params, message in (
+        ({"objective": "multiclass"}, "'objective' must be one of"),
+        ({"num_leaves": "31"}, "'num_leaves' must be a finite number"),
+        ({"learning_rate": float("nan")}, "'learning_rate' must be a finite number"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            make_settings(tmp_path, training={"lightgbm": params})
+    with pytest.raises(ValueError, match="unknown LightGBM parameter 'machine_list_filename'"):
+        check_lightgbm_parameters({"machine_list_filename": "/etc/hosts"})
+    assert make_settings(tmp_path).training.lightgbm["num_leaves"] == 15

@@ -41,6 +41,9 @@ PASSWORD = "multihost-secret"
 # the hosts listen on addresses other hosts reach, so the API insists on tokens (fail closed)
 TOKEN = "multihost-client-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# /metrics on an exposed address needs its own token too
+METRICS_TOKEN = "multihost-metrics-token"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 @dataclass
@@ -132,7 +135,7 @@ def serve(host: Host, config: Path, version: str) -> Iterator[Host]:
     host.url = f"http://{host.address}:{API_PORT}"
     try:
         wait_for(f"{host.url}/health", process=host.process)
-        wait_every_worker(host.url, WORKERS, version, process=host.process)
+        wait_every_worker(host.url, WORKERS, version, process=host.process, headers=SCRAPER)
         yield host
     finally:
         kill_group(host.process)
@@ -175,6 +178,7 @@ def world(tmp_path_factory, small_transactions) -> Iterator[World]:
                             "sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
                         }
                     ],
+                    "metrics_token": {"sha256": hashlib.sha256(METRICS_TOKEN.encode()).hexdigest()},
                     "metrics_dir": str(work / "prom"),
                 },
                 state={
@@ -265,7 +269,7 @@ def test_a_promotion_is_picked_up_by_both_hosts(world) -> None:
     _, v2 = world.versions
     set_stage(world.settings, v2, "Production", "second")
     for host in world.hosts:
-        wait_every_worker(host.url, WORKERS, v2, process=host.process)
+        wait_every_worker(host.url, WORKERS, v2, process=host.process, headers=SCRAPER)
         assert requests.get(f"{host.url}/model", timeout=10).json()["version"] == v2
 
 

@@ -196,6 +196,37 @@ def test_without_tokens_an_exposed_address_is_refused_at_app_creation(workdir, t
     ].holder.stop()
 
 
+def test_without_a_metrics_token_an_exposed_address_is_refused_at_app_creation(
+    workdir, tmp_path
+) -> None:
+    """/metrics fails closed as the API tokens do: on an address other hosts can reach, no
+    metrics token and no allow_anonymous is refused at start-up, naming serving.metrics_token."""
+    settings = make_settings(workdir, serving=secured_serving(tmp_path, metrics_token=None))
+    for exposed in (["0.0.0.0:8080"], ["127.0.0.1:8080", "10.1.2.3:8080"], ["[::]:80"]):
+        with pytest.raises(AuthConfigError, match="without serving.metrics_token") as refused:
+            create_app(settings, start_polling=False, listen=exposed)
+        assert exposed[-1] in str(refused.value) and "/metrics" in str(refused.value)
+    # loopback, or allow_anonymous set explicitly: /metrics is served to anyone
+    for listen, allow in ((["127.0.0.1:8080", "[::1]:8080"], False), (["0.0.0.0:8080"], True)):
+        serving = secured_serving(tmp_path, metrics_token=None, allow_anonymous=allow)
+        app = create_app(
+            make_settings(workdir, serving=serving), start_polling=False, listen=listen
+        )
+        assert app.test_client().get("/metrics").status_code == 200
+        app.extensions["fraudflow"].holder.stop()
+    # with a metrics token, an exposed address serves /metrics to that token only
+    app = create_app(
+        make_settings(workdir, serving=secured_serving(tmp_path)),
+        start_polling=False,
+        listen=["0.0.0.0:8080"],
+    )
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=bearer(SCORER)).status_code == 401
+    assert client.get("/metrics", headers=bearer(METRICS)).status_code == 200
+    app.extensions["fraudflow"].holder.stop()
+
+
 def test_loopback_is_told_from_exposed_addresses() -> None:
     local = ["127.0.0.1:8080", "127.0.0.2", "[::1]:80", "::1", "localhost:8080", "unix:/run/a"]
     exposed = ["0.0.0.0:8080", ":8080", "[::]:80", "10.0.0.5:80", "api.example:80", "fd://3"]
@@ -342,6 +373,26 @@ def test_gunicorn_refuses_to_start_on_an_exposed_address_without_tokens(tmp_path
         config, log, version=None, workers=1, host="0.0.0.0", metrics_headers=bearer(METRICS)
     ) as url:
         assert requests.post(f"{url}/feedback", json=LABEL, timeout=30).status_code == 200
+
+
+@pytest.mark.integration
+def test_gunicorn_refuses_an_exposed_address_without_a_metrics_token(tmp_path) -> None:
+    hashed = [{"name": "checkout", "scopes": ["score"], "sha256": sha256(SCORER)}]
+    serving = secured_serving(tmp_path, tokens=hashed, metrics_token=None)
+    config = write_config(
+        tmp_path / "serve.yaml", make_settings(tmp_path / "work", serving=serving)
+    )
+    done = subprocess.run(
+        [str(BIN / "fraudflow"), "serve", "--config", str(config)]
+        + ["--bind", f"0.0.0.0:{free_port()}"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "refusing to serve /metrics without serving.metrics_token on 0.0.0.0" in done.stderr
+    assert "Booting worker" not in done.stderr and "Listening at" not in done.stderr
 
 
 @pytest.mark.integration

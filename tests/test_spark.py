@@ -6,8 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +23,7 @@ from pipelines.batch.spark.score import score_with_spark  # noqa: E402
 from pipelines.batch.spark.session import spark_session  # noqa: E402
 from pipelines.data import DataValidationError, load_transactions  # noqa: E402
 from pipelines.features import DAY_MS, build_features  # noqa: E402
+from pipelines.mlflow.store import use_store  # noqa: E402
 from pipelines.training.simulate import write_daily_parquet  # noqa: E402
 from tests.helpers import make_settings, train_and_register, write_config  # noqa: E402
 from tests.servers import clean_env, free_port  # noqa: E402
@@ -28,6 +31,7 @@ from tests.servers import clean_env, free_port  # noqa: E402
 pytestmark = pytest.mark.spark
 
 REPO = Path(__file__).resolve().parents[1]
+PRODUCTION = "models:/fraud-detector/Production"
 MONTH_DAYS = 31
 MAPPED = {
     "transaction_id": "TX_ID",
@@ -271,3 +275,54 @@ def test_csv_output_and_local_master_are_refused(failing_run, capsys) -> None:
     args = ["score", "--config", str(config), "--data", str(data), "--output", str(output)]
     assert main(args + ["--master", "local[2]"]) == 2
     assert "--master is for --engine spark" in capsys.readouterr().err
+
+
+PYFUNC_LOADED = "the logged pyfunc was loaded"
+
+
+@contextmanager
+def exploding_pyfunc(settings) -> Iterator[list[Path]]:
+    """Every logged model's pyfunc code in the artifact store replaced, for the block, by code
+    that raises as soon as anything loads it; yields the replaced files."""
+    originals = {
+        code: code.read_bytes()
+        for mlmodel in Path(settings.workdir).rglob("MLmodel")
+        for code in mlmodel.parent.glob("*.py")
+    }
+    try:
+        for code in originals:
+            code.write_text(f"raise RuntimeError({PYFUNC_LOADED!r})\n")
+        yield list(originals)
+    finally:
+        for code, content in originals.items():
+            code.write_bytes(content)
+
+
+def test_the_spark_engine_scores_from_the_booster_and_never_loads_the_pyfunc(
+    spark, world, tmp_path: Path
+) -> None:
+    """With the logged pyfunc's code made to raise when loaded (MLflow's loader now fails),
+    the Spark engine still scores what the local engine scores: it builds the checked booster
+    from its text on the executors and runs nothing logged with the model."""
+    settings, folder = world
+    data = tmp_path / "data"
+    data.mkdir()
+    for day in sorted(folder.glob("20*.parquet"))[-3:]:
+        (data / day.name).write_bytes(day.read_bytes())
+    config = write_config(tmp_path / "config.yaml", settings)
+    local = tmp_path / "local.parquet"
+    assert (
+        main(["score", "--config", str(config), "--data", str(data), "--output", str(local)]) == 0
+    )
+    with exploding_pyfunc(settings) as replaced:
+        assert replaced
+        use_store(settings)
+        with pytest.raises(Exception) as loading:
+            mlflow.pyfunc.load_model(PRODUCTION)
+        assert PYFUNC_LOADED in repr(loading.value) + repr(loading.value.__cause__)
+        result = score_with_spark(spark, settings, data, tmp_path / "spark", PRODUCTION)
+    expected = pd.read_parquet(local).set_index("transaction_id")["fraud_probability"]
+    assert result.rows == len(expected)
+    scores = pd.read_parquet(result.output).set_index("transaction_id")["fraud_probability"]
+    got = scores.loc[expected.index]
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-9, atol=1e-12)

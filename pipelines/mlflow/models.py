@@ -2,7 +2,8 @@
 artifacts, the pyfunc as code), and what is read back from a logged model or its run, as data.
 
 Nothing that comes from the registry is executed or unpickled here: `load_scorer` downloads
-the booster and the metadata and `FraudScorer.load` checks them.
+the booster and the metadata and `FraudScorer.load` checks them. fraudflow's jobs load models
+only that way (the Spark engine too); the pyfunc is for MLflow's own tools.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import shutil
 import tempfile
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
@@ -24,9 +24,6 @@ from pipelines.mlflow.registry import get_version
 from pipelines.mlflow.store import use_store
 from pipelines.model import ARTIFACTS_FOLDER, BOOSTER_FILE, META_FILE, FraudScorer
 from pipelines.settings import Settings
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
 
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 MODEL_DEPENDENCIES = ("mlflow", "lightgbm", "pandas", "numpy")
@@ -120,10 +117,3 @@ def load_reference(settings: Settings, run_id: str) -> pd.DataFrame:
             run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=folder
         )
         return pd.read_parquet(Path(path))
-
-
-def spark_scoring_udf(settings: Settings, spark: SparkSession, model_uri: str) -> Any:
-    """A Spark UDF scoring a struct of the model's features with the logged model's pyfunc on
-    the executors (MLflow's `spark_udf`, in the current environment)."""
-    use_store(settings)
-    return mlflow.pyfunc.spark_udf(spark, model_uri, result_type="double", env_manager="local")

@@ -14,11 +14,12 @@ import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from pydantic import ValidationError
 
 from pipelines.mlflow.models import log_model, log_reference
 from pipelines.mlflow.store import client, experiment, finite, use_store
 from pipelines.model import FraudScorer
-from pipelines.settings import Settings, TrainingSettings
+from pipelines.settings import Settings, SettingsError, TrainingSettings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -89,15 +90,30 @@ def version_test_metrics(version: ModelVersion) -> dict[str, float]:
 
 def training_configuration(settings: Settings, run_id: str) -> TrainingSettings | None:
     """`settings.training` with the model configuration a training run logged (LightGBM
-    parameters, weighting, rounds, threshold rule); None for a run that logged none."""
+    parameters, weighting, rounds, threshold rule); None for a run that logged none.
+
+    The logged configuration is checked as a configuration file is: a LightGBM parameter
+    outside the allowlist (`pipelines.settings.LIGHTGBM_PARAMETERS`), or anything else out of
+    shape, is a SettingsError naming the run and the key; nothing of it reaches LightGBM."""
     use_store(settings)
     try:
         logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAINING_CONFIG_ARTIFACT}")
     except (MlflowException, OSError) as exc:
         log.warning("run %s logged no training configuration: %s", run_id, exc)
         return None
+    if not isinstance(logged, dict):
+        raise SettingsError(f"run {run_id}: {TRAINING_CONFIG_ARTIFACT} is not a JSON object")
     update = {k: logged[k] for k in MODEL_CONFIGURATION if k in logged}
-    return TrainingSettings.model_validate({**settings.training.model_dump(), **update})
+    try:
+        return TrainingSettings.model_validate({**settings.training.model_dump(), **update})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"training.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(
+            f"run {run_id} logged a training configuration that is refused "
+            f"({TRAINING_CONFIG_ARTIFACT}): {problems}"
+        ) from None
 
 
 def log_backtest(

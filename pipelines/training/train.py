@@ -11,7 +11,12 @@ import pandas as pd
 from pipelines.evaluate import choose_threshold, evaluate_scores, known_compromised
 from pipelines.features import build_features, feature_names
 from pipelines.model import FraudScorer
-from pipelines.settings import FeatureSettings, Settings, TrainingSettings
+from pipelines.settings import (
+    FeatureSettings,
+    Settings,
+    TrainingSettings,
+    check_lightgbm_parameters,
+)
 from pipelines.split import Period, TrainingWindows, day_after_last, layout_windows
 
 
@@ -63,8 +68,10 @@ def positive_weight(labels: np.ndarray, power: float) -> float:
 
 
 def lightgbm_params(settings: TrainingSettings) -> dict[str, object]:
+    """What `lgb.train` gets: fraudflow's fixed parameters and the allowed configured ones
+    (checked again here, the one place parameters reach LightGBM)."""
     params = {"objective": "binary", "metric": "average_precision", "verbosity": -1}
-    params.update(settings.lightgbm)
+    params.update(check_lightgbm_parameters(settings.lightgbm))
     return params
 
 

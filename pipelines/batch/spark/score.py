@@ -1,5 +1,11 @@
 """`fraudflow score --engine spark`: read, compute features, score with the registered model's
-pyfunc on the executors (`mlflow.pyfunc.spark_udf`), write Parquet partitioned by day.
+booster on the executors, write Parquet partitioned by day.
+
+The driver downloads the booster and its metadata and checks them (`load_scorer`, as every
+other job does); the executors receive the checked booster as text in a broadcast variable and
+build it with `lightgbm.Booster(model_str=...)`, once per partition. Nothing logged with the
+model runs anywhere: the pyfunc is never loaded (MLflow's `spark_udf` would run its code), and
+the executors need lightgbm, numpy and pandas, not fraudflow or MLflow.
 
 The output appears whole or not at all: Spark writes into a hidden temporary folder beside the
 output, which is renamed into place only after the job succeeded (an older output of the same
@@ -13,17 +19,22 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.batch.spark.features import col, spark_features
 from pipelines.batch.spark.read import read_transactions
 from pipelines.batch.spark.session import spark_errors
 from pipelines.features import feature_names
-from pipelines.mlflow.models import load_scorer, spark_scoring_udf
+from pipelines.mlflow.models import load_scorer
+from pipelines.model import FraudScorer
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,13 +78,28 @@ def scored_frame(
     if not has_label:
         log.warning("no labels in the input: terminal risk features count no known fraud")
     features = spark_features(transactions, settings.features)
-    predict = spark_scoring_udf(settings, spark, model_uri)
-    inputs = F.struct(*[col(name).alias(name) for name in scorer.features])
     return features.select(
         "transaction_id",
-        predict(inputs).alias("fraud_probability"),
+        booster_scores(spark, scorer).alias("fraud_probability"),
         F.date_format("tx_datetime", "yyyy-MM-dd").alias(DAY_COLUMN),
     )
+
+
+def booster_scores(spark: SparkSession, scorer: FraudScorer) -> Column:
+    """The fraud probability of each row, computed on the executors from the checked booster's
+    text (a broadcast variable) over the model's feature columns, in its feature order."""
+    model = spark.sparkContext.broadcast(scorer.booster.model_to_string())
+    names = list(scorer.features)
+
+    # a local function: cloudpickle sends it by value, so executors need no fraudflow package
+    @F.pandas_udf("double")
+    def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+        booster = lgb.Booster(model_str=model.value)
+        for frame in batches:
+            matrix = frame.loc[:, names].to_numpy(dtype=np.float64)
+            yield pd.Series(booster.predict(matrix, num_threads=1), index=frame.index)
+
+    return predict(F.struct(*[col(name).alias(name) for name in names]))
 
 
 def score_with_spark(
