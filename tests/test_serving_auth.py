@@ -201,22 +201,20 @@ def test_without_a_metrics_token_an_exposed_address_is_refused_at_app_creation(
 ) -> None:
     """/metrics fails closed as the API tokens do: on an address other hosts can reach, no
     metrics token and no allow_anonymous is refused at start-up, naming serving.metrics_token."""
-    settings = make_settings(workdir, serving=secured_serving(tmp_path, metrics_token=None))
+    settings = make_settings(workdir, **secured_sections(tmp_path, metrics_token=None))
     for exposed in (["0.0.0.0:8080"], ["127.0.0.1:8080", "10.1.2.3:8080"], ["[::]:80"]):
         with pytest.raises(AuthConfigError, match="without serving.metrics_token") as refused:
             create_app(settings, start_polling=False, listen=exposed)
         assert exposed[-1] in str(refused.value) and "/metrics" in str(refused.value)
     # loopback, or allow_anonymous set explicitly: /metrics is served to anyone
     for listen, allow in ((["127.0.0.1:8080", "[::1]:8080"], False), (["0.0.0.0:8080"], True)):
-        serving = secured_serving(tmp_path, metrics_token=None, allow_anonymous=allow)
-        app = create_app(
-            make_settings(workdir, serving=serving), start_polling=False, listen=listen
-        )
+        sections = secured_sections(tmp_path, metrics_token=None, allow_anonymous=allow)
+        app = create_app(make_settings(workdir, **sections), start_polling=False, listen=listen)
         assert app.test_client().get("/metrics").status_code == 200
         app.extensions["fraudflow"].holder.stop()
     # with a metrics token, an exposed address serves /metrics to that token only
     app = create_app(
-        make_settings(workdir, serving=secured_serving(tmp_path)),
+        make_settings(workdir, **secured_sections(tmp_path)),
         start_polling=False,
         listen=["0.0.0.0:8080"],
     )
@@ -378,10 +376,8 @@ def test_gunicorn_refuses_to_start_on_an_exposed_address_without_tokens(tmp_path
 @pytest.mark.integration
 def test_gunicorn_refuses_an_exposed_address_without_a_metrics_token(tmp_path) -> None:
     hashed = [{"name": "checkout", "scopes": ["score"], "sha256": sha256(SCORER)}]
-    serving = secured_serving(tmp_path, tokens=hashed, metrics_token=None)
-    config = write_config(
-        tmp_path / "serve.yaml", make_settings(tmp_path / "work", serving=serving)
-    )
+    sections = secured_sections(tmp_path, tokens=hashed, metrics_token=None)
+    config = write_config(tmp_path / "serve.yaml", make_settings(tmp_path / "work", **sections))
     done = subprocess.run(
         [str(BIN / "fraudflow"), "serve", "--config", str(config)]
         + ["--bind", f"0.0.0.0:{free_port()}"],
