@@ -24,7 +24,7 @@ import requests
 from benchmarks import mlserver
 from benchmarks.env import BIN, ROOT, clean_env
 from benchmarks.world import World
-from tests.servers import wait_every_worker
+from tests.support.servers import wait_every_worker
 
 GUNICORN_CONF = ROOT / "serving" / "gunicorn.conf.py"
 JSON = {"Content-Type": "application/json"}

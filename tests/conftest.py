@@ -1,5 +1,5 @@
 """Shared fixtures: small simulated data and settings pointing at a temporary MLflow store
-(the plain helpers they use are in tests/helpers.py)."""
+(what they run on is in tests/support)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 
 from pipelines.data import load_transactions
 from pipelines.training.simulate import simulate_transactions, write_daily_parquet
-from tests.helpers import make_settings
-from tests.redis_servers import RedisServer, redis_server
+from tests.support.redis import RedisServer, redis_server
+from tests.support.settings import make_settings
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,12 @@ from pipelines.mlflow import store
 from pipelines.mlflow.promotion import promotion_history, set_stage
 from pipelines.settings import Settings
 from pipelines.state.factory import open_state, received_labels
-from tests.helpers import make_settings, train_and_register, write_config
-from tests.servers import clean_env, gunicorn_api
-from tests.stack_servers import ROOT, compose_mlflow_server, new_password, postgres_server
+from tests.support import REPO as ROOT
+from tests.support.models import train_and_register
+from tests.support.processes import clean_env
+from tests.support.servers import gunicorn_api
+from tests.support.settings import make_settings, write_config
+from tests.support.stack import compose_mlflow_server, new_password, postgres_server
 
 pytestmark = pytest.mark.backup
 NAME = "fraud-detector"

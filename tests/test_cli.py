@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from fraudflow.cli import main
 from pipelines.mlflow import store
 from pipelines.settings import LABEL_COLUMN, RAW_COLUMNS
-from tests.helpers import make_settings, write_config
+from tests.support.settings import make_settings, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 UPPER = {c: c.upper() for c in (*RAW_COLUMNS, LABEL_COLUMN)}

@@ -1,6 +1,6 @@
 """The image, built from the repository's Dockerfile and run for real (marker `container`).
 
-The engine and the local base image come from tests/docker_engine.py (installed and started
+The engine and the local base image come from tests/support/docker_engine.py (installed and started
 when absent, stopped at the end). One image build and one demo store per run: the store is
 made by the image's own job entry points (simulate, train, promote) on a host folder mounted
 at /data, owned by the image's user 10001, and the API container serves it as that user on a
@@ -24,10 +24,12 @@ import pytest
 import requests
 
 from pipelines.model import ARTIFACTS_FOLDER, BOOSTER_FILE
-from tests.docker_engine import REPO, Engine, EngineError, ensure_base_image, ensure_engine
-from tests.helpers import make_settings, write_config
-from tests.servers import free_port, poll_until, wait_every_worker
-from tests.stack_servers import compose_service, postgres_server
+from tests.support import REPO
+from tests.support.docker_engine import Engine, EngineError, ensure_base_image, ensure_engine
+from tests.support.processes import free_port, poll_until
+from tests.support.servers import wait_every_worker
+from tests.support.settings import make_settings, write_config
+from tests.support.stack import compose_service, postgres_server
 
 pytestmark = pytest.mark.container
 

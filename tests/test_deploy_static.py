@@ -22,15 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from check_model_gates import check as check_gates  # noqa: E402
 
-from tests.servers import BIN  # noqa: E402
-from tests.stack_servers import (  # noqa: E402
-    DASHBOARD,
-    ROOT,
-    RULES,
-    alert_rules,
-    dashboard_expressions,
-    system_tool,
-)
+from tests.support import REPO as ROOT  # noqa: E402
+from tests.support.processes import BIN, system_tool  # noqa: E402
+from tests.support.stack import DASHBOARD, RULES, alert_rules, dashboard_expressions  # noqa: E402
 
 pytestmark = pytest.mark.deploy
 

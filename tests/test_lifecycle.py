@@ -17,7 +17,7 @@ from pipelines.mlflow.promotion import promote_if_better, promotion_history, set
 from pipelines.training.record import log_training_run
 from pipelines.training.retrain import champion_configuration
 from pipelines.training.train import train_model
-from tests.helpers import make_settings
+from tests.support.settings import make_settings
 
 NAME = "fraud-detector"
 

@@ -29,9 +29,11 @@ from pipelines.log.reader import read_predictions
 from pipelines.log.record import log_folder
 from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import Settings
-from tests.helpers import make_settings, register, write_config
-from tests.redis_servers import RedisServer, redis_server
-from tests.servers import BIN, clean_env, kill_group, poll_until, wait_every_worker, wait_for
+from tests.support.models import train_and_register
+from tests.support.processes import BIN, clean_env, kill_group, poll_until, wait_for
+from tests.support.redis import RedisServer, redis_server
+from tests.support.servers import wait_every_worker
+from tests.support.settings import make_settings, write_config
 
 pytestmark = [pytest.mark.multihost, pytest.mark.integration]
 WORKERS = 2
@@ -151,9 +153,11 @@ class World:
 def world(tmp_path_factory, small_transactions) -> Iterator[World]:
     root = tmp_path_factory.mktemp("multihost")
     store = make_settings(root / "store")
-    v1 = register(small_transactions, store)
+    v1 = train_and_register(small_transactions, store)[0]
     set_stage(store, v1, "Production", "first")
-    v2 = register(small_transactions, make_settings(store.workdir, training={"max_rounds": 40}))
+    v2 = train_and_register(
+        small_transactions, make_settings(store.workdir, training={"max_rounds": 40})
+    )[0]
     with ExitStack() as stack:
         hosts, network = stack.enter_context(network_hosts())
         also = tuple(sorted({h.redis_address for h in hosts} - {"127.0.0.1"}))

@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+
 CACHE = Path(os.environ.get("FRAUDFLOW_DOCKER_CACHE", Path.home() / ".cache" / "fraudflow-docker"))
 BASE_IMAGE = "fraudflow-base:bookworm-py311"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
