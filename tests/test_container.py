@@ -76,16 +76,19 @@ def engine() -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="module")
-def image(engine: Engine) -> Image:
-    """The repository's Dockerfile built on the local base (layers cached by the engine)."""
+def image(engine: Engine) -> Iterator[Image]:
+    """The repository's Dockerfile built on the local base (layers cached by the engine), under
+    a tag of this session's own (another session may build on the same engine), untagged at
+    the end."""
     base = ensure_base_image(engine)
-    tag = "fraudflow:container-test"
+    tag = f"fraudflow:container-test-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     engine.build(REPO, tag, build_args={"PYTHON_IMAGE": base}, timeout=3600)
     seconds = time.monotonic() - started
     size = int(engine.run("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
     print(f"\nimage {tag} on {base}: built in {seconds:.0f} s, {size / 1e9:.2f} GB")
-    return Image(engine, tag, seconds, size)
+    yield Image(engine, tag, seconds, size)
+    engine.run("image", "rm", tag, check=False)
 
 
 def confined(folder: Path) -> list[str]:
