@@ -420,7 +420,7 @@ def test_the_drill_on_the_embedded_store(tmp_path, small_transactions) -> None:
     with gunicorn_api(restored_config, tmp_path / "api-2.log", version=v2) as url:
         with requests.Session() as session:
             assert send(session, url, batch("p", 0, 20, "2018-06-23")) == probes
-        model = requests.get(f"{url}/model", timeout=10).json()
+        model = requests.get(f"{url}/model", timeout=30).json()
         assert model["version"] == v2 and model["stage"] == "Production"
     monitor = cli("monitor", "--config", str(restored_config))
     assert monitor.returncode in (0, 1, 2), monitor.stdout + monitor.stderr

@@ -236,14 +236,14 @@ def test_the_api_runs_as_its_user_on_a_read_only_root_and_serves(
     # gunicorn's control socket stays out of $HOME (the data volume)
     assert not (store / ".gunicorn").exists()
 
-    ready = requests.get(f"{api.url}/ready", timeout=10)
+    ready = requests.get(f"{api.url}/ready", timeout=30)
     assert ready.status_code == 200 and ready.json()["model_version"] == "1"
-    assert requests.post(f"{api.url}/predict", json=TX, timeout=10).status_code == 401
-    scored = requests.post(f"{api.url}/predict", json=TX, headers=auth(SCORER), timeout=10)
+    assert requests.post(f"{api.url}/predict", json=TX, timeout=30).status_code == 401
+    scored = requests.post(f"{api.url}/predict", json=TX, headers=auth(SCORER), timeout=30)
     assert scored.status_code == 200, scored.text
     assert 0 <= scored.json()["fraud_probability"] <= 1 and scored.json()["model"]["version"] == "1"
-    assert requests.get(f"{api.url}/metrics", timeout=10).status_code == 401
-    metrics = requests.get(f"{api.url}/metrics", headers=auth(METRICS), timeout=10).text
+    assert requests.get(f"{api.url}/metrics", timeout=30).status_code == 401
+    metrics = requests.get(f"{api.url}/metrics", headers=auth(METRICS), timeout=30).text
     assert 'fraudflow_predictions_total{decision="approve"}' in metrics
     # what it scored is in the prediction log on the volume, written by the container's user
     logged = [p for p in (store / "predictions").rglob("*") if p.is_file()]
@@ -260,7 +260,7 @@ def test_a_version_promoted_from_outside_is_hot_swapped_even_from_a_read_only_fo
         path.chmod(path.stat().st_mode & ~0o222)
     job(image, store, "promote", "--version", "2", "--stage", "Production", "--actor", "test")
     wait_every_worker(api.url, WORKERS, "2", headers=auth(METRICS))
-    model = requests.get(f"{api.url}/model", headers=auth(SCORER), timeout=10).json()
+    model = requests.get(f"{api.url}/model", headers=auth(SCORER), timeout=30).json()
     assert model["version"] == "2" and model["failed_version"] is None
     scored = requests.post(
         f"{api.url}/predict", json={**TX, "transaction_id": "c-2"}, headers=auth(SCORER), timeout=10
@@ -279,7 +279,7 @@ def test_a_version_that_fails_to_load_is_reported_with_its_error(
 
     def failed(version: str | None) -> Callable[[], tuple[bool, object]]:
         def check() -> tuple[bool, object]:
-            model = requests.get(f"{api.url}/model", headers=auth(SCORER), timeout=10).json()
+            model = requests.get(f"{api.url}/model", headers=auth(SCORER), timeout=30).json()
             return model.get("failed_version") == version, model
 
         return check
@@ -295,14 +295,14 @@ def test_a_version_that_fails_to_load_is_reported_with_its_error(
 
 def _assert_failure_reported(api: Api, model: dict) -> None:
     assert model["version"] == "2" and "booster.txt" in model["load_error"], model
-    metrics = requests.get(f"{api.url}/metrics", headers=auth(METRICS), timeout=10).text
+    metrics = requests.get(f"{api.url}/metrics", headers=auth(METRICS), timeout=30).text
     failures = [
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
         if line.startswith("fraudflow_model_reload_failures_total ")
     ]
     assert failures and failures[0] >= 1, metrics
-    assert requests.get(f"{api.url}/health", timeout=10).status_code == 200
+    assert requests.get(f"{api.url}/health", timeout=30).status_code == 200
 
 
 def test_the_job_entry_points_run_in_the_image(image: Image, store: Path, api: Api) -> None:
@@ -364,7 +364,7 @@ def test_the_tracking_server_starts_on_postgresql_in_the_image(image: Image, tmp
             def up() -> tuple[bool, object]:
                 if inspect(engine, name, "{{.State.Running}}") != "true":
                     raise AssertionError(f"mlflow server exited: {logs(engine, name)[-3000:]}")
-                answer = requests.get(f"{url}/health", timeout=5)
+                answer = requests.get(f"{url}/health", timeout=30)
                 return answer.status_code == 200, answer.status_code
 
             poll_until(up, "mlflow server answering /health", 180)

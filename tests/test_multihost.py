@@ -270,7 +270,7 @@ def test_a_promotion_is_picked_up_by_both_hosts(world) -> None:
     set_stage(world.settings, v2, "Production", "second")
     for host in world.hosts:
         wait_every_worker(host.url, WORKERS, v2, process=host.process)
-        assert requests.get(f"{host.url}/model", timeout=10).json()["version"] == v2
+        assert requests.get(f"{host.url}/model", timeout=30).json()["version"] == v2
 
 
 def traffic(host: Host, prefix: str, stop: threading.Event, statuses: list) -> None:
@@ -321,10 +321,10 @@ def test_redis_down_mid_traffic_is_503_and_serving_recovers_by_itself(world) -> 
                 assert down.status_code == 503
                 assert down.json()["error"].startswith("online state unavailable: ")
                 assert str(world.redis.port) not in down.text and PASSWORD not in down.text
-                ready = requests.get(f"{host.url}/ready", timeout=10)
+                ready = requests.get(f"{host.url}/ready", timeout=30)
                 assert ready.status_code == 503 and ready.json()["ready"] is False
                 assert "online state unavailable" in ready.json()["reason"]
-                assert requests.get(f"{host.url}/health", timeout=10).status_code == 200
+                assert requests.get(f"{host.url}/health", timeout=30).status_code == 200
             world.redis.start()
             for host in world.hosts:
                 wait_for(f"{host.url}/ready", timeout=60, process=host.process)
