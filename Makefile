@@ -26,15 +26,23 @@ system-deps:
 demo: install
 	$(VENV)/bin/fraudflow demo
 
+# The tests in TEST_WORKERS pytest-xdist processes: most of the time goes in waiting on servers
+# (gunicorn, mlflow, PostgreSQL, Redis, Spark, Docker), so three workers suit the 2-core CI.
+# A module stays on one worker, its module fixtures (a trained store, a started stack) built
+# once; so do the tests of a machine-wide resource, one module each (tests/conftest.py).
+# Coverage is combined across the workers.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+
 test: install system-deps
-	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest $(PYTEST_PARALLEL) --cov --cov-report=term --cov-report=xml
 
 test-unit: install
-	$(PY) -m pytest -m "not integration and not deploy and not multihost and not container and not spark" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not integration and not deploy and not multihost and not container and not spark" --cov --cov-report=term --cov-report=xml
 
 # without the container tests: CI runs these inside a container, where no engine can start
 test-integration: install system-deps
-	$(PY) -m pytest -m "(integration or deploy or multihost or spark) and not container" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "(integration or deploy or multihost or spark) and not container" --cov --cov-report=term --cov-report=xml
 
 # the image built and run on a Docker engine (started here when none answers; README, Containers)
 test-container: install system-deps

@@ -26,10 +26,9 @@ from benchmarks.table import loadavg, publish
 from pipelines.backup.manifest import MANIFEST
 from pipelines.backup.run import make_backup, restore_backup
 from pipelines.log.record import log_folder
-from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import RAW_COLUMNS
 from pipelines.state.factory import open_state
-from pipelines.training.record import log_training_run
+from tests.support.models import train_and_register
 
 
 def part_sizes(backup: Path) -> dict[str, int]:
@@ -49,12 +48,18 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings, result, scored = scored_world(str(Path(tmp) / "demo"))
-        _, version = log_training_run(result, settings, {"data_path": "benchmark"})
-        set_stage(settings, str(version.version), "Production", "benchmark", "benchmark")
+        version, _ = train_and_register(
+            scored,
+            settings,
+            "benchmark",
+            result=result,
+            data={"data_path": "benchmark"},
+            actor="benchmark",
+        )
         print("warming the online state")
         open_state(settings).warm(scored[list(RAW_COLUMNS)])
         names = list(result.scorer.features)
-        write_log(log_folder(settings), scored.iloc[-args.log_rows :], names, str(version.version))
+        write_log(log_folder(settings), scored.iloc[-args.log_rows :], names, version)
         reports = settings.under_workdir(settings.monitoring.reports_dir)
         reports.mkdir(parents=True, exist_ok=True)
         (reports / "latest.json").write_text('{"verdict": "no_drift"}\n')

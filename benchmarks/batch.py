@@ -127,9 +127,8 @@ def build_world(root: Path) -> tuple[Path, Path, str, int]:
 
     from pipelines.data import load_transactions
     from pipelines.settings import load_settings
-    from pipelines.training.record import log_training_run
     from pipelines.training.simulate import simulate_transactions, write_daily_parquet
-    from pipelines.training.train import train_model
+    from tests.support.models import train_and_register
 
     data = root / "data"
     config = root / "overlay.yaml"
@@ -137,9 +136,8 @@ def build_world(root: Path) -> tuple[Path, Path, str, int]:
     settings = load_settings(config, environ={})
     write_daily_parquet(simulate_transactions(settings.simulation), data)
     transactions = load_transactions(data, require_labels=True)
-    result = train_model(transactions, settings)
-    _, version = log_training_run(result, settings, {"data_path": str(data)})
-    return data, config, f"models:/{version.name}/{version.version}", len(transactions)
+    version, _ = train_and_register(transactions, settings, data={"data_path": str(data)})
+    return data, config, f"models:/{settings.mlflow.model_name}/{version}", len(transactions)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

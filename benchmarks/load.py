@@ -44,7 +44,7 @@ from benchmarks.table import loadavg, machine_info, render
 from benchmarks.targets import Target, advance, targets
 from benchmarks.world import build_world
 from benchmarks.wrk import describe, lua_script, run_wrk
-from tests.redis_servers import redis_server
+from tests.support.redis import redis_server
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

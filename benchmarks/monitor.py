@@ -29,11 +29,10 @@ from pipelines.features import build_features
 from pipelines.log.reader import read_predictions
 from pipelines.log.record import log_folder, record
 from pipelines.log.writer import PredictionLogWriter
-from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import RAW_COLUMNS, Settings, load_settings
-from pipelines.training.record import log_training_run
 from pipelines.training.simulate import simulate_transactions
 from pipelines.training.train import TrainingResult, train_model
+from tests.support.models import train_and_register
 
 FAST = {
     "train_days": 21,
@@ -115,11 +114,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         settings, result, scored = scored_world(tmp)
         names = list(result.scorer.features)
-        _, version = log_training_run(result, settings, {"data_path": "benchmark"})
-        set_stage(settings, str(version.version), "Production", "benchmark", "benchmark")
+        version, _ = train_and_register(
+            scored,
+            settings,
+            "benchmark",
+            result=result,
+            data={"data_path": "benchmark"},
+            actor="benchmark",
+        )
         rows = []
         for size in args.sizes:
-            rows += measure(settings, scored.iloc[-size:], names, str(version.version), args)
+            rows += measure(settings, scored.iloc[-size:], names, version, args)
     text = table(rows, args)
     print(text)
     if args.markdown:

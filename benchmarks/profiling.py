@@ -8,6 +8,7 @@ benchmarks/ is on sys.path.)
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
@@ -17,28 +18,44 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cpu import children
+from benchmarks.env import ROOT
 from benchmarks.wrk import describe
+from pipelines.features import features_from_history
+from pipelines.log.writer import PredictionLogWriter
+from pipelines.state.sqlite import SqliteOnlineState
+from serving import routes
+from serving.online_scorer import SingleRowContributions, SingleRowProbability
+from serving.predictor import Predictor
+
+
+def frame(function: Callable[..., Any]) -> str:
+    """How py-spy names a frame of FUNCTION, up to its line number: "Class.method (file", the
+    file relative to the repository. Derived from the function object, so a function that
+    moves or is renamed moves its row with it (or fails here) instead of showing 0."""
+    function = inspect.unwrap(function)
+    name = function.__qualname__.rsplit(".<locals>.", 1)[-1]
+    path = Path(function.__code__.co_filename).resolve().relative_to(ROOT)
+    return f"{name} ({path.as_posix()}"
+
 
 # Frames whose inclusive share of the API workers' samples is reported (substring of
-# "function (file"), in the order of the request path; whatever is missing shows 0.
+# "function (file"), in the order of the request path; whatever is missing shows 0. Our own
+# frames come from the functions themselves; the libraries' are named as py-spy shows them.
 PROFILE_FRAMES = (
     ("Flask app (all of the request inside Flask)", "Flask.wsgi_app (flask/app.py"),
-    ("/predict view", "predict (serving/routes.py"),
-    ("  body read + json.loads", "_json_body (serving/routes.py"),
-    ("  pydantic validation", "_validate (serving/routes.py"),
-    ("  Predictor.predict", "Predictor.predict (serving/predictor.py"),
-    (
-        "    state.observe (SQLite insert + history reads)",
-        "SqliteOnlineState.observe (pipelines/online_state.py",
-    ),
-    ("    features_from_history", "features_from_history (pipelines/features.py"),
-    ("    LightGBM predict, one row", "SingleRowProbability.__call__ (serving/online_scorer.py"),
+    ("/predict view", frame(routes.predict)),
+    ("  body read + json.loads", frame(routes._json_body)),
+    ("  pydantic validation", frame(routes._validate)),
+    ("  Predictor.predict", frame(Predictor.predict)),
+    ("    state.observe (SQLite insert + history reads)", frame(SqliteOnlineState.observe)),
+    ("    features_from_history", frame(features_from_history)),
+    ("    LightGBM predict, one row", frame(SingleRowProbability.__call__)),
     (
         "    LightGBM pred_contrib, one row (review, decline, explain)",
-        "SingleRowContributions.__call__ (serving/online_scorer.py",
+        frame(SingleRowContributions.__call__),
     ),
-    ("    formatting the reasons", "Predictor.reasons (serving/predictor.py"),
-    ("  prediction log write", "PredictionLogWriter.write (pipelines/prediction_log.py"),
+    ("    formatting the reasons", frame(Predictor.reasons)),
+    ("  prediction log write", frame(PredictionLogWriter.write)),
     ("  jsonify response", "jsonify (flask/json"),
     ("Prometheus exporter hooks", "prometheus_flask_exporter/__init__.py"),
     ("gunicorn response writes (socket)", "Response.write (gunicorn/http/wsgi.py"),

@@ -28,11 +28,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from benchmarks.env import ROOT, clean_env
-from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import Settings, load_settings
-from pipelines.training.record import log_training_run
 from pipelines.training.simulate import simulate_transactions, write_daily_parquet
-from pipelines.training.train import train_model
+from tests.support.models import train_and_register
 
 FAST = {"max_rounds": 300, "early_stopping_rounds": 30, "lightgbm": {"learning_rate": 0.1}}
 # the local driver's heap: the default 1 GiB spills the window sorts of a few million rows
@@ -95,9 +93,7 @@ def build_world(root: Path) -> tuple[Path, Path, int]:
     transactions = simulate_transactions(settings.simulation)
     data = root / "x1"
     write_daily_parquet(transactions, data)
-    result = train_model(transactions, settings)
-    _, version = log_training_run(result, settings, {"data_path": str(data)})
-    set_stage(settings, str(version.version), "Production", "spark benchmark")
+    train_and_register(transactions, settings, "spark benchmark", data={"data_path": str(data)})
     return _config(root, settings), data, len(transactions)
 
 

@@ -67,13 +67,11 @@ def build_world(root: Path, redis_url: str) -> World:
     /predict must see real customer/terminal pairs and time moving past the warmed history, and
     both /invocations the same finite feature row, or the targets would not be comparable."""
     from pipelines.data import load_transactions
-    from pipelines.mlflow.promotion import set_stage
     from pipelines.model import BOOSTER_FILE
     from pipelines.state.factory import open_state
-    from pipelines.training.record import log_training_run
     from pipelines.training.simulate import simulate_transactions, write_daily_parquet
-    from pipelines.training.train import train_model
-    from tests.helpers import make_settings, write_config
+    from tests.support.models import train_and_register
+    from tests.support.settings import make_settings, write_config
 
     settings = make_settings(
         root / "work",
@@ -84,10 +82,13 @@ def build_world(root: Path, redis_url: str) -> World:
     data = root / "data"
     write_daily_parquet(simulate_transactions(settings.simulation), data)
     transactions = load_transactions(data, require_labels=True)
-    result = train_model(transactions, settings)
-    _, model_version = log_training_run(result, settings, {"data_path": str(data)})
-    version = str(model_version.version)
-    set_stage(settings, version, "Production", "HTTP load benchmark", actor="benchmarks.load")
+    version, result = train_and_register(
+        transactions,
+        settings,
+        "HTTP load benchmark",
+        data={"data_path": str(data)},
+        actor="benchmarks.load",
+    )
     config = write_config(root / "serve.yaml", settings)
     model_files = root / "model"
     result.scorer.save(model_files)  # the booster file as logged, for MLServer

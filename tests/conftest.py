@@ -1,5 +1,5 @@
 """Shared fixtures: small simulated data and settings pointing at a temporary MLflow store
-(the plain helpers they use are in tests/helpers.py)."""
+(what they run on is in tests/support)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,26 @@ import pytest
 
 from pipelines.data import load_transactions
 from pipelines.training.simulate import simulate_transactions, write_daily_parquet
-from tests.helpers import make_settings
-from tests.redis_servers import RedisServer, redis_server
+from tests.support.redis import RedisServer, redis_server
+from tests.support.settings import make_settings
+
+# Markers of tests that share one resource per machine (one dockerd on one data root, one local
+# Spark JVM): `make test` runs pytest-xdist with `--dist loadfile`, which keeps a module on one
+# worker, so each of these must stay within one module. (`--dist loadgroup` with xdist_group
+# marks would say it per test, but pytest-xdist 3.8 cannot regroup nodes under pytest 9.)
+ONE_PER_MACHINE = ("container", "spark")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for marker in ONE_PER_MACHINE:
+        modules = {
+            item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker(marker)
+        }
+        if len(modules) > 1:
+            raise pytest.UsageError(
+                f"tests marked {marker!r} share one resource per machine and must live in one "
+                f"module (one xdist worker runs a module): found in {sorted(modules)}"
+            )
 
 
 @pytest.fixture(scope="session")

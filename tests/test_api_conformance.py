@@ -15,8 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import make_settings, train_and_register, write_config
-from tests.servers import BIN, clean_env, gunicorn_api
+from tests.support.models import train_and_register
+from tests.support.processes import BIN, clean_env
+from tests.support.servers import gunicorn_api
+from tests.support.settings import make_settings, write_config
 
 pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).with_name("schemathesis.toml")

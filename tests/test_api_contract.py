@@ -12,7 +12,8 @@ import pytest
 
 from serving.app import create_app
 from serving.schemas import LARGEST_INTEGER
-from tests.helpers import make_settings, private_serving, train_and_register
+from tests.support.models import train_and_register
+from tests.support.settings import make_settings, private_serving
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,12 @@ from pipelines.mlflow import store
 from pipelines.mlflow.promotion import promotion_history, set_stage
 from pipelines.settings import Settings
 from pipelines.state.factory import open_state, received_labels
-from tests.helpers import make_settings, train_and_register, write_config
-from tests.servers import clean_env, gunicorn_api
-from tests.stack_servers import ROOT, compose_mlflow_server, new_password, postgres_server
+from tests.support import REPO as ROOT
+from tests.support.models import train_and_register
+from tests.support.processes import clean_env
+from tests.support.servers import gunicorn_api
+from tests.support.settings import make_settings, write_config
+from tests.support.stack import compose_mlflow_server, new_password, postgres_server
 
 pytestmark = pytest.mark.backup
 NAME = "fraud-detector"
@@ -427,7 +430,7 @@ def test_the_drill_on_the_embedded_store(tmp_path, small_transactions) -> None:
     with gunicorn_api(restored_config, tmp_path / "api-2.log", version=v2) as url:
         with requests.Session() as session:
             assert send(session, url, batch("p", 0, 20, "2018-06-23")) == probes
-        model = requests.get(f"{url}/model", timeout=10).json()
+        model = requests.get(f"{url}/model", timeout=30).json()
         assert model["version"] == v2 and model["stage"] == "Production"
     monitor = cli("monitor", "--config", str(restored_config))
     assert monitor.returncode in (0, 1, 2), monitor.stdout + monitor.stderr

@@ -19,7 +19,7 @@ from pipelines.backup.run import restore_backup
 from pipelines.integrity import sign_manifest
 from pipelines.log.record import log_folder
 from pipelines.settings import Settings
-from tests.helpers import make_settings, write_config
+from tests.support.settings import make_settings, write_config
 from tests.test_backup import BACKUP_KEY, cli, fingerprint, small_store, source  # noqa: F401
 
 pytestmark = pytest.mark.backup

@@ -30,8 +30,8 @@ from pipelines.features import (
 )
 from pipelines.settings import FeatureSettings, Settings, SettingsError, load_settings
 from pipelines.training.train import train_model
-from tests.helpers import make_settings, write_config
-from tests.servers import clean_env
+from tests.support.processes import clean_env
+from tests.support.settings import make_settings, write_config
 from tests.test_features import SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent

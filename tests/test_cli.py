@@ -17,7 +17,7 @@ from fraudflow.cli import UsageError, main, monitor_window
 from pipelines.mlflow import store
 from pipelines.mlflow.promotion import training_gate_failures
 from pipelines.settings import LABEL_COLUMN, RAW_COLUMNS
-from tests.helpers import make_settings, write_config
+from tests.support.settings import make_settings, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 UPPER = {c: c.upper() for c in (*RAW_COLUMNS, LABEL_COLUMN)}

@@ -1,6 +1,6 @@
 """The image, built from the repository's Dockerfile and run for real (marker `container`).
 
-The engine and the local base image come from tests/docker_engine.py (installed and started
+The engine and the local base image come from tests/support/docker_engine.py (installed and started
 when absent, stopped at the end). One image build and one demo store per run: the store is
 made by the image's own job entry points (simulate, train, promote) on a host folder mounted
 at /data, owned by the image's user 10001, and the API container serves it as that user on a
@@ -24,10 +24,12 @@ import pytest
 import requests
 
 from pipelines.model import ARTIFACTS_FOLDER, BOOSTER_FILE
-from tests.docker_engine import REPO, Engine, EngineError, ensure_base_image, ensure_engine
-from tests.helpers import make_settings, write_config
-from tests.servers import free_port, poll_until, wait_every_worker
-from tests.stack_servers import compose_service, postgres_server
+from tests.support import REPO
+from tests.support.docker_engine import Engine, EngineError, ensure_base_image, ensure_engine
+from tests.support.processes import free_port, poll_until
+from tests.support.servers import wait_every_worker
+from tests.support.settings import make_settings, write_config
+from tests.support.stack import compose_service, postgres_server
 
 pytestmark = pytest.mark.container
 
@@ -74,16 +76,19 @@ def engine() -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="module")
-def image(engine: Engine) -> Image:
-    """The repository's Dockerfile built on the local base (layers cached by the engine)."""
+def image(engine: Engine) -> Iterator[Image]:
+    """The repository's Dockerfile built on the local base (layers cached by the engine), under
+    a tag of this session's own (another session may build on the same engine), untagged at
+    the end."""
     base = ensure_base_image(engine)
-    tag = "fraudflow:container-test"
+    tag = f"fraudflow:container-test-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     engine.build(REPO, tag, build_args={"PYTHON_IMAGE": base}, timeout=3600)
     seconds = time.monotonic() - started
     size = int(engine.run("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
     print(f"\nimage {tag} on {base}: built in {seconds:.0f} s, {size / 1e9:.2f} GB")
-    return Image(engine, tag, seconds, size)
+    yield Image(engine, tag, seconds, size)
+    engine.run("image", "rm", tag, check=False)
 
 
 def confined(folder: Path) -> list[str]:
@@ -231,14 +236,14 @@ def test_the_api_runs_as_its_user_on_a_read_only_root_and_serves(
     # gunicorn's control socket stays out of $HOME (the data volume)
     assert not (store / ".gunicorn").exists()
 
-    ready = requests.get(f"{api.url}/ready", timeout=10)
+    ready = requests.get(f"{api.url}/ready", timeout=30)
     assert ready.status_code == 200 and ready.json()["model_version"] == "1"
-    assert requests.post(f"{api.url}/predict", json=TX, timeout=10).status_code == 401
-    scored = requests.post(f"{api.url}/predict", json=TX, headers=auth(SCORER), timeout=10)
+    assert requests.post(f"{api.url}/predict", json=TX, timeout=30).status_code == 401
+    scored = requests.post(f"{api.url}/predict", json=TX, headers=auth(SCORER), timeout=30)
     assert scored.status_code == 200, scored.text
     assert 0 <= scored.json()["fraud_probability"] <= 1 and scored.json()["model"]["version"] == "1"
-    assert requests.get(f"{api.url}/metrics", timeout=10).status_code == 401
-    metrics = requests.get(f"{api.url}/metrics", headers=auth(METRICS), timeout=10).text
+    assert requests.get(f"{api.url}/metrics", timeout=30).status_code == 401
+    metrics = requests.get(f"{api.url}/metrics", headers=auth(METRICS), timeout=30).text
     assert 'fraudflow_predictions_total{decision="approve"}' in metrics
     # what it scored is in the prediction log on the volume, written by the container's user
     logged = [p for p in (store / "predictions").rglob("*") if p.is_file()]
@@ -255,7 +260,7 @@ def test_a_version_promoted_from_outside_is_hot_swapped_even_from_a_read_only_fo
         path.chmod(path.stat().st_mode & ~0o222)
     job(image, store, "promote", "--version", "2", "--stage", "Production", "--actor", "test")
     wait_every_worker(api.url, WORKERS, "2", headers=auth(METRICS))
-    model = requests.get(f"{api.url}/model", headers=auth(SCORER), timeout=10).json()
+    model = requests.get(f"{api.url}/model", headers=auth(SCORER), timeout=30).json()
     assert model["version"] == "2" and model["failed_version"] is None
     scored = requests.post(
         f"{api.url}/predict", json={**TX, "transaction_id": "c-2"}, headers=auth(SCORER), timeout=10
@@ -274,7 +279,7 @@ def test_a_version_that_fails_to_load_is_reported_with_its_error(
 
     def failed(version: str | None) -> Callable[[], tuple[bool, object]]:
         def check() -> tuple[bool, object]:
-            model = requests.get(f"{api.url}/model", headers=auth(SCORER), timeout=10).json()
+            model = requests.get(f"{api.url}/model", headers=auth(SCORER), timeout=30).json()
             return model.get("failed_version") == version, model
 
         return check
@@ -290,14 +295,14 @@ def test_a_version_that_fails_to_load_is_reported_with_its_error(
 
 def _assert_failure_reported(api: Api, model: dict) -> None:
     assert model["version"] == "2" and "booster.txt" in model["load_error"], model
-    metrics = requests.get(f"{api.url}/metrics", headers=auth(METRICS), timeout=10).text
+    metrics = requests.get(f"{api.url}/metrics", headers=auth(METRICS), timeout=30).text
     failures = [
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
         if line.startswith("fraudflow_model_reload_failures_total ")
     ]
     assert failures and failures[0] >= 1, metrics
-    assert requests.get(f"{api.url}/health", timeout=10).status_code == 200
+    assert requests.get(f"{api.url}/health", timeout=30).status_code == 200
 
 
 def test_the_job_entry_points_run_in_the_image(image: Image, store: Path, api: Api) -> None:
@@ -359,7 +364,7 @@ def test_the_tracking_server_starts_on_postgresql_in_the_image(image: Image, tmp
             def up() -> tuple[bool, object]:
                 if inspect(engine, name, "{{.State.Running}}") != "true":
                     raise AssertionError(f"mlflow server exited: {logs(engine, name)[-3000:]}")
-                answer = requests.get(f"{url}/health", timeout=5)
+                answer = requests.get(f"{url}/health", timeout=30)
                 return answer.status_code == 200, answer.status_code
 
             poll_until(up, "mlflow server answering /health", 180)

@@ -29,10 +29,11 @@ from mlflow.tracking import MlflowClient
 from pipelines.features import feature_names
 from pipelines.mlflow import store
 from pipelines.mlflow.registry import served_version
-from tests.helpers import make_settings, write_config
-from tests.servers import BIN, clean_env, gunicorn_api, wait_every_worker
-from tests.stack_servers import (
-    ROOT,
+from tests.support import REPO as ROOT
+from tests.support.processes import BIN, clean_env
+from tests.support.servers import gunicorn_api, wait_every_worker
+from tests.support.settings import make_settings, write_config
+from tests.support.stack import (
     alert_rules,
     compose_mlflow_server,
     dashboard_expressions,

@@ -21,7 +21,8 @@ import yaml
 
 from fraudflow.cli import build_parser
 from pipelines.settings import load_settings
-from tests.k8s_manifests import (
+from tests.support import REPO as ROOT
+from tests.support.k8s_manifests import (
     NAMESPACE,
     POD_TEMPLATE_PATHS,
     Endpoint,
@@ -30,15 +31,8 @@ from tests.k8s_manifests import (
     pod_templates,
     selects,
 )
-from tests.servers import BIN
-from tests.stack_servers import (
-    DASHBOARD,
-    ROOT,
-    RULES,
-    alert_rules,
-    dashboard_expressions,
-    system_tool,
-)
+from tests.support.processes import BIN, system_tool
+from tests.support.stack import DASHBOARD, RULES, alert_rules, dashboard_expressions
 
 pytestmark = pytest.mark.deploy
 
@@ -750,7 +744,7 @@ def test_k8s_registry_runs_basic_auth_and_its_clients_log_in_from_secrets() -> N
     assert api_login["MLFLOW_TRACKING_PASSWORD"][0] != secrets["MLFLOW_AUTH_ADMIN_PASSWORD"][0]
 
 
-# NetworkPolicies, evaluated on the manifests' own pod templates (tests/k8s_manifests.py).
+# NetworkPolicies, evaluated on the manifests' own pod templates (tests/support/k8s_manifests.py).
 # The endpoints besides our workloads (whose labels are read from deploy/k8s, never written here):
 # the in-cluster PostgreSQL by the label the manifests document for it (mlflow.yaml), a pod of the
 # namespace that is none of ours (a debug shell), a pod of another namespace (an ingress

@@ -20,7 +20,7 @@ from pipelines.settings import SettingsError, check_lightgbm_parameters
 from pipelines.training.record import log_training_run
 from pipelines.training.retrain import champion_configuration
 from pipelines.training.train import train_model
-from tests.helpers import make_settings, write_config
+from tests.support.settings import make_settings, write_config
 
 NAME = "fraud-detector"
 

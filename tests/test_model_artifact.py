@@ -24,7 +24,8 @@ from pipelines.mlflow import store
 from pipelines.mlflow.promotion import set_stage
 from pipelines.model import FraudScorer, ModelArtifactError
 from serving.app import create_app
-from tests.helpers import make_settings, private_serving, train_and_register
+from tests.support.models import train_and_register
+from tests.support.settings import make_settings, private_serving
 
 NAME = "fraud-detector"
 

@@ -18,8 +18,8 @@ from pipelines.training.record import log_training_run
 from pipelines.training.train import train_model
 from serving.app import create_app
 from serving.model_cache import MANIFEST, POINTER, ModelCache
-from tests.helpers import make_settings, private_serving
-from tests.servers import free_port
+from tests.support.processes import free_port
+from tests.support.settings import make_settings, private_serving
 
 TX = {
     "transaction_id": "t1",

@@ -26,9 +26,9 @@ from pipelines.training.record import log_training_run
 from pipelines.training.train import train_model
 from serving.app import create_app
 from serving.model_cache import MANIFEST, ModelCache
-from tests.helpers import make_settings, private_serving, write_config
-from tests.servers import clean_env, free_port
-from tests.stack_servers import ROOT
+from tests.support import REPO as ROOT
+from tests.support.processes import clean_env, free_port
+from tests.support.settings import make_settings, private_serving, write_config
 
 NAME = "fraud-detector"
 KEY = secrets.token_hex(32).encode()

@@ -28,8 +28,9 @@ from pipelines.monitor_summary import Verdict
 from pipelines.settings import load_settings
 from pipelines.state.factory import open_state
 from serving.app import create_app
-from tests.helpers import copy_store, make_settings, write_config
-from tests.traffic import log_traffic, split_days, train_champion
+from tests.support.models import copy_store, train_and_register
+from tests.support.settings import make_settings, write_config
+from tests.support.traffic import log_traffic, split_days
 
 NAME = "fraud-detector"
 
@@ -221,7 +222,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, small_transactions: 
     history, traffic = split_days(small_transactions, 1)
     data = root / "history.parquet"
     history.to_parquet(data)
-    version = train_champion(settings, history)
+    version, _ = train_and_register(history, settings, production="the first champion")
     return settings.workdir, history, traffic, version, data
 
 

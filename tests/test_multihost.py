@@ -29,9 +29,11 @@ from pipelines.log.reader import read_predictions
 from pipelines.log.record import log_folder
 from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import Settings
-from tests.helpers import make_settings, register, write_config
-from tests.redis_servers import RedisServer, redis_server
-from tests.servers import BIN, clean_env, kill_group, poll_until, wait_every_worker, wait_for
+from tests.support.models import train_and_register
+from tests.support.processes import BIN, clean_env, kill_group, poll_until, wait_for
+from tests.support.redis import RedisServer, redis_server
+from tests.support.servers import wait_every_worker
+from tests.support.settings import make_settings, write_config
 
 pytestmark = [pytest.mark.multihost, pytest.mark.integration]
 WORKERS = 2
@@ -154,9 +156,11 @@ class World:
 def world(tmp_path_factory, small_transactions) -> Iterator[World]:
     root = tmp_path_factory.mktemp("multihost")
     store = make_settings(root / "store")
-    v1 = register(small_transactions, store)
+    v1 = train_and_register(small_transactions, store)[0]
     set_stage(store, v1, "Production", "first")
-    v2 = register(small_transactions, make_settings(store.workdir, training={"max_rounds": 40}))
+    v2 = train_and_register(
+        small_transactions, make_settings(store.workdir, training={"max_rounds": 40})
+    )[0]
     with ExitStack() as stack:
         hosts, network = stack.enter_context(network_hosts())
         also = tuple(sorted({h.redis_address for h in hosts} - {"127.0.0.1"}))
@@ -270,7 +274,7 @@ def test_a_promotion_is_picked_up_by_both_hosts(world) -> None:
     set_stage(world.settings, v2, "Production", "second")
     for host in world.hosts:
         wait_every_worker(host.url, WORKERS, v2, process=host.process, headers=SCRAPER)
-        assert requests.get(f"{host.url}/model", timeout=10).json()["version"] == v2
+        assert requests.get(f"{host.url}/model", timeout=30).json()["version"] == v2
 
 
 def traffic(host: Host, prefix: str, stop: threading.Event, statuses: list) -> None:
@@ -321,10 +325,10 @@ def test_redis_down_mid_traffic_is_503_and_serving_recovers_by_itself(world) -> 
                 assert down.status_code == 503
                 assert down.json()["error"].startswith("online state unavailable: ")
                 assert str(world.redis.port) not in down.text and PASSWORD not in down.text
-                ready = requests.get(f"{host.url}/ready", timeout=10)
+                ready = requests.get(f"{host.url}/ready", timeout=30)
                 assert ready.status_code == 503 and ready.json()["ready"] is False
                 assert "online state unavailable" in ready.json()["reason"]
-                assert requests.get(f"{host.url}/health", timeout=10).status_code == 200
+                assert requests.get(f"{host.url}/health", timeout=30).status_code == 200
             world.redis.start()
             for host in world.hosts:
                 wait_for(f"{host.url}/ready", timeout=60, process=host.process)

@@ -14,8 +14,8 @@ import requests
 
 from serving.app import create_app
 from serving.schemas import MAX_JSON_DEPTH, json_too_deep
-from tests.helpers import make_settings, private_serving, write_config
-from tests.servers import gunicorn_api
+from tests.support.servers import gunicorn_api
+from tests.support.settings import make_settings, private_serving, write_config
 
 ROUTES = ("/predict", "/feedback", "/invocations")
 # 100,000 nested lists: 200 kB, well under the 1 MiB body limit

@@ -19,7 +19,7 @@ from pipelines.log.record import log_file, log_folder, record
 from pipelines.state.factory import open_state, retention_ms
 from pipelines.state.protocol import DAY_MS
 from pipelines.state.sqlite import SqliteOnlineState
-from tests.helpers import make_settings, write_config
+from tests.support.settings import make_settings, write_config
 
 
 def _settings(tmp_path: Path):

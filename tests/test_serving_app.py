@@ -15,7 +15,8 @@ from pipelines.log.reader import read_predictions
 from pipelines.mlflow import models, store
 from pipelines.settings import ApiToken, StateSettings
 from serving.app import create_app
-from tests.helpers import make_settings, private_serving, train_and_register
+from tests.support.models import train_and_register
+from tests.support.settings import make_settings, private_serving
 
 NAME = "fraud-detector"
 

@@ -19,8 +19,9 @@ from serving.access_log import LOGGER, json_formatter
 from serving.app import create_app
 from serving.auth import AuthConfigError, is_loopback
 from serving.model_holder import redact
-from tests.helpers import make_settings, private_serving, write_config
-from tests.servers import BIN, clean_env, free_port, gunicorn_api
+from tests.support.processes import BIN, clean_env, free_port
+from tests.support.servers import gunicorn_api
+from tests.support.settings import make_settings, private_serving, write_config
 
 SCORER = "scorer-token-0123456789"
 LABELLER = "labeller-token-0123456789"

@@ -13,15 +13,16 @@ import requests
 from drift.monitor import record_error
 from pipelines.log.reader import log_files, read_predictions
 from pipelines.mlflow.promotion import set_stage
-from tests.helpers import make_settings, register, write_config
-from tests.servers import (
+from tests.support.models import train_and_register
+from tests.support.processes import kill_group
+from tests.support.servers import (
     gunicorn_api,
-    kill_group,
     mlflow_server,
     wait_every_worker,
     wait_every_worker_gauge,
     worker_gauge,
 )
+from tests.support.settings import make_settings, write_config
 
 pytestmark = pytest.mark.integration
 POLL_S = 1.0
@@ -69,10 +70,10 @@ def predictions_total(url: str) -> float:
 def two_versions(tmp_path_factory, small_transactions):
     root = tmp_path_factory.mktemp("gunicorn")
     settings = serving_settings(root)
-    v1 = register(small_transactions, settings)
+    v1 = train_and_register(small_transactions, settings)[0]
     set_stage(settings, v1, "Production", "first")
     strict = make_settings(settings.workdir, training={"max_rounds": 40})
-    v2 = register(small_transactions, strict)
+    v2 = train_and_register(small_transactions, strict)[0]
     return root, settings, v1, v2
 
 
@@ -202,7 +203,7 @@ def test_a_new_embedded_store_is_created_once_before_the_workers_start(tmp_path)
 
 def test_no_production_model_starts_unready_then_serves_once_promoted(tmp_path, small_transactions):
     settings = serving_settings(tmp_path)
-    version = register(small_transactions, settings)
+    version = train_and_register(small_transactions, settings)[0]
     config = write_config(tmp_path / "serve.yaml", settings)
     with gunicorn_api(config, tmp_path / "gunicorn.log", version=None, workers=WORKERS) as url:
         assert requests.get(f"{url}/ready", timeout=30).status_code == 503
@@ -223,7 +224,7 @@ def test_no_production_model_starts_unready_then_serves_once_promoted(tmp_path, 
 def test_registry_outage_keeps_serving_and_reports_degraded(tmp_path, small_transactions) -> None:
     with mlflow_server(tmp_path / "mlflow") as (tracking, server):
         settings = serving_settings(tmp_path, tracking_uri=tracking)
-        version = register(small_transactions, settings)
+        version = train_and_register(small_transactions, settings)[0]
         set_stage(settings, version, "Production", "via the tracking server")
         config = write_config(tmp_path / "serve.yaml", settings)
         # every worker has loaded the model before the registry goes away
@@ -263,8 +264,8 @@ def test_a_replica_started_while_the_registry_is_down_serves_its_cached_model(
     log = tmp_path / "gunicorn.log"
     with mlflow_server(tmp_path / "mlflow") as (tracking, server):
         settings = serving_settings(tmp_path, tracking_uri=tracking)
-        v1 = register(small_transactions, settings)
-        v2 = register(small_transactions, settings)
+        v1 = train_and_register(small_transactions, settings)[0]
+        v2 = train_and_register(small_transactions, settings)[0]
         set_stage(settings, v1, "Production", "via the tracking server")
         config = write_config(tmp_path / "serve.yaml", settings)
         with gunicorn_api(config, log, version=v1, workers=WORKERS) as url:

@@ -25,8 +25,9 @@ from pipelines.data import DataValidationError, load_transactions  # noqa: E402
 from pipelines.features import DAY_MS, build_features  # noqa: E402
 from pipelines.mlflow.store import use_store  # noqa: E402
 from pipelines.training.simulate import write_daily_parquet  # noqa: E402
-from tests.helpers import make_settings, train_and_register, write_config  # noqa: E402
-from tests.servers import clean_env, free_port  # noqa: E402
+from tests.support.models import train_and_register  # noqa: E402
+from tests.support.processes import clean_env, free_port  # noqa: E402
+from tests.support.settings import make_settings, write_config  # noqa: E402
 
 pytestmark = pytest.mark.spark
 

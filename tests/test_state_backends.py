@@ -15,8 +15,8 @@ from pipelines.state.factory import received_labels
 from pipelines.state.protocol import OnlineState, StateUnavailable
 from pipelines.state.redis import RedisOnlineState, unavailable_reason
 from pipelines.state.sqlite import SqliteOnlineState
-from tests.helpers import make_settings, write_config
-from tests.redis_servers import redis_server
+from tests.support.redis import redis_server
+from tests.support.settings import make_settings, write_config
 
 DAY_MS = 86_400_000
 SPANS = {"customer_window_days": 44, "terminal_span_days": 37, "terminal_delay_days": 7}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.stack_servers import ROOT
+from tests.support import REPO as ROOT
 
 K8S_DIR = ROOT / "deploy" / "k8s"
 NAMESPACE = "fraudflow"

@@ -21,14 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import BIN, background, clean_env, free_port, wait_for
+from tests.support import REPO
+from tests.support.processes import BIN, background, clean_env, free_port, system_tool, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PROMETHEUS_CONF = ROOT / "conf" / "prometheus" / "prometheus.yml"
-RULES = ROOT / "conf" / "prometheus" / "rules" / "fraudflow.yml"
-AUTH_CONF = ROOT / "conf" / "mlflow" / "basic_auth.ini"
-DASHBOARD = ROOT / "conf" / "grafana" / "dashboards" / "fraudflow.json"
+PROMETHEUS_CONF = REPO / "conf" / "prometheus" / "prometheus.yml"
+RULES = REPO / "conf" / "prometheus" / "rules" / "fraudflow.yml"
+AUTH_CONF = REPO / "conf" / "mlflow" / "basic_auth.ini"
+DASHBOARD = REPO / "conf" / "grafana" / "dashboards" / "fraudflow.json"
 
 
 def alert_rules() -> list[dict]:
@@ -41,15 +40,6 @@ def dashboard_expressions() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     return exprs + [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
-
-
-def system_tool(*names: str) -> str:
-    """A system binary the stack needs; missing means the machine was not set up."""
-    for name in names:
-        found = shutil.which(name) or (str(PG_BIN / name) if (PG_BIN / name).exists() else None)
-        if found:
-            return found
-    pytest.fail(f"{' or '.join(names)} not found: run scripts/install-system-deps.sh")
 
 
 def _as_postgres_user() -> tuple[list[str], str | None]:
@@ -100,7 +90,7 @@ def postgres_server(database: str = "mlflow", user: str = "mlflow") -> Iterator[
 
 
 def compose_service(name: str) -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"][name]
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"][name]
 
 
 def mlflow_server_command(port: int, artifacts: Path) -> list[str]:
@@ -204,7 +194,7 @@ def prometheus_and_alertmanager(
     am_port, prom_port = free_port(), free_port()
     alertmanager = [
         system_tool("prometheus-alertmanager", "alertmanager"),
-        f"--config.file={ROOT / 'conf' / 'alertmanager' / 'alertmanager.yml'}",
+        f"--config.file={REPO / 'conf' / 'alertmanager' / 'alertmanager.yml'}",
         f"--storage.path={root / 'alertmanager'}",
         f"--web.listen-address=127.0.0.1:{am_port}",
         "--cluster.listen-address=",
@@ -227,8 +217,8 @@ def prometheus_and_alertmanager(
     ]
     with background(alertmanager, root / "alertmanager.log") as am_process:
         am_url = f"http://127.0.0.1:{am_port}"
-        wait_for(f"{am_url}/-/ready", process=am_process, timeout=30)
+        wait_for(f"{am_url}/-/ready", process=am_process, timeout=120)
         with background(prometheus, root / "prometheus.log") as prom_process:
             prom_url = f"http://127.0.0.1:{prom_port}"
-            wait_for(f"{prom_url}/-/ready", process=prom_process, timeout=30)
+            wait_for(f"{prom_url}/-/ready", process=prom_process, timeout=120)
             yield prom_url, am_url

@@ -6,10 +6,13 @@ Dockerfile takes as its PYTHON_IMAGE build argument.
 
 The engine: an engine that already answers (DOCKER_HOST, or the default socket) is used as it
 is; otherwise a private `dockerd --iptables=false --bridge=none` is started with its own data
-root, exec root and socket under CACHE (overlay2 first, vfs when overlay2 cannot start), and
-stopped by `stop()`. Its data root lives on between runs, so the base image and the build
-cache are built once per machine. The engine and debootstrap are Debian packages
-(`docker.io`, `debootstrap`) that scripts/install-system-deps.sh installs when absent.
+root, exec root and socket under CACHE (overlay2 first, vfs when overlay2 cannot start). One
+such dockerd per machine: every session (and every pytest-xdist worker) that wants it takes a
+shared lock on CACHE/engine.users, the first starts it under CACHE/engine.lock, the others use
+it, and the last one whose `stop()` finds no other user stops it. Its data root lives on
+between runs, so the base image and the build cache are built once per machine. The engine
+and debootstrap are Debian packages (`docker.io`, `debootstrap`) that
+scripts/install-system-deps.sh installs when absent.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+
 CACHE = Path(os.environ.get("FRAUDFLOW_DOCKER_CACHE", Path.home() / ".cache" / "fraudflow-docker"))
 BASE_IMAGE = "fraudflow-base:bookworm-py311"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -50,6 +55,8 @@ class Engine:
     process: subprocess.Popen | None = None
     log: Path | None = None
     started: bool = field(default=False)
+    # our shared lock on CACHE/engine.users while we use the private engine (None: not private)
+    users: IO[str] | None = field(default=None, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -82,11 +89,11 @@ class Engine:
     ) -> None:
         """`docker build --network host` with BuildKit (the engine's own: stages the target
         does not need, such as the Dockerfile's pinned-base stage, are skipped, so nothing is
-        pulled); its output goes to CACHE/build.log."""
+        pulled); its output goes to CACHE/build-TAG.log."""
         args = [
             arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")
         ]
-        log = CACHE / "build.log"
+        log = CACHE / f"build-{tag.replace('/', '-').replace(':', '-')}.log"
         with open(log, "wb") as out:
             result = subprocess.run(
                 [docker_client(), "build", "--network", "host", "--progress", "plain", *args]
@@ -105,16 +112,47 @@ class Engine:
         return self.run("image", "inspect", name, check=False, timeout=60).returncode == 0
 
     def stop(self) -> None:
-        """Stop the engine if this session started it (and the containers it still runs)."""
-        if not self.started or self.process is None or self.process.poll() is not None:
+        """Let go of the private engine; the last of its users stops it (and the containers it
+        still runs). An engine that was already running elsewhere is left alone."""
+        if self.users is None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        self.users.close()  # our shared lock goes with it
+        self.users = None
+        with _lock(CACHE / "engine.lock"), open(CACHE / "engine.users", "a") as users:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another session or worker still uses it
+            _stop_dockerd(self.process)
+
+
+def _stop_dockerd(process: subprocess.Popen | None) -> None:
+    """SIGTERM to the private dockerd (ours, or the one its pid file names), SIGKILL after 60 s."""
+    if process is not None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+    else:
         try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        _unmount_under(CACHE / "exec")
+            pid = int((CACHE / "dockerd.pid").read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pid = 0
+        deadline = time.monotonic() + 60
+        while pid and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.5)
+        else:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+    _unmount_under(CACHE / "exec")
 
 
 def _unmount_under(folder: Path) -> None:
@@ -233,15 +271,19 @@ def ensure_engine(timeout: float = 120.0) -> Engine:
             return Engine(host, _driver(host))
     install_engine()
     with _lock(CACHE / "engine.lock"):
+        users = open(CACHE / "engine.users", "a")
+        fcntl.flock(users, fcntl.LOCK_SH)  # held until stop(): the engine stays up for us
         own = f"unix://{CACHE / 'docker.sock'}"
-        if _answers(own):  # another session's engine on the same cache: share it
-            return Engine(own, _driver(own))
+        if _answers(own):  # another session's or worker's engine on the same cache: share it
+            return Engine(own, _driver(own), users=users)
         tried = []
         for driver in STORAGE_DRIVERS:
             engine = _start_dockerd(driver, timeout)
             if engine is not None:
+                engine.users = users
                 return engine
             tried.append(f"{driver} (log: {CACHE / f'dockerd-{driver}.log'})")
+        users.close()
     raise EngineError(f"dockerd did not start with any storage driver: {', '.join(tried)}")
 
 

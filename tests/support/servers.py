@@ -1,54 +1,24 @@
-"""Start and stop real servers for integration tests: gunicorn (our API) and `mlflow server`."""
+"""Real servers for integration tests: our API under gunicorn (ready when every worker serves
+the model asked for), and a plain `mlflow server`."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def poll_until(
-    check: Callable[[], tuple[bool, object]], what: str, timeout: float, process=None
-) -> object:
-    """Call `check` (which returns whether it is done, and what it saw) every 0.25 s until it is
-    done; fail when `process` exits or `timeout` passes, with the last thing seen."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before {what} ({last})")
-        try:
-            done, last = check()
-            if done:
-                return last
-        except requests.RequestException as exc:
-            last = exc
-        time.sleep(0.25)
-    raise TimeoutError(f"{what} not reached in {timeout}s (last: {last})")
-
-
-def wait_for(url: str, status: int = 200, timeout: float = 90.0, process=None) -> requests.Response:
-    def check() -> tuple[bool, object]:
-        response = requests.get(url, timeout=2)
-        return response.status_code == status, response
-
-    return poll_until(check, f"{url} answering {status}", timeout, process)
+from tests.support.processes import (
+    BIN,
+    background,
+    clean_env,
+    free_port,
+    poll_until,
+    stop,
+    wait_for,
+)
 
 
 def worker_gauge(url: str, name: str, headers: dict[str, str] | None = None) -> dict[str, float]:
@@ -106,25 +76,6 @@ def wait_every_worker(
         wait_every_worker_gauge(
             url, "fraudflow_model_version", workers, float(version), timeout, process, headers
         )
-
-
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment without MLflow/fraudflow settings that would leak in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAUDFLOW"))}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra or {})
-    return env
-
-
-def stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 @contextmanager
@@ -190,40 +141,3 @@ def mlflow_server(root: Path, port: int | None = None) -> Iterator[tuple[str, su
     with background(command, root / "mlflow-server.log") as process:
         wait_for(f"{url}/health", process=process, timeout=120)
         yield url, process
-
-
-def kill_group(process: subprocess.Popen, grace: float = 20.0) -> None:
-    """Stop a server and every process it started (mlflow server runs uvicorn/gunicorn):
-    SIGTERM to its group, SIGKILL after `grace` seconds (a uvicorn server otherwise waits for
-    every keep-alive connection a client, such as MLflow's pooled session, still holds)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
-@contextmanager
-def background(
-    command: list[str],
-    log: Path,
-    env: dict[str, str] | None = None,
-    grace: float = 20.0,
-    cwd: Path | None = None,
-) -> Iterator[subprocess.Popen]:
-    """A server in its own process group, its output in `log`, stopped with its children."""
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            command,
-            env=env if env is not None else clean_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=cwd,
-        )
-    try:
-        yield process
-    finally:
-        kill_group(process, grace)

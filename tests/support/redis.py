@@ -12,8 +12,7 @@ from pathlib import Path
 
 import redis
 
-from tests.servers import clean_env, free_port, poll_until
-from tests.stack_servers import system_tool
+from tests.support.processes import clean_env, free_port, poll_until, system_tool
 
 
 class RedisServer:

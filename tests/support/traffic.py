@@ -1,6 +1,6 @@
-"""Production traffic for monitoring tests: a champion in a temporary store, and prediction-log
-records exactly as the API writes them (the same record builder and writer), with features
-computed by the offline path (proven equal to the online one in test_serving_gunicorn)."""
+"""Production traffic for monitoring tests: prediction-log records exactly as the API writes
+them (the same record builder and writer), with features computed by the offline path (proven
+equal to the online one in test_serving_gunicorn)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,8 @@ import pandas as pd
 from pipelines.features import build_features
 from pipelines.log.record import log_folder, record
 from pipelines.log.writer import PredictionLogWriter
-from pipelines.mlflow.promotion import promote_if_better
 from pipelines.model import FraudScorer
 from pipelines.settings import RAW_COLUMNS, Settings
-from pipelines.training.record import data_description, log_training_run
-from pipelines.training.train import train_model
-
-
-def train_champion(settings: Settings, history: pd.DataFrame) -> str:
-    """Train, register and promote a first version; returns its version number."""
-    result = train_model(history, settings)
-    _, version = log_training_run(result, settings, data_description("history", history))
-    decision = promote_if_better(settings, history)
-    assert decision.promoted, decision.reason
-    return str(version.version)
 
 
 def log_traffic(
