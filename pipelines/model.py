@@ -95,36 +95,69 @@ class FraudScorer:
         limits: BoosterLimits = BoosterLimits(),
         expected_sha256: Mapping[str, str] | None = None,
     ) -> "FraudScorer":
-        """Read and check the two files; anything not in their shape is refused, naming why.
+        """Read and check the two files (`check_model_files`), then let LightGBM parse the very
+        bytes that were checked; anything not in their shape is refused, naming why."""
+        return cls.from_checked(check_model_files(booster_path, meta_path, limits, expected_sha256))
 
-        Before LightGBM sees a byte: the size, the SHA-256 of each file against
-        `expected_sha256` (file name -> hex, from the model version's tags) and the booster's
-        against the one meta.json records, then the booster text against `check_booster_text`.
-        LightGBM then parses the very bytes that were checked."""
-        expected = dict(expected_sha256 or {})
-        meta_bytes = _read_limited(Path(meta_path), META_FILE, MAX_META_BYTES)
-        _verify(META_FILE, meta_bytes, expected.get(META_FILE), "the model version's tag")
-        meta = _parse_meta(meta_bytes)
-        data = _read_limited(Path(booster_path), BOOSTER_FILE, limits.max_bytes)
-        _verify(BOOSTER_FILE, data, expected.get(BOOSTER_FILE), "the model version's tag")
-        _verify(BOOSTER_FILE, data, meta.get(BOOSTER_SHA256_TAG), META_FILE)
-        features = tuple(meta["features"])
+    @classmethod
+    def from_checked(cls, checked: CheckedFiles) -> "FraudScorer":
         try:
-            shape = check_booster_text(data, limits, features=len(features))
-        except BoosterTextError as exc:
-            raise ModelArtifactError(f"{BOOSTER_FILE} refused: {exc}") from exc
-        if shape.feature_names != features:
-            raise ModelArtifactError(
-                f"the booster's features {list(shape.feature_names)} are not the metadata's "
-                f"{features}"
-            )
-        try:
-            booster = lgb.Booster(model_str=data.decode("ascii"))
+            booster = lgb.Booster(model_str=checked.booster_text)
         except lgb.basic.LightGBMError as exc:
             raise ModelArtifactError(f"{BOOSTER_FILE} does not load: {exc}") from exc
-        if tuple(booster.feature_name()) != features or booster.num_trees() != shape.trees:
+        if (
+            tuple(booster.feature_name()) != checked.features
+            or booster.num_trees() != checked.trees
+        ):
             raise ModelArtifactError(f"{BOOSTER_FILE} loads as another model than it reads")
-        return cls(booster, features, float(meta["threshold"]))
+        return cls(booster, checked.features, checked.threshold)
+
+
+@dataclass(frozen=True)
+class CheckedFiles:
+    """The two model files as read and checked, before LightGBM has seen them."""
+
+    booster_text: str
+    features: tuple[str, ...]
+    threshold: float
+    trees: int
+    sha256: dict[str, str]
+
+
+def check_model_files(
+    booster_path: Path,
+    meta_path: Path,
+    limits: BoosterLimits = BoosterLimits(),
+    expected_sha256: Mapping[str, str] | None = None,
+) -> CheckedFiles:
+    """Everything checked before LightGBM sees a byte: each file's size, its SHA-256 against
+    `expected_sha256` (file name -> hex, from the model version's tags), the booster's against
+    the one meta.json records, the metadata's shape, then the booster text
+    (`check_booster_text`) and its feature names against the metadata's."""
+    expected = dict(expected_sha256 or {})
+    meta_bytes = _read_limited(Path(meta_path), META_FILE, MAX_META_BYTES)
+    _verify(META_FILE, meta_bytes, expected.get(META_FILE), "the model version's tag")
+    meta = _parse_meta(meta_bytes)
+    data = _read_limited(Path(booster_path), BOOSTER_FILE, limits.max_bytes)
+    _verify(BOOSTER_FILE, data, expected.get(BOOSTER_FILE), "the model version's tag")
+    _verify(BOOSTER_FILE, data, meta.get(BOOSTER_SHA256_TAG), META_FILE)
+    features = tuple(meta["features"])
+    try:
+        shape = check_booster_text(data, limits, features=len(features))
+    except BoosterTextError as exc:
+        raise ModelArtifactError(f"{BOOSTER_FILE} refused: {exc}") from exc
+    if shape.feature_names != features:
+        raise ModelArtifactError(
+            f"the booster's features {list(shape.feature_names)} are not the metadata's "
+            f"{features}"
+        )
+    return CheckedFiles(
+        booster_text=data.decode("ascii"),
+        features=features,
+        threshold=float(meta["threshold"]),
+        trees=shape.trees,
+        sha256={BOOSTER_FILE: sha256_bytes(data), META_FILE: sha256_bytes(meta_bytes)},
+    )
 
 
 def sha256_bytes(data: bytes) -> str:
