@@ -25,13 +25,16 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipelines.booster_check import BoosterLimits
 from pipelines.files import replacing, sha256_file, write_json_atomic
-from pipelines.model import BOOSTER_FILE, META_FILE, FraudScorer
+from pipelines.model import BOOSTER_FILE, META_FILE, FraudScorer, check_model_files
+from serving.model_probe import ModelProbe
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +117,19 @@ class ModelCache:
         self._prune(entry.name)
         return entry
 
-    def load(self, name: str) -> CachedModel | None:
+    def load(
+        self,
+        name: str,
+        limits: BoosterLimits = BoosterLimits(),
+        check_features: Callable[[tuple[str, ...]], None] | None = None,
+        probe: ModelProbe | None = None,
+    ) -> CachedModel | None:
         """The model served last, checked; None when nothing was cached. Raises CacheError
-        naming what is wrong with an entry that cannot be served."""
+        naming what is wrong with an entry that cannot be served (ModelArtifactError for files
+        that are not a model, or that `check_features` or `probe` refuse).
+
+        Nothing is parsed by LightGBM in this process before the hashes, the files' own checks
+        (the booster text, `limits`), `check_features` and the `probe` passed."""
         pointer = self.folder / POINTER
         if not pointer.exists():
             return None
@@ -140,7 +153,13 @@ class ModelCache:
                 raise CacheError(f"{entry_name}/{file_name} is missing")
             if sha256_file(path) != hashes.get(file_name):
                 raise CacheError(f"{entry_name}/{file_name} differs from what was cached")
-        scorer = FraudScorer.load(entry / BOOSTER_FILE, entry / META_FILE)
+        booster, meta = entry / BOOSTER_FILE, entry / META_FILE
+        checked = check_model_files(booster, meta, limits, hashes)
+        if check_features is not None:
+            check_features(checked.features)
+        if probe is not None:
+            probe.require(booster, meta)
+        scorer = FraudScorer.from_checked(checked)
         aliases = manifest.get("aliases") or []
         return CachedModel(
             name=name,
