@@ -200,7 +200,10 @@ def _tree(block: str, index: int, max_feature_idx: int, limits: BoosterLimits) -
         )
     body, blank, tail = rest.partition("\n\n")
     if not blank or tail.strip("\n"):
-        raise BoosterTextError(f"{where}: its block is not key=value lines then blank lines")
+        raise BoosterTextError(
+            f"{where}: its {len(block):,}-byte block (tree_sizes) is not key=value lines then "
+            "blank lines (tree sizes and tree blocks disagree)"
+        )
     values: dict[str, str] = {}
     for line in body.split("\n"):
         key, sep, value = line.partition("=")
