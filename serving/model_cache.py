@@ -8,6 +8,8 @@ Layout of the cache folder (local to the replica, never shared between hosts):
     v7/meta.json
     v7/served.json        the manifest: name, version, stage, aliases, run id and the SHA-256
                           of both files
+    .probed/<sha256>.json the pairs of model files a child process loaded and scored
+                          (`serving.model_probe`), so each worker need not try them again
 
 An entry is written into a temporary folder (each file through `pipelines.files`) and renamed
 into place, so a reader sees all of it or none of it. Reading checks the manifest and the
@@ -39,6 +41,7 @@ from serving.model_probe import ModelProbe
 log = logging.getLogger(__name__)
 
 POINTER = "current.json"
+PROBED = ".probed"
 MANIFEST = "served.json"
 FORMAT = 1
 KEEP = 2  # the entry served last and the one before it

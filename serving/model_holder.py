@@ -24,7 +24,7 @@ from pipelines.mlflow.registry import served_uri, served_version
 from pipelines.mlflow.store import MlflowClient, ModelVersion
 from pipelines.model import FraudScorer, check_model_files
 from pipelines.settings import Settings
-from serving.model_cache import ModelCache
+from serving.model_cache import PROBED, ModelCache
 from serving.model_probe import ModelProbe
 from serving.online_scorer import OnlineScorer
 
@@ -104,7 +104,7 @@ class ModelHolder:
         self.probe = ModelProbe(
             self.limits,
             settings.model.probe_timeout_s,
-            self.cache.folder / "probed" if self.cache is not None else None,
+            self.cache.folder / PROBED if self.cache is not None else None,
         )
         self._cache_tried = False
         self._model: ServedModel | None = None
