@@ -9,8 +9,11 @@ beside them (`pipelines/mlflow/pyfunc_model.py`) is for MLflow's own tools and o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +21,21 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from pipelines.booster_check import BoosterLimits, BoosterTextError, check_booster_text
+
 BOOSTER_ARTIFACT = "booster"
 META_ARTIFACT = "meta"
 BOOSTER_FILE = "booster.txt"
 META_FILE = "meta.json"
 # the pyfunc keeps its artifacts in this folder of the logged model
 ARTIFACTS_FOLDER = "artifacts"
-MAX_BOOSTER_BYTES = 512 * 1024 * 1024
 MAX_META_BYTES = 1024 * 1024
-MAX_TREES = 100_000
+# the model version's tags holding the SHA-256 (hex) of each file, set when it is logged;
+# meta.json holds the booster's too
+BOOSTER_SHA256_TAG = "booster_sha256"
+META_SHA256_TAG = "meta_sha256"
+SHA256_TAGS = {BOOSTER_FILE: BOOSTER_SHA256_TAG, META_FILE: META_SHA256_TAG}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ModelArtifactError(ValueError):
@@ -61,49 +70,135 @@ class FraudScorer:
         return self.booster.predict(matrix, pred_contrib=True, num_threads=1)
 
     def save(self, folder: Path) -> dict[str, str]:
-        """Write the booster and its metadata; returns the pyfunc artifact mapping."""
+        """Write the booster and its metadata (which records the booster's SHA-256); returns
+        the pyfunc artifact mapping."""
         folder.mkdir(parents=True, exist_ok=True)
         booster_path = folder / BOOSTER_FILE
         meta_path = folder / META_FILE
         self.booster.save_model(str(booster_path))
         meta_path.write_text(
-            json.dumps({"features": list(self.features), "threshold": self.threshold})
+            json.dumps(
+                {
+                    "features": list(self.features),
+                    "threshold": self.threshold,
+                    BOOSTER_SHA256_TAG: sha256_bytes(booster_path.read_bytes()),
+                }
+            )
         )
         return {BOOSTER_ARTIFACT: str(booster_path), META_ARTIFACT: str(meta_path)}
 
     @classmethod
-    def load(cls, booster_path: Path, meta_path: Path) -> "FraudScorer":
-        """Read and check the two files; anything not in their shape is refused, naming why."""
-        meta = _read_meta(Path(meta_path))
-        booster_path = Path(booster_path)
-        size = booster_path.stat().st_size
-        if size > MAX_BOOSTER_BYTES:
-            raise ModelArtifactError(
-                f"{BOOSTER_FILE} is {size:,} bytes, over {MAX_BOOSTER_BYTES:,}"
-            )
-        with booster_path.open("rb") as handle:
-            if not handle.read(5) == b"tree\n":
-                raise ModelArtifactError(f"{BOOSTER_FILE} is not a LightGBM text model")
+    def load(
+        cls,
+        booster_path: Path,
+        meta_path: Path,
+        limits: BoosterLimits = BoosterLimits(),
+        expected_sha256: Mapping[str, str] | None = None,
+    ) -> "FraudScorer":
+        """Read and check the two files (`check_model_files`), then let LightGBM parse the very
+        bytes that were checked; anything not in their shape is refused, naming why."""
+        return cls.from_checked(check_model_files(booster_path, meta_path, limits, expected_sha256))
+
+    @classmethod
+    def from_checked(cls, checked: CheckedFiles) -> "FraudScorer":
         try:
-            booster = lgb.Booster(model_file=str(booster_path))
+            booster = lgb.Booster(model_str=checked.booster_text)
         except lgb.basic.LightGBMError as exc:
             raise ModelArtifactError(f"{BOOSTER_FILE} does not load: {exc}") from exc
-        features = tuple(meta["features"])
-        if tuple(booster.feature_name()) != features:
-            raise ModelArtifactError(
-                f"the booster's features {booster.feature_name()} are not the metadata's {features}"
-            )
-        if not 0 < booster.num_trees() <= MAX_TREES:
-            raise ModelArtifactError(f"the booster has {booster.num_trees()} trees")
-        return cls(booster, features, float(meta["threshold"]))
+        if (
+            tuple(booster.feature_name()) != checked.features
+            or booster.num_trees() != checked.trees
+        ):
+            raise ModelArtifactError(f"{BOOSTER_FILE} loads as another model than it reads")
+        return cls(booster, checked.features, checked.threshold)
 
 
-def _read_meta(path: Path) -> dict:
-    size = path.stat().st_size
-    if size > MAX_META_BYTES:
-        raise ModelArtifactError(f"{META_FILE} is {size:,} bytes, over {MAX_META_BYTES:,}")
+@dataclass(frozen=True)
+class CheckedFiles:
+    """The two model files as read and checked, before LightGBM has seen them."""
+
+    booster_text: str
+    features: tuple[str, ...]
+    threshold: float
+    trees: int
+    sha256: dict[str, str]
+
+
+def check_model_files(
+    booster_path: Path,
+    meta_path: Path,
+    limits: BoosterLimits = BoosterLimits(),
+    expected_sha256: Mapping[str, str] | None = None,
+) -> CheckedFiles:
+    """Everything checked before LightGBM sees a byte: each file's size, its SHA-256 against
+    `expected_sha256` (file name -> hex, from the model version's tags), the booster's against
+    the one meta.json records, the metadata's shape, then the booster text
+    (`check_booster_text`) and its feature names against the metadata's."""
+    expected = dict(expected_sha256 or {})
+    meta_bytes = _read_limited(Path(meta_path), META_FILE, MAX_META_BYTES)
+    _verify(META_FILE, meta_bytes, expected.get(META_FILE), "the model version's tag")
+    meta = _parse_meta(meta_bytes)
+    data = _read_limited(Path(booster_path), BOOSTER_FILE, limits.max_bytes)
+    _verify(BOOSTER_FILE, data, expected.get(BOOSTER_FILE), "the model version's tag")
+    _verify(BOOSTER_FILE, data, meta.get(BOOSTER_SHA256_TAG), META_FILE)
+    features = tuple(meta["features"])
     try:
-        meta = json.loads(path.read_text())
+        shape = check_booster_text(data, limits, features=len(features))
+    except BoosterTextError as exc:
+        raise ModelArtifactError(f"{BOOSTER_FILE} refused: {exc}") from exc
+    if shape.feature_names != features:
+        raise ModelArtifactError(
+            f"the booster's features {list(shape.feature_names)} are not the metadata's "
+            f"{features}"
+        )
+    return CheckedFiles(
+        booster_text=data.decode("ascii"),
+        features=features,
+        threshold=float(meta["threshold"]),
+        trees=shape.trees,
+        sha256={BOOSTER_FILE: sha256_bytes(data), META_FILE: sha256_bytes(meta_bytes)},
+    )
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_hashes(booster_path: Path, meta_path: Path) -> dict[str, str]:
+    """The SHA-256 of each model file, by file name: what a model version's tags record."""
+    return {
+        BOOSTER_FILE: sha256_bytes(Path(booster_path).read_bytes()),
+        META_FILE: sha256_bytes(Path(meta_path).read_bytes()),
+    }
+
+
+def _read_limited(path: Path, name: str, limit: int) -> bytes:
+    size = path.stat().st_size
+    if size > limit:
+        raise ModelArtifactError(f"{name} is {size:,} bytes, over {limit:,}")
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ModelArtifactError(f"{name} is over {limit:,} bytes")
+    return data
+
+
+def _verify(name: str, data: bytes, expected: object, source: str) -> None:
+    if expected is None:
+        return
+    if not isinstance(expected, str) or not _SHA256.fullmatch(expected):
+        raise ModelArtifactError(f"{source} holds no SHA-256 for {name} ({str(expected)[:80]!r})")
+    actual = sha256_bytes(data)
+    if actual != expected:
+        raise ModelArtifactError(
+            f"{name} has SHA-256 {actual[:12]}…, not the {expected[:12]}… {source} records "
+            "(altered or cut short)"
+        )
+
+
+def _parse_meta(data: bytes) -> dict:
+    try:
+        meta = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelArtifactError(f"{META_FILE} is not JSON: {exc}") from exc
     if not isinstance(meta, dict):

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipelines.booster_check import BoosterLimits
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 ENV_PREFIX = "FRAUDFLOW__"
 # the overlay file the API and every command read when no --config is given
@@ -241,6 +243,29 @@ class MlflowSettings(_Frozen):
     # which registry pointer is the model in service, for the API, batch scoring, the monitor
     # and promotion alike: the "Production" stage or the champion alias
     model_source: Literal["stage", "alias"]
+
+
+class ModelSettings(_Frozen):
+    """How far a model file from the registry, a cache or a backup is trusted: the limits its
+    booster is checked against before LightGBM parses it, and how the API tries a new version
+    (in a child process first, again after a failure with back-off)."""
+
+    max_booster_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_trees: int = Field(default=100_000, gt=0)
+    max_leaves: int = Field(default=131_072, ge=2)
+    # a new version is loaded and scored in a child process first; one that has not finished
+    # in this time is refused (an endless loop in the native code)
+    probe_timeout_s: float = Field(default=120.0, gt=0)
+    # a version that failed to load is tried again after poll_interval_s, doubled after each
+    # failure up to this
+    retry_max_s: float = Field(default=600.0, gt=0)
+
+    def booster_limits(self) -> BoosterLimits:
+        return BoosterLimits(
+            max_bytes=self.max_booster_bytes,
+            max_trees=self.max_trees,
+            max_leaves=self.max_leaves,
+        )
 
 
 class PromotionSettings(_Frozen):
@@ -472,6 +497,7 @@ class Settings(_Frozen):
     training: TrainingSettings
     backtest: BacktestSettings
     mlflow: MlflowSettings
+    model: ModelSettings = ModelSettings()
     promotion: PromotionSettings
     serving: ServingSettings
     state: StateSettings = StateSettings()

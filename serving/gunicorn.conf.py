@@ -62,6 +62,7 @@ def on_starting(server):
 
     if _settings.tracking_uri.startswith("sqlite:"):
         _create_store_in_a_child()
+    _probe_served_model_in_a_child()
 
 
 def _create_store_in_a_child():
@@ -83,6 +84,28 @@ def _create_store(settings):
     client = tracking_client(settings)
     client.search_experiments(max_results=1)
     client.search_registered_models(max_results=1)
+
+
+def _probe_served_model_in_a_child():
+    """Load the version in service once, as a worker would, in a short-lived child of the
+    master: the model probe (a grandchild that loads and scores the files) then runs here,
+    outside gunicorn's worker timeout, and leaves its verdict and the files in the model cache,
+    so that booting workers find them and parse a model that already survived. Any failure is
+    left for the workers to report: they load the same version and say why."""
+    child = multiprocessing.get_context("fork").Process(
+        target=_probe_served_model, args=(_settings,), name="probe-model"
+    )
+    child.start()
+    child.join()
+
+
+def _probe_served_model(settings):
+    from serving.model_holder import ModelHolder
+
+    try:
+        ModelHolder(settings).refresh()
+    finally:
+        os._exit(0)  # no teardown of MLflow's or LightGBM's threads in a forked child
 
 
 def child_exit(server, worker):

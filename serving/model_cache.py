@@ -8,6 +8,8 @@ Layout of the cache folder (local to the replica, never shared between hosts):
     v7/meta.json
     v7/served.json        the manifest: name, version, stage, aliases, run id, the SHA-256
                           of both files and the version's signature (or null)
+    .probed/<sha256>.json the pairs of model files a child process loaded and scored
+                          (`serving.model_probe`), so each worker need not try them again
 
 An entry is written into a temporary folder (each file through `pipelines.files`) and renamed
 into place, so a reader sees all of it or none of it. Reading checks the manifest and the
@@ -32,12 +34,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipelines.booster_check import BoosterLimits
 from pipelines.files import replacing, sha256_file, write_json_atomic
-from pipelines.model import BOOSTER_FILE, META_FILE, FraudScorer
+from pipelines.model import BOOSTER_FILE, META_FILE, FraudScorer, check_model_files
+from serving.model_probe import ModelProbe
 
 log = logging.getLogger(__name__)
 
 POINTER = "current.json"
+PROBED = ".probed"
 MANIFEST = "served.json"
 FORMAT = 1
 KEEP = 2  # the entry served last and the one before it
@@ -121,11 +126,18 @@ class ModelCache:
     def load(
         self,
         name: str,
+        limits: BoosterLimits = BoosterLimits(),
+        check_features: Callable[[tuple[str, ...]], None] | None = None,
+        probe: ModelProbe | None = None,
         check: Callable[[str, str, Path, Path, str | None], None] | None = None,
     ) -> CachedModel | None:
         """The model served last, checked; None when nothing was cached. Raises CacheError
-        naming what is wrong with an entry that cannot be served. `check(name, version,
-        booster, meta, signature)` runs before the files are parsed and raises to refuse them."""
+        naming what is wrong with an entry that cannot be served (ModelArtifactError for files
+        that are not a model, or that `check_features` or `probe` refuse). `check(name,
+        version, booster, meta, signature)` runs first and raises to refuse the files.
+
+        Nothing is parsed by LightGBM in this process before the hashes, `check`, the files'
+        own checks (the booster text, `limits`), `check_features` and the `probe` passed."""
         pointer = self.folder / POINTER
         if not pointer.exists():
             return None
@@ -149,16 +161,22 @@ class ModelCache:
                 raise CacheError(f"{entry_name}/{file_name} is missing")
             if sha256_file(path) != hashes.get(file_name):
                 raise CacheError(f"{entry_name}/{file_name} differs from what was cached")
+        booster, meta = entry / BOOSTER_FILE, entry / META_FILE
         if check is not None:
             signature = manifest.get("signature")
             check(
                 name,
                 str(manifest["version"]),
-                entry / BOOSTER_FILE,
-                entry / META_FILE,
+                booster,
+                meta,
                 signature if isinstance(signature, str) else None,
             )
-        scorer = FraudScorer.load(entry / BOOSTER_FILE, entry / META_FILE)
+        checked = check_model_files(booster, meta, limits, hashes)
+        if check_features is not None:
+            check_features(checked.features)
+        if probe is not None:
+            probe.require(booster, meta)
+        scorer = FraudScorer.from_checked(checked)
         aliases = manifest.get("aliases") or []
         return CachedModel(
             name=name,

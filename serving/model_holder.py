@@ -25,9 +25,10 @@ from pipelines.integrity import MODEL_SIGNATURE_TAG, check_model, read_key
 from pipelines.mlflow import models, store
 from pipelines.mlflow.registry import served_uri, served_version
 from pipelines.mlflow.store import MlflowClient, ModelVersion
-from pipelines.model import FraudScorer
+from pipelines.model import FraudScorer, check_model_files
 from pipelines.settings import Settings
-from serving.model_cache import ModelCache
+from serving.model_cache import PROBED, ModelCache
+from serving.model_probe import ModelProbe
 from serving.online_scorer import OnlineScorer
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,10 @@ class RegistryStatus:
     # text); None once a version loads, or when the registry serves none
     failed_version: str | None = None
     load_error: str | None = None
+    # the failed version is not tried again before this (time.monotonic()); the wait doubles
+    # after each failure, from serving.poll_interval_s up to model.retry_max_s
+    retry_at: float | None = None
+    retry_delay_s: float | None = None
     listeners: list[Callable[[str, ServedModel | None], None]] = field(default_factory=list)
 
 
@@ -100,6 +105,12 @@ class ModelHolder:
         self.model_key = read_key(settings.integrity.model_key, "integrity.model_key")
         folder = settings.serving.model_cache_dir
         self.cache = ModelCache(settings.under_workdir(folder)) if folder else None
+        self.limits = settings.model.booster_limits()
+        self.probe = ModelProbe(
+            self.limits,
+            settings.model.probe_timeout_s,
+            self.cache.folder / PROBED if self.cache is not None else None,
+        )
         self._cache_tried = False
         self._model: ServedModel | None = None
         self._lock = threading.Lock()
@@ -140,6 +151,8 @@ class ModelHolder:
             if current and current.version == str(target.version) and current.source != "cache":
                 self._loaded()  # back to the version in service: no failure stands
                 return False
+            if self._backing_off(str(target.version)):
+                return self._serve_cached()
             try:
                 with tempfile.TemporaryDirectory() as folder:
                     booster, meta = models.download_model_files(
@@ -149,23 +162,54 @@ class ModelHolder:
                     self._check_signature(
                         target.name, str(target.version), booster, meta, signature
                     )
-                    scorer = self._checked(FraudScorer.load(booster, meta))
+                    scorer = self._trusted(booster, meta, models.expected_hashes(target))
                     self._swap(target, scorer)
                     self._keep(booster, meta, signature)
             except Exception as exc:
-                self.status.reload_failures += 1
-                self.status.last_error = redact(f"loading v{target.version} failed: {exc}")[:500]
-                self.status.failed_version = str(target.version)
-                self.status.load_error = public(f"{type(exc).__name__}: {exc}")[:500]
-                log.error("%s", self.status.last_error)
-                self._notify("reload_failure", self._model)
+                self._failed(str(target.version), exc)
                 return self._serve_cached()
             return True
+
+    def _trusted(self, booster: Path, meta: Path, expected: dict[str, str]) -> FraudScorer:
+        """The model of these files, parsed in this process only once they passed every check
+        here (hashes, sizes, the booster text, the features) and a child process loaded and
+        scored them (`ModelProbe`)."""
+        checked = check_model_files(booster, meta, self.limits, expected)
+        self._check_features(checked.features)
+        self.probe.require(booster, meta)
+        return FraudScorer.from_checked(checked)
+
+    def _backing_off(self, version: str) -> bool:
+        """True while the version that failed last waits for its next try."""
+        status = self.status
+        return (
+            status.failed_version == version
+            and status.retry_at is not None
+            and time.monotonic() < status.retry_at
+        )
+
+    def _failed(self, version: str, exc: Exception) -> None:
+        status = self.status
+        poll = self.settings.serving.poll_interval_s
+        again = status.failed_version == version and status.retry_delay_s is not None
+        delay = min(
+            2 * status.retry_delay_s if again else 2 * poll, self.settings.model.retry_max_s
+        )
+        status.reload_failures += 1
+        status.last_error = redact(f"loading v{version} failed: {exc}")[:500]
+        status.failed_version = version
+        status.load_error = public(f"{type(exc).__name__}: {exc}")[:500]
+        status.retry_delay_s = delay
+        status.retry_at = time.monotonic() + delay
+        log.error("%s (next try in %.0f s)", status.last_error, delay)
+        self._notify("reload_failure", self._model)
 
     def _loaded(self) -> None:
         """No load failure stands: the served version loaded, or the registry serves none."""
         self.status.failed_version = None
         self.status.load_error = None
+        self.status.retry_at = None
+        self.status.retry_delay_s = None
 
     @property
     def failing(self) -> bool:
@@ -181,17 +225,16 @@ class ModelHolder:
         if self.model_key is not None:
             check_model(self.model_key, name, version, booster, meta, signature)
 
-    def _checked(self, scorer: FraudScorer) -> FraudScorer:
-        """The scorer, if it was trained on the features this service computes."""
+    def _check_features(self, features: tuple[str, ...]) -> None:
+        """Refuse a model not trained on the features this service computes."""
         expected = tuple(feature_names(self.settings.features))
-        if scorer.features != expected:
-            missing = sorted(set(expected) - set(scorer.features))
-            extra = sorted(set(scorer.features) - set(expected))
+        if features != expected:
+            missing = sorted(set(expected) - set(features))
+            extra = sorted(set(features) - set(expected))
             raise ValueError(
                 "trained on other features than this service computes (align the "
                 f"features settings): model lacks {missing}, has extra {extra}"
             )
-        return scorer
 
     def _swap(self, target: ModelVersion, scorer: FraudScorer) -> None:
         self._model = ServedModel(
@@ -235,11 +278,17 @@ class ModelHolder:
         self._cache_tried = True
         folder = self.cache.folder
         try:
-            cached = self.cache.load(self.settings.mlflow.model_name, check=self._check_signature)
+            cached = self.cache.load(
+                self.settings.mlflow.model_name,
+                self.limits,
+                self._check_features,
+                self.probe,
+                check=self._check_signature,
+            )
             if cached is None:
                 log.warning("no model from the registry and none cached at %s", folder)
                 return False
-            scorer = self._checked(cached.scorer)
+            scorer = cached.scorer
         except Exception as exc:  # damaged, altered, half-written or another model: never served
             log.error("model cache at %s ignored, nothing served from it: %s", folder, exc)
             return False

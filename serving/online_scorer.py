@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+import lightgbm as lgb
 import numpy as np
 from lightgbm.basic import _LIB, _c_str, _safe_call
 
@@ -34,6 +35,13 @@ class _SingleRowFast:
     def __init__(self, scorer: FraudScorer, outputs: int) -> None:
         self._booster = scorer.booster  # the FastConfig points into it: keep it alive
         width = len(scorer.features)
+        # the output buffer is as long as LightGBM itself says one row's answer is; a model
+        # whose answer is not the `outputs` values the caller reads is not used on this path
+        sized = self.output_size(self._booster, self.PREDICT_TYPE)
+        if sized != outputs:
+            raise ValueError(
+                f"LightGBM answers {sized} values per row for this model, not {outputs}"
+            )
         self._handle = ctypes.c_void_p()
         _safe_call(
             _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
@@ -50,12 +58,28 @@ class _SingleRowFast:
         # the input and output buffers and their C pointers are made once, not per call
         self._in = np.empty(width)
         self._in_pointer = self._in.ctypes.data_as(ctypes.c_void_p)
-        self._out = np.empty(outputs)
+        self._out = np.empty(sized)
         self._out_pointer = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._out_len = ctypes.c_int64()
         self._out_len_ref = ctypes.byref(self._out_len)
         self._lock = threading.Lock()
         self._width = width
+
+    @staticmethod
+    def output_size(booster: lgb.Booster, predict_type: int) -> int:
+        """How many doubles LightGBM writes for one row (`LGBM_BoosterCalcNumPredict`)."""
+        size = ctypes.c_int64(0)
+        _safe_call(
+            _LIB.LGBM_BoosterCalcNumPredict(
+                booster._handle,
+                ctypes.c_int(1),
+                ctypes.c_int(predict_type),
+                ctypes.c_int(0),
+                ctypes.c_int(booster.best_iteration),
+                ctypes.byref(size),
+            )
+        )
+        return int(size.value)
 
     def _predict(self, row: np.ndarray) -> None:
         """Fill `self._out`; the caller holds the lock."""
@@ -67,6 +91,8 @@ class _SingleRowFast:
                 self._handle, self._in_pointer, self._out_len_ref, self._out_pointer
             )
         )
+        if self._out_len.value != len(self._out):
+            raise RuntimeError(f"LightGBM wrote {self._out_len.value} values, not {len(self._out)}")
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from pipelines import model as model_files
+from pipelines.booster_check import BoosterLimits
 from pipelines.mlflow import store
 from pipelines.mlflow.promotion import set_stage
 from pipelines.model import FraudScorer, ModelArtifactError
@@ -160,19 +161,21 @@ os._exit(0)
     assert not list(local.rglob("*.pkl")) and (local / "pyfunc_model.py").is_file()
 
 
-def test_the_model_files_are_checked_before_use(registered, tmp_path: Path, monkeypatch) -> None:
+def test_the_model_files_are_checked_before_use(registered, tmp_path: Path) -> None:
     settings, result = registered
     good = result.scorer.save(tmp_path / "good")
     booster, meta = Path(good["booster"]), Path(good["meta"])
     assert FraudScorer.load(booster, meta).features == result.scorer.features
 
-    def refused(booster_text: str | None, meta_payload: object, phrase: str) -> None:
+    def refused(
+        booster_text: str | None, meta_payload: object, phrase: str, limits=BoosterLimits()
+    ) -> None:
         folder = Path(tempfile.mkdtemp(dir=tmp_path))
         b, m = folder / "booster.txt", folder / "meta.json"
         b.write_text(booster.read_text() if booster_text is None else booster_text)
         m.write_text(meta_payload if isinstance(meta_payload, str) else json.dumps(meta_payload))
         with pytest.raises(ModelArtifactError, match=phrase):
-            FraudScorer.load(b, m)
+            FraudScorer.load(b, m, limits)
 
     valid = json.loads(meta.read_text())
     refused(None, "{not json", "not JSON")
@@ -182,12 +185,19 @@ def test_the_model_files_are_checked_before_use(registered, tmp_path: Path, monk
     refused(None, {**valid, "threshold": "0.5"}, "threshold")
     refused(None, {**valid, "threshold": 1.5}, "threshold")
     refused(None, {**valid, "features": list(reversed(valid["features"]))}, "booster's features")
-    refused("\x80\x04\x95 a pickle, not a model", valid, "not a LightGBM text model")
-    refused("tree\nversion=v4\nnonsense", valid, "does not load")
-    monkeypatch.setattr(model_files, "MAX_BOOSTER_BYTES", 100)
-    refused(None, valid, "bytes, over")
-    monkeypatch.undo()
-    monkeypatch.setattr(model_files, "MAX_TREES", 3)
-    refused(None, valid, "trees")
-    monkeypatch.undo()
+    # a model trained before meta.json recorded the booster's SHA-256 is still checked
+    unhashed = {k: v for k, v in valid.items() if k != model_files.BOOSTER_SHA256_TAG}
+    refused("\x80\x04\x95 a pickle, not a model", unhashed, "not a LightGBM text model")
+    refused("tree\nversion=v4\nnonsense", unhashed, "refused: no tree")
+    refused(None, valid, "bytes, over", BoosterLimits(max_bytes=100))
+    refused(None, valid, "over the limit of 3", BoosterLimits(max_trees=3))
+    refused(None, valid, "num_leaves=15, not within 1..4", BoosterLimits(max_leaves=4))
+    # the SHA-256 meta.json records for the booster, and those of the version's tags
+    cut = booster.read_text().replace("end of trees", "end of trees\n")
+    refused(cut, valid, "not the [0-9a-f]+… meta.json records")
+    hashes = model_files.file_hashes(booster, meta)
+    assert FraudScorer.load(booster, meta, expected_sha256=hashes).threshold == valid["threshold"]
+    for name in hashes:
+        with pytest.raises(ModelArtifactError, match=f"{name} has SHA-256 .* the model version"):
+            FraudScorer.load(booster, meta, expected_sha256={**hashes, name: "0" * 64})
     assert isinstance(FraudScorer.load(booster, meta).booster, lgb.Booster)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -349,8 +350,15 @@ def test_a_version_that_cannot_load_is_reported_as_such_and_fails_health(trained
     assert health.status_code == 503, health.json
     assert health.json["status"] == "failing" and health.json["failed_version"] == version
     assert "other features" in health.json["load_error"]
-    holder.refresh()  # the poller tries again: still failing, counted again
+    # the poller does not try it again at every poll: it backs off, doubling the wait
+    first_delay = holder.status.retry_delay_s
+    assert first_delay == 2 * other.serving.poll_interval_s
+    holder.refresh()
+    assert holder.status.reload_failures == 1 and holder.status.failed_version == version
+    holder.status.retry_at = time.monotonic()  # the wait is over
+    holder.refresh()  # tried again: still failing, counted again, the next wait twice as long
     assert holder.status.reload_failures == 2 and client.get("/health").status_code == 503
+    assert holder.status.retry_delay_s == min(2 * first_delay, other.model.retry_max_s)
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "fraudflow_model_reload_failures_total 2.0" in metrics
 
