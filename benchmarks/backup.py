@@ -28,7 +28,6 @@ from pipelines.backup.run import make_backup, restore_backup
 from pipelines.log.record import log_folder
 from pipelines.settings import RAW_COLUMNS
 from pipelines.state.factory import open_state
-from tests.support.models import train_and_register
 
 
 def part_sizes(backup: Path) -> dict[str, int]:
@@ -47,15 +46,7 @@ def main() -> int:
     parser.add_argument("--markdown", help="write the results table here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings, result, scored = scored_world(str(Path(tmp) / "demo"))
-        version, _ = train_and_register(
-            scored,
-            settings,
-            "benchmark",
-            result=result,
-            data={"data_path": "benchmark"},
-            actor="benchmark",
-        )
+        settings, result, scored, version = scored_world(str(Path(tmp) / "demo"))
         print("warming the online state")
         open_state(settings).warm(scored[list(RAW_COLUMNS)])
         names = list(result.scorer.features)

@@ -35,16 +35,16 @@ def main() -> int:
     parser.add_argument("--markdown", help="write the results table here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        _, result, scored = scored_world(tmp)
+        _, result, scored, _ = scored_world(tmp)
         names = list(result.scorer.features)
         frame = scored.iloc[-args.rows :]
         folder = Path(tmp) / "predictions"
         write_log(folder, frame, names, "1")
         (json_file,) = log_files(folder)
         json_bytes = json_file.stat().st_size
-        json_read, json_s, json_cpu = _timed(read_log, folder, None, names)
+        json_read, json_s, json_cpu = _timed(read_log, folder, None, None, names)
         compaction, compact_s, compact_cpu = _timed(compact_file, json_file)
-        parquet_read, parquet_s, parquet_cpu = _timed(read_log, folder, None, names)
+        parquet_read, parquet_s, parquet_cpu = _timed(read_log, folder, None, None, names)
         assert parquet_read.predictions.equals(json_read.predictions)
     rows = len(frame)
     per_million = 1_000_000 / rows

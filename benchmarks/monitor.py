@@ -91,9 +91,10 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".html")
 
 
-def scored_world(workdir: str) -> tuple[Settings, TrainingResult, pd.DataFrame]:
-    """The default simulated world under WORKDIR, a champion trained on it (fast settings),
-    and every transaction as the API logs it: raw columns, probability, features."""
+def scored_world(workdir: str) -> tuple[Settings, TrainingResult, pd.DataFrame, str]:
+    """The default simulated world under WORKDIR, a champion trained on it (fast settings) and
+    registered in Production, every transaction as the API logs it (raw columns, probability,
+    features), and the champion's version."""
     settings = load_settings(environ={}, overrides={"workdir": workdir, "training": FAST})
     transactions = simulate_transactions(settings.simulation)
     print(f"simulated {len(transactions):,} transactions; training the champion")
@@ -102,7 +103,16 @@ def scored_world(workdir: str) -> tuple[Settings, TrainingResult, pd.DataFrame]:
     scored = transactions[list(RAW_COLUMNS)].assign(
         fraud_probability=result.scorer.predict_proba(features)
     )
-    return settings, result, pd.concat([scored, features.drop(columns=["tx_amount"])], axis=1)
+    scored = pd.concat([scored, features.drop(columns=["tx_amount"])], axis=1)
+    version, _ = train_and_register(
+        scored,
+        settings,
+        "benchmark",
+        result=result,
+        data={"data_path": "benchmark"},
+        actor="benchmark",
+    )
+    return settings, result, scored, version
 
 
 def main() -> int:
@@ -112,16 +122,8 @@ def main() -> int:
     parser.add_argument("--markdown", help="write the results table here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings, result, scored = scored_world(tmp)
+        settings, result, scored, version = scored_world(tmp)
         names = list(result.scorer.features)
-        version, _ = train_and_register(
-            scored,
-            settings,
-            "benchmark",
-            result=result,
-            data={"data_path": "benchmark"},
-            actor="benchmark",
-        )
         rows = []
         for size in args.sizes:
             rows += measure(settings, scored.iloc[-size:], names, version, args)

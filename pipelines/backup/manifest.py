@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipelines.backup.confined import kind
 from pipelines.files import replacing, sha256_file, write_json_atomic
 from pipelines.integrity import manifest_signed_by, sign_manifest
 
@@ -62,15 +63,8 @@ class FileEntry:
 
 
 def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symlink"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
+    """What a non-regular entry is, as the refusal says it."""
+    return f"a {kind(mode)}"
 
 
 def _walk(folder: Path) -> Iterator[tuple[str, os.stat_result]]:
