@@ -24,8 +24,10 @@ from pipelines.mlflow import store
 from pipelines.mlflow.models import PYFUNC_CODE
 from pipelines.mlflow.promotion import set_stage
 from pipelines.model import BOOSTER_FILE, BOOSTER_SHA256_TAG, META_FILE, file_hashes, sha256_bytes
-from tests.helpers import make_settings, register, write_config
-from tests.servers import gunicorn_api, poll_until, worker_gauge
+from tests.support.models import train_and_register
+from tests.support.processes import poll_until
+from tests.support.servers import gunicorn_api, worker_gauge
+from tests.support.settings import make_settings, write_config
 
 pytestmark = pytest.mark.integration
 WORKERS = 2
@@ -116,14 +118,13 @@ def serving(tmp_path_factory, small_transactions):
         root / "work",
         serving={
             "poll_interval_s": 1.0,
-            "state_path": str(root / "state.sqlite"),
-            "prediction_log_dir": str(root / "predictions"),
             "metrics_dir": str(root / "prom"),
             "model_cache_dir": str(root / "model-cache"),
         },
+        state={"sqlite_path": str(root / "state.sqlite")},
+        prediction_log={"dir": str(root / "predictions")},
     )
-    good = register(small_transactions, settings)
-    set_stage(settings, good, "Production", "the good model")
+    good, _ = train_and_register(small_transactions, settings, "the good model")
     config = write_config(root / "serve.yaml", settings)
     log = root / "gunicorn.log"
     with gunicorn_api(config, log, version=good, workers=WORKERS) as url:

@@ -20,7 +20,8 @@ from pipelines.model import (
     file_hashes,
 )
 from serving.app import create_app
-from tests.helpers import make_settings, private_serving, train_and_register
+from tests.support.models import train_and_register
+from tests.support.settings import make_settings, private_serving
 
 NAME = "fraud-detector"
 
