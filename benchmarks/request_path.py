@@ -9,8 +9,9 @@ store of `make demo` by default: it needs a version in Production) and score the
 `--requests` transactions of its data through `/predict` in process (Flask's test client): the
 request's validation, online features from the SQLite state, LightGBM, the explanation, the
 prediction log. Each run is a fresh process; the runs alternate (reference, this, reference,
-…) so that the shared machine's noise falls on both alike. Reported: the median seconds per
-request of the scoring loop (the app's start-up is timed apart) and the ratio this ÷ reference.
+…) so that the shared machine's noise falls on both alike. Reported: the median wall and CPU
+time per request of the scoring loop (the app's start-up is timed apart) and the ratios this ÷
+reference.
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ started = time.perf_counter()
 from serving.app import create_app
 app = create_app(start_polling=False)
 client = app.test_client()
-ready = time.perf_counter()
+ready, cpu_ready = time.perf_counter(), time.process_time()
 codes = [client.post("/predict", json=body).status_code for body in bodies]
-done = time.perf_counter()
+done, cpu_done = time.perf_counter(), time.process_time()
 shutil.rmtree(work, ignore_errors=True)
 print(json.dumps({"start_s": ready - started, "loop_s": done - ready,
-                  "ok": codes.count(200), "requests": len(codes)}))
+                  "loop_cpu_s": cpu_done - cpu_ready, "ok": codes.count(200),
+                  "requests": len(codes)}))
 """
 
 
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(r[key] / per for r in runs[name])
 
     per_request = {n: median(n, "loop_s", args.requests) for n in runs}
+    cpu_per_request = {n: median(n, "loop_cpu_s", args.requests) for n in runs}
     start = {n: median(n, "start_s") for n in runs}
     commit = subprocess.run(
         ["git", "-C", str(reference), "rev-parse", "--short", "HEAD"],
@@ -113,11 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         f" {args.requests:,} /predict in process per run, {args.rounds} runs each, alternating;"
         f" load average {load_before} before, {loadavg()} after.",
         "",
-        "| checkout | median ms per request | median start-up s |",
-        "|---|---|---|",
-        f"| reference | {1000 * per_request['reference']:.3f} | {start['reference']:.2f} |",
-        f"| this | {1000 * per_request['this']:.3f} | {start['this']:.2f} |",
+        "| checkout | median ms per request | median CPU ms per request | median start-up s |",
+        "|---|---|---|---|",
+        *(
+            f"| {n} | {1000 * per_request[n]:.3f} | {1000 * cpu_per_request[n]:.3f} |"
+            f" {start[n]:.2f} |"
+            for n in ("reference", "this")
+        ),
         f"| this ÷ reference | {per_request['this'] / per_request['reference']:.3f} |"
+        f" {cpu_per_request['this'] / cpu_per_request['reference']:.3f} |"
         f" {start['this'] / start['reference']:.2f} |",
     ]
     publish("\n".join(lines), args.markdown)
