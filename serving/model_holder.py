@@ -5,7 +5,9 @@ model even if a newer one is swapped in meanwhile. Registry failures never unloa
 Every model loaded from the registry is kept in the replica's model cache; a worker that has no
 model and cannot get one from the registry serves the cached one until the registry answers.
 A holder given `integrity.model_key` loads only versions whose files match their signature (from
-the registry and from the cache alike), before any parser reads them.
+the registry and from the cache alike), before any parser reads them. Every version's files are
+checked (hashes, the booster text) and loaded and scored in a child process (`ModelProbe`)
+before this process parses them; a version that fails is retried with a doubling back-off.
 """
 
 from __future__ import annotations
