@@ -31,7 +31,8 @@ from pipelines.log.reader import log_files
 from pipelines.log.record import log_folder
 from pipelines.mlflow import store
 from pipelines.mlflow.promotion import promote_if_better, set_stage
-from pipelines.mlflow.registry import champion_version
+from pipelines.mlflow.registry import champion_version, served_version
+from pipelines.mlflow.store import MlflowClient
 from pipelines.monitor_summary import Verdict
 from pipelines.settings import CONFIG_ENV, Settings
 from pipelines.state.factory import open_state
@@ -105,11 +106,45 @@ def _print_summary(summary: dict[str, Any], windows: dict[str, str], settings: S
         f"{aliases}; champion: v{summary['champion']}"
     )
     print(f"promotion: {summary['decision']}")
-    uri = summary["tracking_uri"]
-    ui = f"mlflow ui --backend-store-uri {uri}"
+    ui = _mlflow_ui(settings)
+    print(f"\nopen the MLflow UI on this store:\n  .venv/bin/{ui}\n  then http://127.0.0.1:5000")
+
+
+def _mlflow_ui(settings: Settings) -> str:
+    """The command that opens the MLflow UI on this store."""
+    ui = f"mlflow ui --backend-store-uri {settings.tracking_uri}"
     if not settings.mlflow.tracking_uri:
         ui += f" --default-artifact-root {settings.artifact_root.as_uri()}"
-    print(f"\nopen the MLflow UI on this store:\n  .venv/bin/{ui}\n  then http://127.0.0.1:5000")
+    return ui
+
+
+def print_ui_promotion(settings: Settings, client: MlflowClient, config: str | None) -> None:
+    """How a person promotes another version in the MLflow UI on the demo's store, and what
+    then happens (README, "Promote from the MLflow UI")."""
+    name = settings.mlflow.model_name
+    served = served_version(client, settings)
+    others = [
+        v.version
+        for v in client.search_model_versions(f"name = '{name}'")
+        if served is None or v.version != served.version
+    ]
+    if not others:
+        return
+    version = max(others, key=int)
+    config = f" --config {config}" if config else ""
+    print(
+        "\npromote from the MLflow UI on this store:\n"
+        f"  .venv/bin/fraudflow serve{config}   (the API, with the registry sync beside it)\n"
+        f"  .venv/bin/{_mlflow_ui(settings)}\n"
+        f"  open http://127.0.0.1:5000/#/models/{name}/versions/{version}\n"
+        f'    MLflow 3\'s default UI: Aliases "Add", type {settings.mlflow.champion_alias}, '
+        '"Save aliases"\n'
+        '    or the legacy UI ("New model registry UI" off): Stage, "Transition to -> '
+        'Production", OK\n'
+        f"  the API serves v{version} within serving.poll_interval_s "
+        f"({settings.serving.poll_interval_s:g} s); the other marker follows, and "
+        "`fraudflow promote --history` records it"
+    )
 
 
 REPLAYED = 2000
@@ -352,4 +387,5 @@ def run_serving_half(settings: Settings, config: str | None, data: str | None = 
     print(f"      stopped (exit code {process.returncode})")
     reports = settings.under_workdir(settings.monitoring.reports_dir)
     print(f"[11/11] reports in {reports}; open the newest index.html in a browser")
+    print_ui_promotion(settings, client, config)
     return 0

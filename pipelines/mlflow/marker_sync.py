@@ -18,6 +18,9 @@ brings the other marker into line, so that the registry never shows two answers 
 A disagreement while `fraudflow promote` is moving the markers of that version (its
 `promotion.started` tag is newer than its `promotion.at`) is left alone, and the markers are
 read twice before anything is written, so that only a gesture that has settled is followed.
+MLflow offers no compare-and-set: a marker is written only when it is not already right, so a
+person's gesture on the marker that was right is never undone; one made on the other marker in
+the very instant the sync writes it can be (the next gesture wins again).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pipelines.mlflow.promotion import (
     sign_version,
     training_gate_failures,
 )
-from pipelines.mlflow.registry import place, tag_version
+from pipelines.mlflow.registry import enter_production, tag_version
 from pipelines.mlflow.store import MlflowClient, ModelVersion
 from pipelines.settings import Settings
 
@@ -136,18 +139,18 @@ class RegistrySync:
         signature = sign_version(self.client, self.settings, version)
         if signature is not None:
             actions.append(f"signed v{version}")
-        if now.production_versions != (version,) or now.alias != version:
-            # the stage (archiving every other Production version) and the alias, as
-            # `fraudflow promote` places a version
-            place(self.client, self.settings, version, "Production", now.alias == version)
+        # each marker is written only if it is not already right: a write to a marker that was
+        # right would undo a person's gesture on it made since this pass read it
+        if now.production_versions != (version,):
+            enter_production(self.client, name, version)
             archived = [v for v in now.production_versions if v != version]
-            if now.production_versions != (version,):
-                actions.append(
-                    f"v{version} to Production"
-                    + (f", v{', v'.join(archived)} archived" if archived else "")
-                )
-            if now.alias != version:
-                actions.append(f"@{alias} to v{version}")
+            actions.append(
+                f"v{version} to Production"
+                + (f", v{', v'.join(archived)} archived" if archived else "")
+            )
+        if now.alias != version:
+            self.client.set_registered_model_alias(name, alias, version)
+            actions.append(f"@{alias} to v{version}")
         when = datetime.now(timezone.utc).isoformat(timespec="seconds")
         tag_version(self.client, name, version, {ALIGNED_TAG: when})
         self.expected = Markers(version, ((version, 0),))

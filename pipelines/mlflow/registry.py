@@ -99,6 +99,14 @@ def place(
         client.delete_registered_model_alias(name, alias)
 
 
+def enter_production(client: MlflowClient, name: str, version: str) -> None:
+    """Transition a version to Production, archiving every other Production version; the
+    alias is left as it is."""
+    client.transition_model_version_stage(
+        name, version, "Production", archive_existing_versions=True
+    )
+
+
 def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
