@@ -10,6 +10,7 @@ Layout of the cache folder (local to the replica, never shared between hosts):
                           of both files and the version's signature (or null)
     .probed/<sha256>.json the pairs of model files a child process loaded and scored
                           (`serving.model_probe`), so each worker need not try them again
+    .probed/<sha256>.lock taken by the worker probing that pair, so that the others wait
 
 An entry is written into a temporary folder (each file through `pipelines.files`) and renamed
 into place, so a reader sees all of it or none of it. Reading checks the manifest and the

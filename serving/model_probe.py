@@ -7,11 +7,13 @@ with the files (the Python checks, LightGBM's parser, the single-row fast paths,
 and its contributions on an all-zero and an all-missing row) and the worker goes on only if
 the child exits 0 in time: a native crash or hang costs the child, never the worker. A file
 that passed is remembered by the SHA-256 of both files (in the process, and on the replica's
-disk when a folder is given), so each version is probed once.
+disk when a folder is given), so each version is probed once: the workers of a replica that
+poll the same new version take turns on a file lock, and the second finds the first's verdict.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import multiprocessing
@@ -54,21 +56,34 @@ class ModelProbe:
         """Return once a child process has loaded and scored these files and exited 0 (now or
         before); ProbeError naming what happened otherwise."""
         key = probe_key(booster, meta)
-        if key in self._passed or self._passed_on_disk(key):
+        if key in self._passed:
+            return
+        if self.folder is None:
+            run_probe(booster, meta, self.limits, self.timeout_s)
             self._passed.add(key)
             return
-        run_probe(booster, meta, self.limits, self.timeout_s)
-        self._passed.add(key)
-        if self.folder is not None:
-            try:
-                write_json_atomic(self.folder / f"{key}.json", {"verdict": PASSED})
-            except OSError as exc:  # the verdict is only a shortcut
-                log.warning("could not record the probe verdict in %s: %s", self.folder, exc)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock = open(self.folder / f"{key}.lock", "a")
+        except OSError as exc:  # the lock only saves work: probe without it
+            log.warning("no probe lock in %s: %s", self.folder, exc)
+            lock = None
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be probing these files
+            if not self._passed_on_disk(key):
+                run_probe(booster, meta, self.limits, self.timeout_s)
+                try:
+                    write_json_atomic(self.folder / f"{key}.json", {"verdict": PASSED})
+                except OSError as exc:  # the verdict is only a shortcut
+                    log.warning("could not record the probe verdict in %s: %s", self.folder, exc)
+            self._passed.add(key)
+        finally:
+            if lock is not None:
+                lock.close()  # releases the lock
 
     def _passed_on_disk(self, key: str) -> bool:
-        if self.folder is None:
-            return False
-        return (self.folder / f"{key}.json").is_file()
+        return self.folder is not None and (self.folder / f"{key}.json").is_file()
 
 
 def run_probe(booster: Path, meta: Path, limits: BoosterLimits, timeout_s: float) -> None:
