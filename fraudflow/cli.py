@@ -186,12 +186,13 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     streamed in chunks of batch.chunk_rows on batch.threads threads (see README, Batch
     scoring)."""
     from pipelines.batch.local import score_path
+    from pipelines.mlflow import store
     from pipelines.mlflow.models import load_scorer
-    from pipelines.mlflow.registry import served_uri
+    from pipelines.mlflow.registry import served_model_uri
 
     if not args.output:
         raise UsageError("score needs --output FILE (.csv, .csv.gz or .parquet)")
-    uri = args.model_uri or served_uri(settings)
+    uri = args.model_uri or served_model_uri(store.client(settings), settings)
     if args.engine == "spark":
         return _score_spark(args, settings, uri)
     if args.master:
@@ -275,6 +276,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     sys.stdout.flush()
     os.execvpe(command[0], command, env)
     return {}  # not reached: exec replaces this process
+
+
+def cmd_registry_sync(args: argparse.Namespace, settings: Settings) -> Answer:
+    """Reads and writes: the registry's markers of the model in service (it needs the write
+    account). Produces: after a promotion made outside fraudflow (the alias moved, or a stage
+    transition), the other marker moved into line, the previous Production version archived, a
+    promotion record; a heartbeat file. With --health: exit 0 when the loop is alive and
+    reaches the registry, 1 otherwise."""
+    from fraudflow import registry_sync
+
+    if args.health:
+        healthy, why = registry_sync.health(settings)
+        print(f"registry sync {'healthy' if healthy else 'unhealthy'}: {why}")
+        return Answer({"healthy": healthy, "reason": why}, 0 if healthy else FAILED_EXIT)
+    code = registry_sync.run(settings, once=args.once, parent=args.parent)
+    return Answer(None, code)
 
 
 def cmd_warm(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -618,6 +635,16 @@ def build_parser() -> Parser:
     p = add("serve", cmd_serve, "run the scoring API (gunicorn)", summary=False)
     p.add_argument("--bind", help="host:port (default: serving.host:serving.port)")
     p.add_argument("--workers", type=_whole)
+    p = add(
+        "registry-sync",
+        cmd_registry_sync,
+        "bring the registry's alias and stage into line after a promotion in the MLflow UI",
+        summary=False,
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="one pass, then exit")
+    mode.add_argument("--health", action="store_true", help="check the running loop's heartbeat")
+    p.add_argument("--parent", type=_whole, help=argparse.SUPPRESS)
     add("warm", cmd_warm, "load history into the online state", data=True, summary=False)
     add("prune", cmd_prune, "compact the log, delete what is past its retention")
     p = add("retrain", cmd_retrain, "retrain on the latest labelled data, gated", data=True)

@@ -240,9 +240,10 @@ class MlflowSettings(_Frozen):
     monitoring_experiment: str
     model_name: str
     champion_alias: str
-    # which registry pointer is the model in service, for the API, batch scoring, the monitor
-    # and promotion alike: the "Production" stage or the champion alias
-    model_source: Literal["stage", "alias"]
+    # which registry marker names the model in service, for the API, batch scoring, the
+    # monitor and promotion alike: the "Production" stage, the champion alias, or both
+    # (`markers`: a promotion by either gesture counts; pipelines.mlflow.markers has the rule)
+    model_source: Literal["markers", "stage", "alias"] = "markers"
 
 
 class ModelSettings(_Frozen):
@@ -465,6 +466,19 @@ class IntegritySettings(_Frozen):
     model_key: KeySource | None = None
 
 
+class RegistrySyncSettings(_Frozen):
+    """`fraudflow registry-sync`: the component that brings the other registry marker into
+    line after a promotion made outside fraudflow (`pipelines.mlflow.marker_sync`)."""
+
+    # seconds between two looks at the registry
+    interval_s: float = Field(default=5.0, gt=0)
+    # `fraudflow serve` starts it beside the API (the embedded default); false where it runs
+    # on its own with the registry's write account (Compose, Kubernetes: the API's is read-only)
+    with_api: bool = True
+    # written after each pass (relative: under workdir); `registry-sync --health` reads it
+    heartbeat: str = "registry-sync/heartbeat.json"
+
+
 class BatchSettings(_Frozen):
     """Batch scoring on this machine (`fraudflow score`, backtest and monitor re-scoring)."""
 
@@ -507,6 +521,7 @@ class Settings(_Frozen):
     backup: BackupSettings = BackupSettings()
     batch: BatchSettings = BatchSettings()
     integrity: IntegritySettings = IntegritySettings()
+    registry_sync: RegistrySyncSettings = RegistrySyncSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -7,6 +7,8 @@ $FRAUDFLOW_CONFIG and the environment; gunicorn's own command-line flags still w
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 
 from pipelines.settings import CONFIG_ENV, load_settings
 
@@ -63,6 +65,31 @@ def on_starting(server):
     if _settings.tracking_uri.startswith("sqlite:"):
         _create_store_in_a_child()
     _probe_served_model_in_a_child()
+    if _settings.registry_sync.with_api:
+        _start_registry_sync(server)
+
+
+_registry_sync = None
+
+
+def _start_registry_sync(server):
+    """The registry sync beside the API (`registry_sync.with_api`, the embedded default): after
+    a promotion in the MLflow UI it brings the other marker into line (README, "Promote from
+    the MLflow UI"). Its own process, which stops when this master is gone."""
+    global _registry_sync
+    command = [sys.executable, "-m", "fraudflow.cli", "registry-sync", "--parent", str(os.getpid())]
+    _registry_sync = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    server.log.info("registry sync started (pid %s)", _registry_sync.pid)
+
+
+def on_exit(server):
+    """Stop the registry sync this master started."""
+    if _registry_sync is not None and _registry_sync.poll() is None:
+        _registry_sync.terminate()
+        try:
+            _registry_sync.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _registry_sync.kill()
 
 
 def _create_store_in_a_child():

@@ -39,6 +39,7 @@ class ServiceMetrics:
     model_version: Gauge
     model_loaded_at: Gauge
     registry_up: Gauge
+    markers_disagree: Gauge
     reloads: Counter
     reload_failures: Counter
     feedback: Counter
@@ -53,7 +54,11 @@ class ServiceMetrics:
         self.lookup.observe(lookup_seconds)
 
     def on_model_event(self, event: str, model: ServedModel | None) -> None:
-        """ModelHolder listener: reloads, failures and registry health."""
+        """ModelHolder listener: reloads, failures, registry health and whether the registry's
+        two markers (alias and stage) name different versions."""
+        if event in ("markers_agree", "markers_disagree"):
+            self.markers_disagree.set(1.0 if event == "markers_disagree" else 0.0)
+            return
         if event == "cache_load" and model is not None:  # the registry stays down
             self.model_version.set(float(model.version))
             self.model_loaded_at.set(time.time())
@@ -159,6 +164,13 @@ def create_metrics(
         registry_up=Gauge(
             "fraudflow_registry_up",
             "1 if the last registry check succeeded",
+            multiprocess_mode="liveall",
+            registry=registry,
+        ),
+        markers_disagree=Gauge(
+            "fraudflow_registry_markers_disagree",
+            "1 if, at the last poll, the champion alias and the Production stage named different "
+            "versions (a promotion outside fraudflow the registry sync has not aligned yet)",
             multiprocess_mode="liveall",
             registry=registry,
         ),

@@ -25,6 +25,7 @@ from pathlib import Path
 from pipelines.features import feature_names
 from pipelines.integrity import MODEL_SIGNATURE_TAG, check_model, read_key
 from pipelines.mlflow import models, store
+from pipelines.mlflow.markers import Markers, follow, read_markers
 from pipelines.mlflow.registry import served_uri, served_version
 from pipelines.mlflow.store import MlflowClient, ModelVersion
 from pipelines.model import FraudScorer, check_model_files
@@ -93,6 +94,13 @@ class RegistryStatus:
     # after each failure, from serving.poll_interval_s up to model.retry_max_s
     retry_at: float | None = None
     retry_delay_s: float | None = None
+    # the signature tag the failed version had: a version signed since is tried at once
+    failed_signature: str | None = None
+    # with mlflow.model_source "markers": both markers at the last poll, and which one named
+    # the version followed ("alias", "stage", "both" or "start")
+    markers: Markers | None = None
+    followed: str | None = None
+    gesture: str | None = None
     listeners: list[Callable[[str, ServedModel | None], None]] = field(default_factory=list)
 
 
@@ -134,7 +142,7 @@ class ModelHolder:
         falls back to the model cache (once per process)."""
         with self._lock:
             try:
-                target = served_version(self.client, self.settings)
+                target = self._resolve()
                 self.status.reachable = True
                 self.status.last_error = None
                 self._notify("registry_ok", self._model)
@@ -153,14 +161,14 @@ class ModelHolder:
             if current and current.version == str(target.version) and current.source != "cache":
                 self._loaded()  # back to the version in service: no failure stands
                 return False
-            if self._backing_off(str(target.version)):
+            signature = (target.tags or {}).get(MODEL_SIGNATURE_TAG)
+            if self._backing_off(str(target.version), signature):
                 return self._serve_cached()
             try:
                 with tempfile.TemporaryDirectory() as folder:
                     booster, meta = models.download_model_files(
                         self.settings, f"models:/{target.name}/{target.version}", Path(folder)
                     )
-                    signature = (target.tags or {}).get(MODEL_SIGNATURE_TAG)
                     self._check_signature(
                         target.name, str(target.version), booster, meta, signature
                     )
@@ -168,9 +176,35 @@ class ModelHolder:
                     self._swap(target, scorer)
                     self._keep(booster, meta, signature)
             except Exception as exc:
-                self._failed(str(target.version), exc)
+                self._failed(str(target.version), signature, exc)
                 return self._serve_cached()
             return True
+
+    def _resolve(self) -> ModelVersion | None:
+        """The version to serve now. With `mlflow.model_source: markers`, both markers are read
+        and the one that moved since the last poll wins (`pipelines.mlflow.markers.follow`; the
+        alias at the first poll); otherwise the one marker configured."""
+        if self.settings.mlflow.model_source != "markers":
+            return served_version(self.client, self.settings)
+        mlflow = self.settings.mlflow
+        now = read_markers(self.client, mlflow.model_name, mlflow.champion_alias)
+        status = self.status
+        choice = follow(status.markers, now, status.followed)
+        if choice.gesture != "kept" or status.gesture is None:
+            status.gesture = choice.gesture
+        status.markers, status.followed = now, choice.version
+        self._notify("markers_agree" if now.agree else "markers_disagree", self._model)
+        if choice.version is None:
+            return None
+        return self.client.get_model_version(mlflow.model_name, choice.version)
+
+    def describe_markers(self) -> dict[str, object] | None:
+        """Both markers at the last poll and which one the API follows (`/model`); None unless
+        `mlflow.model_source` is markers and the registry answered once."""
+        status = self.status
+        if status.markers is None:
+            return None
+        return {**status.markers.describe(), "followed": status.followed, "by": status.gesture}
 
     def _trusted(self, booster: Path, meta: Path, expected: dict[str, str]) -> FraudScorer:
         """The model of these files, parsed in this process only once they passed every check
@@ -181,16 +215,18 @@ class ModelHolder:
         self.probe.require(booster, meta)
         return FraudScorer.from_checked(checked)
 
-    def _backing_off(self, version: str) -> bool:
-        """True while the version that failed last waits for its next try."""
+    def _backing_off(self, version: str, signature: str | None) -> bool:
+        """True while the version that failed last waits for its next try (a version signed
+        since it failed is tried at once: the registry sync signs what it promotes)."""
         status = self.status
         return (
             status.failed_version == version
+            and status.failed_signature == signature
             and status.retry_at is not None
             and time.monotonic() < status.retry_at
         )
 
-    def _failed(self, version: str, exc: Exception) -> None:
+    def _failed(self, version: str, signature: str | None, exc: Exception) -> None:
         status = self.status
         poll = self.settings.serving.poll_interval_s
         again = status.failed_version == version and status.retry_delay_s is not None
@@ -200,6 +236,7 @@ class ModelHolder:
         status.reload_failures += 1
         status.last_error = redact(f"loading v{version} failed: {exc}")[:500]
         status.failed_version = version
+        status.failed_signature = signature
         status.load_error = public(f"{type(exc).__name__}: {exc}")[:500]
         status.retry_delay_s = delay
         status.retry_at = time.monotonic() + delay
@@ -209,6 +246,7 @@ class ModelHolder:
     def _loaded(self) -> None:
         """No load failure stands: the served version loaded, or the registry serves none."""
         self.status.failed_version = None
+        self.status.failed_signature = None
         self.status.load_error = None
         self.status.retry_at = None
         self.status.retry_delay_s = None

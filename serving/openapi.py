@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.features import feature_names
+from pipelines.mlflow.markers import GESTURES as MARKER_GESTURES
 from pipelines.settings import Settings
 from serving.auth import LABEL, SCORE, Credentials
 from serving.schemas import LARGEST_NUMBER, MAX_JSON_DEPTH, LabelIn, TransactionIn
@@ -318,6 +319,23 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                                         "reload_failures": {"type": "integer", "minimum": 0},
                                         "failed_version": {"type": ["string", "null"]},
                                         "load_error": {"type": ["string", "null"]},
+                                        "markers": {
+                                            "oneOf": [
+                                                {"type": "null"},
+                                                _object(
+                                                    {
+                                                        "alias": {"type": ["string", "null"]},
+                                                        "production": {
+                                                            "type": "array",
+                                                            "items": STRING,
+                                                        },
+                                                        "agree": {"type": "boolean"},
+                                                        "followed": {"type": ["string", "null"]},
+                                                        "by": {"enum": list(MARKER_GESTURES)},
+                                                    }
+                                                ),
+                                            ]
+                                        },
                                     }
                                 )
                             ),

@@ -296,6 +296,7 @@ def model_info() -> Response:
             "reload_failures": status.reload_failures,
             "failed_version": status.failed_version,
             "load_error": status.load_error,
+            "markers": svc.holder.describe_markers(),
         }
     )
 

@@ -155,7 +155,7 @@ def test_the_defaults_of_the_moved_keys() -> None:
         "predictions",
         90,
     )
-    assert settings.mlflow.model_source == "stage"
+    assert settings.mlflow.model_source == "markers"
 
 
 def test_redis_without_a_url_names_the_new_key() -> None:

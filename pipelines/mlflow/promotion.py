@@ -38,6 +38,14 @@ from pipelines.mlflow.registry import (
 from pipelines.settings import Settings
 from pipelines.split import day_after_last
 
+# on a version while `fraudflow promote` moves its markers (the time it began): the registry
+# sync leaves a disagreement alone while a promotion of that version is under way
+PROMOTING_TAG = "promotion.started"
+# how the decision was made: by hand with `fraudflow promote`, by its automatic policy, or a
+# gesture outside fraudflow (the alias moved, or a stage transition) the registry sync followed
+GESTURES = ("cli", "auto", "alias", "stage")
+OUTSIDE_ACTOR = "outside fraudflow"
+
 
 @dataclass(frozen=True)
 class PromotionDecision:
@@ -49,6 +57,10 @@ class PromotionDecision:
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     champion_metrics: dict[str, float] = field(default_factory=dict)
     eval_window: dict[str, str] = field(default_factory=dict)
+    gesture: str = "cli"
+    # the promotion gates' verdict on the version's test metrics, where the gates did not
+    # decide (a gesture outside fraudflow): "passed", or "failed: ..." for a human override
+    gates: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -82,6 +94,8 @@ def apply_decision(
     """Carry the decision out in the registry (a version going to Production signed first,
     when a model key is configured), then record it."""
     name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
+    started = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    tag_version(client, name, decision.version, {PROMOTING_TAG: started})
     if decision.stage == "Production":
         sign_version(client, settings, decision.version)
     holder = champion_version(client, name, alias)
@@ -115,17 +129,16 @@ def record_promotion(
     actor = actor or getpass.getuser()
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     reason = decision.reason[:4000]
-    tag_version(
-        client,
-        name,
-        decision.version,
-        {
-            "promotion.stage": decision.stage,
-            "promotion.at": when,
-            "promotion.by": actor,
-            "promotion.reason": reason,
-        },
-    )
+    tags = {
+        "promotion.stage": decision.stage,
+        "promotion.at": when,
+        "promotion.by": actor,
+        "promotion.reason": reason,
+        "promotion.gesture": decision.gesture,
+    }
+    if decision.gates is not None:
+        tags["promotion.gates"] = decision.gates[:4000]
+    tag_version(client, name, decision.version, tags)
     append_description(
         client, name, decision.version, f"[{when}] {decision.stage} by {actor}: {decision.reason}"
     )
@@ -142,6 +155,8 @@ def record_promotion(
             "actor": actor,
             "reason": reason,
             "champion_before": decision.champion_before or "",
+            "gesture": decision.gesture,
+            "gates": decision.gates or "",
         },
         metrics,
         decision.as_dict(),
@@ -151,10 +166,28 @@ def record_promotion(
 
 def promotion_history(settings: Settings) -> pd.DataFrame:
     """Every recorded promotion decision, newest first."""
-    columns = ["time", "version", "stage", "promoted", "actor", "reason", "champion_before"]
+    columns = [
+        "time",
+        "version",
+        "stage",
+        "promoted",
+        "actor",
+        "gesture",
+        "reason",
+        "champion_before",
+        "gates",
+    ]
     found = runs.promotion_runs(settings)
     if found.empty:
         return pd.DataFrame(columns=columns)
+
+    def tag(key: str, default: str) -> pd.Series:
+        """A tag that records older than it do not carry."""
+        column = f"tags.{key}"
+        if column not in found:
+            return pd.Series(default, index=found.index)
+        return found[column].fillna(default)
+
     return pd.DataFrame(
         {
             "time": found["start_time"],
@@ -162,8 +195,10 @@ def promotion_history(settings: Settings) -> pd.DataFrame:
             "stage": found["tags.stage"],
             "promoted": found["tags.promoted"] == "true",
             "actor": found["tags.actor"],
+            "gesture": tag("gesture", ""),
             "reason": found["tags.reason"],
             "champion_before": found["tags.champion_before"],
+            "gates": tag("gates", ""),
         }
     )
 
@@ -260,6 +295,7 @@ def promote_if_better(
             False,
             "already the champion",
             str(champion.version),
+            gesture="auto",
         )
     period = recent_period(transactions, settings, features)
     window = period.window
@@ -298,6 +334,7 @@ def promote_if_better(
         candidate_metrics=candidate_metrics,
         champion_metrics=champion_metrics,
         eval_window=window,
+        gesture="auto",
     )
     apply_decision(client, settings, decision, actor)
     return decision

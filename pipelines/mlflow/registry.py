@@ -9,6 +9,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.mlflow.markers import follow, read_markers
 from pipelines.settings import Settings
 
 STAGES = ("Production", "Staging")
@@ -35,14 +36,18 @@ def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersio
 
 
 def served_version(client: MlflowClient, settings: Settings) -> ModelVersion | None:
-    """The version the API serves: the Production stage or the champion alias, as
-    `mlflow.model_source` says; None when there is none. Registry outages raise."""
+    """The version in service, as `mlflow.model_source` says: the Production stage, the
+    champion alias, or (`markers`) whichever of the two names a version, the alias when they
+    disagree (a reader without memory: `pipelines.mlflow.markers`). None when there is none.
+    Registry outages raise."""
     name = settings.mlflow.model_name
+    source = settings.mlflow.model_source
     try:
-        if settings.mlflow.model_source == "alias":
+        if source == "alias":
             return client.get_model_version_by_alias(name, settings.mlflow.champion_alias)
-        latest = client.get_latest_versions(name, stages=["Production"])
-        return latest[0] if latest else None
+        found = read_markers(client, name, settings.mlflow.champion_alias)
+        version = found.stage if source == "stage" else follow(None, found).version
+        return client.get_model_version(name, version) if version is not None else None
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -50,11 +55,25 @@ def served_version(client: MlflowClient, settings: Settings) -> ModelVersion | N
 
 
 def served_uri(settings: Settings) -> str:
-    """The model URI of what the API serves (stage or alias, as `mlflow.model_source` says)."""
+    """Where the version in service is named (for messages; `served_version` resolves it)."""
     name = settings.mlflow.model_name
-    if settings.mlflow.model_source == "alias":
-        return f"models:/{name}@{settings.mlflow.champion_alias}"
-    return f"models:/{name}/Production"
+    alias_uri = f"models:/{name}@{settings.mlflow.champion_alias}"
+    stage_uri = f"models:/{name}/Production"
+    return {"alias": alias_uri, "stage": stage_uri}.get(
+        settings.mlflow.model_source, f"{alias_uri} or {stage_uri}"
+    )
+
+
+def served_model_uri(client: MlflowClient, settings: Settings) -> str:
+    """A model URI of the version in service that every MLflow loader resolves: the stage or
+    alias URI, or (`markers`) the version `served_version` picks, by number."""
+    if settings.mlflow.model_source != "markers":
+        return served_uri(settings)
+    version = served_version(client, settings)
+    if version is None:
+        name = settings.mlflow.model_name
+        raise PromotionError(f"no version of {name!r} is in service (neither marker is set)")
+    return f"models:/{version.name}/{version.version}"
 
 
 def newest_version(client: MlflowClient, name: str) -> ModelVersion:
