@@ -68,6 +68,50 @@ def load_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def image_environment() -> dict[str, str]:
+    """The fraudflow settings the image's runtime stage sets (ENV), under every manifest's."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    runtime = dockerfile[dockerfile.rindex("\nFROM ") :]
+    return dict(re.findall(r"\b(FRAUDFLOW__\w+)=(\S+)", runtime))
+
+
+# a Secret's value where its shape matters to the settings (docs/deploy.md creates them so)
+SECRET_EXAMPLES = {("fraudflow-redis", "url"): "redis://:a-password@fraudflow-redis:6379/0"}
+
+
+def container_environment(container: dict, config_maps: dict[str, dict]) -> dict[str, str]:
+    """What a container's process finds in its environment (a Secret's value: an example)."""
+    environ = image_environment()
+    for source in container.get("envFrom", []):
+        environ.update(config_maps[source["configMapRef"]["name"]])
+    for var in container.get("env", []):
+        if "value" in var:
+            environ[var["name"]] = var["value"]
+        elif "configMapKeyRef" in var["valueFrom"]:
+            ref = var["valueFrom"]["configMapKeyRef"]
+            environ[var["name"]] = config_maps[ref["name"]][ref["key"]]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            environ[var["name"]] = SECRET_EXAMPLES.get((ref["name"], ref["key"]), "a-secret")
+    return environ
+
+
+COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+
+
+def compose_environment(service: dict) -> dict[str, str]:
+    """A compose service's environment as its process finds it, with nothing set in .env: a
+    variable's default, or an example where the file requires one (`${VAR:?message}`)."""
+
+    def value(match: re.Match) -> str:
+        return match[3] if match[2] == "-" else f"a-{match[1].lower()}"
+
+    return {
+        key: COMPOSE_VARIABLE.sub(value, str(raw))
+        for key, raw in (service.get("environment") or {}).items()
+    }
+
+
 # --- Dockerfile --------------------------------------------------------------------------
 
 
@@ -298,9 +342,10 @@ def test_compose_registry_sync_runs_once_with_the_write_account_and_the_model_ke
     # one of it, listening on nothing, with no Redis and no shared volume
     assert not {"ports", "expose", "deploy", "scale", "volumes", "container_name"} & set(sync)
     assert not any(key.startswith("FRAUDFLOW__STATE__") for key in env)
-    # its heartbeat (under the image's workdir) on a tmpfs: the data volume is not mounted
-    workdir = re.search(r"\bFRAUDFLOW__WORKDIR=(\S+)", (ROOT / "Dockerfile").read_text())[1]
-    assert workdir in sync["tmpfs"]
+    # its heartbeat on a tmpfs (the data volume is not mounted), as its settings place it
+    settings = load_settings(environ={**image_environment(), **compose_environment(sync)})
+    heartbeat = settings.under_workdir(settings.registry_sync.heartbeat)
+    assert any(heartbeat.is_relative_to(path) for path in sync["tmpfs"]), heartbeat
     # every network it is on holds the tracking server and it, and leads out of no host
     assert sync["networks"]
     for network in sync["networks"]:
@@ -308,7 +353,8 @@ def test_compose_registry_sync_runs_once_with_the_write_account_and_the_model_ke
         assert on_it == {"registry-sync", "mlflow"}, network
         assert compose["networks"][network]["internal"] is True, network
     # the API: its read-only account, and no sync beside it (it could move no marker)
-    assert api["environment"]["FRAUDFLOW__REGISTRY_SYNC__WITH_API"] == "false"
+    api_settings = load_settings(environ={**image_environment(), **compose_environment(api)})
+    assert api_settings.registry_sync.with_api is False
     assert api["environment"]["MLFLOW_TRACKING_PASSWORD"] != server["MLFLOW_AUTH_ADMIN_PASSWORD"]
 
 
@@ -781,29 +827,6 @@ def test_k8s_registry_runs_basic_auth_and_its_clients_log_in_from_secrets() -> N
     assert api_login["MLFLOW_TRACKING_PASSWORD"][0] != secrets["MLFLOW_AUTH_ADMIN_PASSWORD"][0]
 
 
-def image_environment() -> dict[str, str]:
-    """The fraudflow settings the image's runtime stage sets (ENV), under every manifest's."""
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    runtime = dockerfile[dockerfile.rindex("\nFROM ") :]
-    return dict(re.findall(r"\b(FRAUDFLOW__\w+)=(\S+)", runtime))
-
-
-def container_environment(container: dict, config_maps: dict[str, dict]) -> dict[str, str]:
-    """What a container's process finds in its environment (a Secret's value: a placeholder)."""
-    environ = image_environment()
-    for source in container.get("envFrom", []):
-        environ.update(config_maps[source["configMapRef"]["name"]])
-    for var in container.get("env", []):
-        if "value" in var:
-            environ[var["name"]] = var["value"]
-        elif "configMapKeyRef" in var["valueFrom"]:
-            ref = var["valueFrom"]["configMapKeyRef"]
-            environ[var["name"]] = config_maps[ref["name"]][ref["key"]]
-        else:
-            environ[var["name"]] = "from-a-secret"
-    return environ
-
-
 def test_k8s_registry_sync_runs_once_hardened_with_the_write_account_and_exec_probes() -> None:
     docs = k8s_list()
     by_kind = k8s_documents()
@@ -849,11 +872,15 @@ def test_k8s_registry_sync_runs_once_hardened_with_the_write_account_and_exec_pr
     environ = container_environment(container, config_maps)
     assert environ["MLFLOW_TRACKING_URI"] == config_maps["fraudflow-config"]["MLFLOW_TRACKING_URI"]
     settings = load_settings(environ=environ)
-    # a read-only root: the heartbeat (under the workdir) and /tmp on emptyDirs; no shared volume
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    # a read-only root: its heartbeat and /tmp (a version is downloaded there to be signed) on
+    # emptyDirs; no shared volume
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for path in (str(settings.workdir), "/tmp"):
-        assert "emptyDir" in volumes[mounts[path]], path
+    writable = [
+        Path(m["mountPath"]) for m in container["volumeMounts"] if "emptyDir" in volumes[m["name"]]
+    ]
+    heartbeat = settings.under_workdir(settings.registry_sync.heartbeat)
+    for path in (heartbeat, Path("/tmp")):
+        assert any(path.is_relative_to(mount) for mount in writable), path
     assert not any("persistentVolumeClaim" in v for v in volumes.values())
     # nothing may reach it: a policy selects it for ingress, and no ingress rule at all
     model, endpoints = network(docs)
@@ -862,8 +889,8 @@ def test_k8s_registry_sync_runs_once_hardened_with_the_write_account_and_exec_pr
     assert any("Ingress" in model.policy_types(p) for p in selecting)
     assert [r for p in selecting for r in p["spec"].get("ingress") or []] == []
     # the API runs no sync beside it
-    api_env = {e["name"]: e.get("value") for e in api["containers"][0]["env"]}
-    assert api_env["FRAUDFLOW__REGISTRY_SYNC__WITH_API"] == "false"
+    api_settings = load_settings(environ=container_environment(api["containers"][0], config_maps))
+    assert api_settings.registry_sync.with_api is False
 
 
 # NetworkPolicies, evaluated on the manifests' own pod templates (tests/support/k8s_manifests.py).
