@@ -10,6 +10,10 @@ rule is evaluated.
 The tracking server runs MLflow's basic-auth app as the compose file does: the jobs use the
 admin account, the API a read-only account made by `fraudflow registry-account` (as the
 compose bootstrap job makes it), anonymous clients get 401.
+
+The registry sync runs as the compose file's `registry-sync` service runs it: its own process
+with the admin account, beside an API that starts none of its own; every process holds the
+model key, as in the compose file, so a version the sync aligns is served only once it signed it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import subprocess
 import time
 
@@ -30,12 +35,13 @@ from pipelines.features import feature_names
 from pipelines.mlflow import store
 from pipelines.mlflow.registry import served_version
 from tests.support import REPO as ROOT
-from tests.support.processes import BIN, clean_env
+from tests.support.processes import BIN, background, clean_env, poll_until
 from tests.support.servers import gunicorn_api, wait_every_worker
 from tests.support.settings import make_settings, write_config
 from tests.support.stack import (
     alert_rules,
     compose_mlflow_server,
+    compose_service,
     dashboard_expressions,
     new_password,
     postgres_server,
@@ -80,6 +86,23 @@ def cli(
     )
 
 
+def registry_sync_command(config) -> list[str]:
+    """The compose file's `registry-sync` service command, on the stack's config."""
+    service = compose_service("registry-sync")
+    command = [*service["entrypoint"], *service["command"]]
+    assert command == ["fraudflow", "registry-sync"], command
+    return [str(BIN / command[0]), *command[1:], "--config", str(config)]
+
+
+def api_environment() -> dict[str, str]:
+    """The API's read-only account, and the compose file's setting that keeps the registry
+    sync out of the API."""
+    key = "FRAUDFLOW__REGISTRY_SYNC__WITH_API"
+    with_api = compose_service("api")["environment"][key]
+    assert with_api == "false"
+    return {**login(API_ACCOUNT), key: with_api}
+
+
 def tx(i: int) -> dict:
     return {
         "transaction_id": f"s{i}",
@@ -106,6 +129,10 @@ def prom_query(prometheus: str, expr: str, start: float | None = None) -> list[d
 def stack(tmp_path_factory, small_data_dir):
     """The whole stack, with a model trained but not yet promoted and the API unready."""
     root = tmp_path_factory.mktemp("stack")
+    # the compose file's model_key secret: promotions and the sync sign, the API checks
+    model_key = root / "model-key"
+    model_key.write_text(secrets.token_hex(32))
+    model_key.chmod(0o600)
     with (
         postgres_server() as backend,
         compose_mlflow_server(root / "mlflow", backend, ADMIN) as tracking,
@@ -128,6 +155,8 @@ def stack(tmp_path_factory, small_data_dir):
             state={"sqlite_path": str(root / "state.sqlite")},
             prediction_log={"dir": str(root / "predictions")},
             monitoring={"min_rows": 100},
+            integrity={"model_key": {"file": str(model_key)}},
+            registry_sync={"interval_s": 1},
         )
         config = write_config(root / "stack.yaml", settings)
         trained = cli("train", "--config", str(config), "--data", str(small_data_dir))
@@ -136,10 +165,20 @@ def stack(tmp_path_factory, small_data_dir):
         assert account.returncode == 0, account.stdout + account.stderr
         assert "created" in account.stdout and API_ACCOUNT[1] not in account.stdout
         log = root / "gunicorn.log"
-        api_env = login(API_ACCOUNT)
-        with gunicorn_api(
-            config, log, version=None, workers=WORKERS, env=api_env, metrics_headers=SCRAPER
-        ) as api:
+        sync_log = root / "registry-sync.log"
+        with (
+            background(
+                registry_sync_command(config), sync_log, env=clean_env(login(ADMIN))
+            ) as sync,
+            gunicorn_api(
+                config,
+                log,
+                version=None,
+                workers=WORKERS,
+                env=api_environment(),
+                metrics_headers=SCRAPER,
+            ) as api,
+        ):
             target = api.removeprefix("http://")
             with prometheus_and_alertmanager(root / "prometheus", target, METRICS_TOKEN) as (
                 prom,
@@ -154,6 +193,7 @@ def stack(tmp_path_factory, small_data_dir):
                     "api": api,
                     "prometheus": prom,
                     "alertmanager": am,
+                    "sync": sync,
                     "started": time.time() - 5,
                 }
 
@@ -404,7 +444,11 @@ def test_no_log_or_error_holds_a_registry_password(stack, served, tmp_path) -> N
     failed = cli("promote", *args, timeout=300, account=wrong)
     assert failed.returncode != 0
     assert wrong[1] not in failed.stdout + failed.stderr
-    logs = [stack["root"] / "gunicorn.log", stack["root"] / "mlflow" / "mlflow-server.log"]
+    logs = [
+        stack["root"] / "gunicorn.log",
+        stack["root"] / "mlflow" / "mlflow-server.log",
+        stack["root"] / "registry-sync.log",
+    ]
     for log in logs:
         text = log.read_text()
         assert text and ADMIN[1] not in text and API_ACCOUNT[1] not in text, log.name
@@ -439,3 +483,105 @@ def test_registry_account_rotates_a_password_and_refuses_the_admin(stack, served
     assert refused.returncode == 1 and "admin account" in refused.stderr
     assert second not in refused.stderr and ADMIN[1] not in refused.stderr
     assert rest(tracking, "GET", "registered-models/search", auth=ADMIN).status_code == 200
+
+
+# --- the registry sync: either gesture of the MLflow UI promotes ------------------------------
+
+
+def registry_sync_cli(stack, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*registry_sync_command(stack["config"]), *flags],
+        env=clean_env(login(ADMIN)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def second_version(stack, served, small_data_dir) -> str:
+    """Another version of the model, registered but promoted by nobody."""
+    trained = cli("train", "--config", str(stack["config"]), "--data", str(small_data_dir))
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    name = stack["settings"].mlflow.model_name
+    client = MlflowClient(stack["tracking"], stack["tracking"])
+    newest = max(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    return str(newest.version)
+
+
+def markers(stack) -> tuple[str, str, str]:
+    """(the version in stage Production, the champion alias's, the one every API worker serves)"""
+    tracking, settings = stack["tracking"], stack["settings"]
+    client = MlflowClient(tracking, tracking)
+    name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
+    [production] = client.get_latest_versions(name, stages=["Production"])
+    champion = client.get_model_version_by_alias(name, alias)
+    served = requests.get(f"{stack['api']}/model", timeout=5).json()["version"]
+    return str(production.version), str(champion.version), str(served)
+
+
+def wait_until_aligned_on(stack, version: str) -> None:
+    """Until stage, alias and the API all name `version` (the sync passes every second, each
+    worker polls every second), then until every worker serves it."""
+
+    def check() -> tuple[bool, object]:
+        seen = markers(stack)
+        return seen == (version,) * 3, seen
+
+    poll_until(check, f"stage, alias and the API on v{version}", 180, process=stack["sync"])
+    wait_every_worker(stack["api"], WORKERS, version, headers=SCRAPER)
+
+
+def test_the_registry_sync_is_healthy_by_the_compose_health_check(stack, served) -> None:
+    health = compose_service("registry-sync")["healthcheck"]["test"]
+    assert health[:2] == ["CMD", "fraudflow"]
+    command = [str(BIN / "fraudflow"), *health[2:], "--config", str(stack["config"])]
+
+    def check() -> tuple[bool, object]:
+        done = subprocess.run(
+            command, env=clean_env(login(ADMIN)), capture_output=True, text=True, timeout=60
+        )
+        return done.returncode == 0, done.stdout + done.stderr
+
+    poll_until(check, "`fraudflow registry-sync --health` exiting 0", 60, process=stack["sync"])
+
+
+def test_an_alias_moved_as_in_mlflow_3s_ui_is_served_and_the_stage_follows(
+    stack, served, second_version
+) -> None:
+    """MLflow 3's registry UI moves the alias only: the sync transitions the stage and signs
+    the version, and the API (read-only, which can do neither) serves it."""
+    tracking, settings = stack["tracking"], stack["settings"]
+    name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
+    production, champion, _ = markers(stack)
+    target = next(v for v in ("1", second_version) if v != champion)
+    assert target != production  # the stage has to follow: it is elsewhere now
+    MlflowClient(tracking, tracking).set_registered_model_alias(name, alias, target)
+    wait_until_aligned_on(stack, target)
+
+
+def test_a_stage_moved_as_in_the_legacy_ui_is_served_and_the_alias_follows(
+    stack, served, second_version
+) -> None:
+    """The legacy UI transitions the stage only (archiving the version there): the sync moves
+    the alias after it."""
+    tracking, settings = stack["tracking"], stack["settings"]
+    name = settings.mlflow.model_name
+    production, _, _ = markers(stack)
+    target = next(v for v in ("1", second_version) if v != production)
+    client = MlflowClient(tracking, tracking)
+    client.transition_model_version_stage(
+        name, target, "Production", archive_existing_versions=True
+    )
+    wait_until_aligned_on(stack, target)
+
+
+def test_a_second_registry_sync_pass_beside_the_running_one_changes_nothing(stack, served) -> None:
+    """One pass (`--once`) beside the loop: the two agree, nothing moves."""
+    before = markers(stack)
+    assert before[0] == before[1] == before[2]
+    done = registry_sync_cli(stack, "--once")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ADMIN[1] not in done.stdout + done.stderr
+    assert markers(stack) == before
+    assert stack["sync"].poll() is None  # the loop still runs

@@ -49,6 +49,9 @@ K8S = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 RULE_TESTS = sorted((ROOT / "conf" / "prometheus" / "tests").glob("*.yml"))
 MINUTE_RULE_TESTS = ROOT / "conf" / "prometheus" / "tests" / "fraudflow_test.yml"
 ALERTMANAGER = ROOT / "conf" / "alertmanager" / "alertmanager.yml"
+MODEL_KEY = "FRAUDFLOW__INTEGRITY__MODEL_KEY__FILE"
+BACKUP_KEY = "FRAUDFLOW__INTEGRITY__BACKUP_KEY__FILE"
+REGISTRY_LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def run(*command: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -63,6 +66,50 @@ def assert_ok(done: subprocess.CompletedProcess) -> None:
 
 def load_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
+
+
+def image_environment() -> dict[str, str]:
+    """The fraudflow settings the image's runtime stage sets (ENV), under every manifest's."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    runtime = dockerfile[dockerfile.rindex("\nFROM ") :]
+    return dict(re.findall(r"\b(FRAUDFLOW__\w+)=(\S+)", runtime))
+
+
+# a Secret's value where its shape matters to the settings (docs/deploy.md creates them so)
+SECRET_EXAMPLES = {("fraudflow-redis", "url"): "redis://:a-password@fraudflow-redis:6379/0"}
+
+
+def container_environment(container: dict, config_maps: dict[str, dict]) -> dict[str, str]:
+    """What a container's process finds in its environment (a Secret's value: an example)."""
+    environ = image_environment()
+    for source in container.get("envFrom", []):
+        environ.update(config_maps[source["configMapRef"]["name"]])
+    for var in container.get("env", []):
+        if "value" in var:
+            environ[var["name"]] = var["value"]
+        elif "configMapKeyRef" in var["valueFrom"]:
+            ref = var["valueFrom"]["configMapKeyRef"]
+            environ[var["name"]] = config_maps[ref["name"]][ref["key"]]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            environ[var["name"]] = SECRET_EXAMPLES.get((ref["name"], ref["key"]), "a-secret")
+    return environ
+
+
+COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+
+
+def compose_environment(service: dict) -> dict[str, str]:
+    """A compose service's environment as its process finds it, with nothing set in .env: a
+    variable's default, or an example where the file requires one (`${VAR:?message}`)."""
+
+    def value(match: re.Match) -> str:
+        return match[3] if match[2] == "-" else f"a-{match[1].lower()}"
+
+    return {
+        key: COMPOSE_VARIABLE.sub(value, str(raw))
+        for key, raw in (service.get("environment") or {}).items()
+    }
 
 
 # --- Dockerfile --------------------------------------------------------------------------
@@ -269,6 +316,46 @@ def test_compose_api_shares_its_online_state_in_a_durable_redis() -> None:
         assert environment["FRAUDFLOW__STATE__BACKEND"] == "redis"
         assert environment["FRAUDFLOW__STATE__URL"].startswith("redis://redis:6379/")
         assert service["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+SYNC_HEALTH = ["fraudflow", "registry-sync", "--health"]
+
+
+def test_compose_registry_sync_runs_once_with_the_write_account_and_the_model_key() -> None:
+    """The sync moves stages and aliases: the registry's admin account (the API's is read-only),
+    the model key (it signs the version it aligns), the tracking server and nothing else on its
+    networks, its own `--health` as the health check; the API starts no sync of its own."""
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    services = compose["services"]
+    sync, api = services["registry-sync"], services["api"]
+    server = services["mlflow"]["environment"]
+    assert sync["image"] == api["image"] and "profiles" not in sync  # a plain `up` starts it
+    assert sync["entrypoint"] == ["fraudflow"] and sync["command"] == ["registry-sync"]
+    env = sync["environment"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["MLFLOW_TRACKING_USERNAME"] == server["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert env["MLFLOW_TRACKING_PASSWORD"] == server["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert env[MODEL_KEY] == "/run/secrets/model_key" and sync["secrets"] == ["model_key"]
+    assert sync["healthcheck"]["test"] == ["CMD", *SYNC_HEALTH]
+    assert sync["restart"] == "unless-stopped"
+    assert sync["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    # one of it, listening on nothing, with no Redis and no shared volume
+    assert not {"ports", "expose", "deploy", "scale", "volumes", "container_name"} & set(sync)
+    assert not any(key.startswith("FRAUDFLOW__STATE__") for key in env)
+    # its heartbeat on a tmpfs (the data volume is not mounted), as its settings place it
+    settings = load_settings(environ={**image_environment(), **compose_environment(sync)})
+    heartbeat = settings.under_workdir(settings.registry_sync.heartbeat)
+    assert any(heartbeat.is_relative_to(path) for path in sync["tmpfs"]), heartbeat
+    # every network it is on holds the tracking server and it, and leads out of no host
+    assert sync["networks"]
+    for network in sync["networks"]:
+        on_it = {n for n, s in services.items() if network in s.get("networks", ["default"])}
+        assert on_it == {"registry-sync", "mlflow"}, network
+        assert compose["networks"][network]["internal"] is True, network
+    # the API: its read-only account, and no sync beside it (it could move no marker)
+    api_settings = load_settings(environ={**image_environment(), **compose_environment(api)})
+    assert api_settings.registry_sync.with_api is False
+    assert api["environment"]["MLFLOW_TRACKING_PASSWORD"] != server["MLFLOW_AUTH_ADMIN_PASSWORD"]
 
 
 # --- GitHub workflows ------------------------------------------------------------------------
@@ -494,10 +581,6 @@ def test_dependabot_config_passes_its_schema_which_catches_a_bad_one(tmp_path) -
 
 
 # --- Kubernetes -------------------------------------------------------------------------------
-
-
-MODEL_KEY = "FRAUDFLOW__INTEGRITY__MODEL_KEY__FILE"
-BACKUP_KEY = "FRAUDFLOW__INTEGRITY__BACKUP_KEY__FILE"
 
 
 def test_compose_signs_promotions_and_backups_with_keys_from_secret_files() -> None:
@@ -744,6 +827,72 @@ def test_k8s_registry_runs_basic_auth_and_its_clients_log_in_from_secrets() -> N
     assert api_login["MLFLOW_TRACKING_PASSWORD"][0] != secrets["MLFLOW_AUTH_ADMIN_PASSWORD"][0]
 
 
+def test_k8s_registry_sync_runs_once_hardened_with_the_write_account_and_exec_probes() -> None:
+    docs = k8s_list()
+    by_kind = k8s_documents()
+    config_maps = {name: d["data"] for (kind, name), d in by_kind.items() if kind == "ConfigMap"}
+    deployment = by_kind[("Deployment", "fraudflow-registry-sync")]
+    api = by_kind[("Deployment", "fraudflow-api")]["spec"]["template"]["spec"]
+    cronjob = by_kind[("CronJob", "fraudflow-monitor")]["spec"]["jobTemplate"]["spec"]
+    monitor = cronjob["template"]["spec"]["containers"][0]
+    server = by_kind[("Deployment", "fraudflow-mlflow")]["spec"]["template"]["spec"]
+    # exactly one: one replica, the old pod gone before a new one starts, no autoscaler
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    scaled = {
+        d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"
+    }
+    assert deployment["metadata"]["name"] not in scaled
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == ["fraudflow"] and container["args"] == ["registry-sync"]
+    # the API's hardening; its own resources
+    assert pod["securityContext"] == api["securityContext"]
+    assert container["securityContext"] == api["containers"][0]["securityContext"]
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+    # it listens on nothing: no port, and every probe runs its own --health
+    assert "ports" not in container
+    assert {"readinessProbe", "livenessProbe"} <= set(container)
+    for key in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if key in container:
+            assert container[key]["exec"]["command"] == SYNC_HEALTH, key
+            assert not {"httpGet", "tcpSocket", "grpc"} & set(container[key]), key
+    # it moves stages and aliases: the admin account, as the monitor; the model key, required
+    login = secret_env(container)
+    assert login == secret_env(monitor) and set(login) == set(REGISTRY_LOGIN)
+    admin = secret_env(server["containers"][0])["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert login["MLFLOW_TRACKING_PASSWORD"] == admin
+    assert secret_file(pod, container, MODEL_KEY) == ("fraudflow-model-key", "model-key", False)
+    # the registry's address from the ConfigMap, not the rest of it (the Redis backend, whose
+    # URL it does not hold): its settings load from what its process finds
+    assert "envFrom" not in container
+    refs = [e["valueFrom"] for e in container["env"] if "valueFrom" in e]
+    assert not any(ref.get("secretKeyRef", {}).get("name") == "fraudflow-redis" for ref in refs)
+    environ = container_environment(container, config_maps)
+    assert environ["MLFLOW_TRACKING_URI"] == config_maps["fraudflow-config"]["MLFLOW_TRACKING_URI"]
+    settings = load_settings(environ=environ)
+    # a read-only root: its heartbeat and /tmp (a version is downloaded there to be signed) on
+    # emptyDirs; no shared volume
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = [
+        Path(m["mountPath"]) for m in container["volumeMounts"] if "emptyDir" in volumes[m["name"]]
+    ]
+    heartbeat = settings.under_workdir(settings.registry_sync.heartbeat)
+    for path in (heartbeat, Path("/tmp")):
+        assert any(path.is_relative_to(mount) for mount in writable), path
+    assert not any("persistentVolumeClaim" in v for v in volumes.values())
+    # nothing may reach it: a policy selects it for ingress, and no ingress rule at all
+    model, endpoints = network(docs)
+    [sync] = [e for e in endpoints if e.name == deployment["metadata"]["name"]]
+    selecting = model.selected_by(sync)
+    assert any("Ingress" in model.policy_types(p) for p in selecting)
+    assert [r for p in selecting for r in p["spec"].get("ingress") or []] == []
+    # the API runs no sync beside it
+    api_settings = load_settings(environ=container_environment(api["containers"][0], config_maps))
+    assert api_settings.registry_sync.with_api is False
+
+
 # NetworkPolicies, evaluated on the manifests' own pod templates (tests/support/k8s_manifests.py).
 # The endpoints besides our workloads (whose labels are read from deploy/k8s, never written here):
 # the in-cluster PostgreSQL by the label the manifests document for it (mlflow.yaml), a pod of the
@@ -768,6 +917,7 @@ WORKLOADS = {
     "fraudflow-monitor",
     "fraudflow-backup",
     "fraudflow-batch",
+    "fraudflow-registry-sync",
 }
 # Who may reach what, (source, target, protocol, port); everything else is denied. Pairs in which
 # neither side is in our namespace are not ours to govern and are left out.
@@ -775,11 +925,13 @@ EXPECTED = {
     # the API takes requests on its port from outside the namespace (clients through the
     # Service or an ingress controller, Prometheus); no pod of ours calls it
     *{(source, "fraudflow-api", "TCP", 8080) for source in OUTSIDE},
-    # the registry: the API, the monitor, the batch and the backup
+    # the registry: the API, the monitor, the batch, the backup and the registry sync (which
+    # nothing reaches: it listens on nothing)
     ("fraudflow-api", "fraudflow-mlflow", "TCP", 5000),
     ("fraudflow-monitor", "fraudflow-mlflow", "TCP", 5000),
     ("fraudflow-batch", "fraudflow-mlflow", "TCP", 5000),
     ("fraudflow-backup", "fraudflow-mlflow", "TCP", 5000),
+    ("fraudflow-registry-sync", "fraudflow-mlflow", "TCP", 5000),
     # Redis, the online state: the API, the monitor and the backup (its RDB snapshot)
     ("fraudflow-api", "fraudflow-redis", "TCP", 6379),
     ("fraudflow-monitor", "fraudflow-redis", "TCP", 6379),
@@ -1184,7 +1336,7 @@ FRAUDFLOW_LINE = re.compile(r"(?:^|&&|\|\||;|bin/)\s*fraudflow\s+(?P<args>[^\n&|
 
 def fraudflow_command_lines() -> list[tuple[str, list[str]]]:
     """Every `fraudflow` command line the Makefile, the workflows, the compose file and the
-    Kubernetes manifests run, as (where, arguments)."""
+    Kubernetes manifests run (their health checks and probes included), as (where, arguments)."""
     found = []
     for path in [ROOT / "Makefile", ROOT / "docker-compose.yml", *WORKFLOWS]:
         lines = [
@@ -1199,11 +1351,19 @@ def fraudflow_command_lines() -> list[tuple[str, list[str]]]:
             entrypoint == ["fraudflow"] or 'exec fraudflow "$$@"' in " ".join(entrypoint)
         ):
             found.append((f"docker-compose.yml {name}", service["command"]))
+        health = (service.get("healthcheck") or {}).get("test") or []
+        if health[:2] == ["CMD", "fraudflow"]:
+            found.append((f"docker-compose.yml {name} healthcheck", health[2:]))
     for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
             for container in _containers(document):
+                where = f"{path.name} {container['name']}"
                 if container.get("command") == ["fraudflow"]:
-                    found.append((f"{path.name} {container['name']}", container["args"]))
+                    found.append((where, container["args"]))
+                for key in ("startupProbe", "readinessProbe", "livenessProbe"):
+                    command = container.get(key, {}).get("exec", {}).get("command") or []
+                    if command[:1] == ["fraudflow"]:
+                        found.append((f"{where} {key}", command[1:]))
     return found
 
 
@@ -1231,6 +1391,7 @@ def test_every_fraudflow_command_line_that_deploys_or_checks_parses_with_the_cli
         "export-model",
         "record-promotion",
         "registry-account",
+        "registry-sync",
     } <= commands, commands
     for where, args in lines:
         try:
