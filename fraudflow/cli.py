@@ -283,11 +283,11 @@ def cmd_registry_sync(args: argparse.Namespace, settings: Settings) -> Answer:
     account). Produces: after a promotion made outside fraudflow (the alias moved, or a stage
     transition), the other marker moved into line, the previous Production version archived, a
     promotion record; a heartbeat file. With --health: exit 0 when the loop is alive and
-    reaches the registry, 1 otherwise."""
+    reaches the registry, 1 otherwise; with --live: 0 when the loop is alive."""
     from fraudflow import registry_sync
 
-    if args.health:
-        healthy, why = registry_sync.health(settings)
+    if args.health or args.live:
+        healthy, why = registry_sync.health(settings, live_only=args.live)
         print(f"registry sync {'healthy' if healthy else 'unhealthy'}: {why}")
         return Answer({"healthy": healthy, "reason": why}, 0 if healthy else FAILED_EXIT)
     code = registry_sync.run(settings, once=args.once, parent=args.parent)
@@ -643,7 +643,14 @@ def build_parser() -> Parser:
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="one pass, then exit")
-    mode.add_argument("--health", action="store_true", help="check the running loop's heartbeat")
+    mode.add_argument(
+        "--health",
+        action="store_true",
+        help="exit 0 when the loop's last pass is recent and reached the registry",
+    )
+    mode.add_argument(
+        "--live", action="store_true", help="exit 0 when the loop's last pass is recent"
+    )
     p.add_argument("--parent", type=_whole, help=argparse.SUPPRESS)
     add("warm", cmd_warm, "load history into the online state", data=True, summary=False)
     add("prune", cmd_prune, "compact the log, delete what is past its retention")

@@ -91,8 +91,11 @@ def run(settings: Settings, once: bool = False, parent: int | None = None) -> in
     return 0
 
 
-def health(settings: Settings, now: float | None = None) -> tuple[bool, str]:
-    """Whether the loop is alive and reaches the registry, and why not."""
+def health(
+    settings: Settings, now: float | None = None, live_only: bool = False
+) -> tuple[bool, str]:
+    """Whether the loop is alive and its last pass reached the registry, and why not; with
+    `live_only`, whether the loop is alive (a registry outage is no reason to restart it)."""
     path = heartbeat_path(settings)
     try:
         beat = json.loads(path.read_text())
@@ -105,6 +108,6 @@ def health(settings: Settings, now: float | None = None) -> tuple[bool, str]:
     limit = STALE_INTERVALS * settings.registry_sync.interval_s
     if age > limit:
         return False, f"last pass {age:.0f} s ago (more than {limit:.0f} s): the loop is stuck"
-    if not ok:
+    if not ok and not live_only:
         return False, f"last pass failed: {beat.get('error')}"
     return True, f"last pass {age:.0f} s ago: {beat.get('outcome')}"

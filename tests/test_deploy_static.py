@@ -319,6 +319,7 @@ def test_compose_api_shares_its_online_state_in_a_durable_redis() -> None:
 
 
 SYNC_HEALTH = ["fraudflow", "registry-sync", "--health"]
+SYNC_LIVE = ["fraudflow", "registry-sync", "--live"]
 
 
 def test_compose_registry_sync_runs_once_with_the_write_account_and_the_model_key() -> None:
@@ -851,12 +852,14 @@ def test_k8s_registry_sync_runs_once_hardened_with_the_write_account_and_exec_pr
     assert container["securityContext"] == api["containers"][0]["securityContext"]
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
-    # it listens on nothing: no port, and every probe runs its own --health
+    # it listens on nothing: no port, and every probe runs its own --health (liveness: --live,
+    # so that an MLflow outage does not restart it)
     assert "ports" not in container
     assert {"readinessProbe", "livenessProbe"} <= set(container)
     for key in ("startupProbe", "readinessProbe", "livenessProbe"):
         if key in container:
-            assert container[key]["exec"]["command"] == SYNC_HEALTH, key
+            expected = SYNC_LIVE if key == "livenessProbe" else SYNC_HEALTH
+            assert container[key]["exec"]["command"] == expected, key
             assert not {"httpGet", "tcpSocket", "grpc"} & set(container[key]), key
     # it moves stages and aliases: the admin account, as the monitor; the model key, required
     login = secret_env(container)

@@ -249,18 +249,17 @@ def test_the_api_follows_the_marker_that_moved_and_reports_a_disagreement(regist
     assert reverted.model.version == "3" and reverted.describe_markers() is None
 
 
-def test_the_sync_command_runs_a_pass_and_its_health_reads_the_heartbeat(registry, tmp_path):
+def test_the_sync_command_runs_a_pass_and_its_health_reads_the_heartbeat(
+    registry, tmp_path, monkeypatch
+):
     settings, client = registry
+    overlay = {
+        "workdir": str(settings.workdir),
+        "promotion": {"gates": settings.promotion.gates},
+        "registry_sync": {"interval_s": 2},
+    }
     config = tmp_path / "sync.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "workdir": str(settings.workdir),
-                "promotion": {"gates": settings.promotion.gates},
-                "registry_sync": {"interval_s": 2},
-            }
-        )
-    )
+    config.write_text(json.dumps(overlay))
     assert main(["registry-sync", "--health", "--config", str(config)]) == 1  # never ran
     client.set_registered_model_alias(NAME, "champion", "2")
     assert main(["registry-sync", "--once", "--config", str(config)]) == 0
@@ -270,3 +269,15 @@ def test_the_sync_command_runs_a_pass_and_its_health_reads_the_heartbeat(registr
     assert beat["ok"] and beat["outcome"] == "aligned"
     healthy, why = registry_sync.health(settings, now=time.time() + 60)
     assert not healthy and "stuck" in why
+    # a pass that cannot reach the registry: unhealthy, yet alive (no reason for a restart)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(json.dumps({**overlay, "mlflow": {"tracking_uri": "http://127.0.0.1:9"}}))
+    # (MLflow's fluent calls above set MLFLOW_TRACKING_URI, which wins over the config)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["registry-sync", "--once", "--config", str(broken)]) == 1
+    beat = json.loads(registry_sync.heartbeat_path(settings).read_text())
+    assert not beat["ok"] and "127.0.0.1:9" in beat["error"]
+    assert main(["registry-sync", "--health", "--config", str(broken)]) == 1
+    assert main(["registry-sync", "--live", "--config", str(broken)]) == 0
