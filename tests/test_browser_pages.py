@@ -35,6 +35,8 @@ from tests.support.settings import make_settings
 from tests.support.traffic import log_traffic, split_days
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
+# nothing reads the store once the module is done: the server need not wait for idle clients
+STOP_GRACE = 3.0
 
 NAME = "fraud-detector"
 
@@ -67,7 +69,7 @@ def pages(
     champion and logged as the API logs it, with its labels; the monitor's report on it (drift,
     and performance assessed on the labels: every page has something to show)."""
     root = tmp_path_factory.mktemp("pages")
-    with mlflow_server(root / "mlflow") as (tracking, _):
+    with mlflow_server(root / "mlflow", grace=STOP_GRACE) as (tracking, _):
         settings = make_settings(root / "work", mlflow={"tracking_uri": tracking})
         history, traffic = split_days(small_transactions, 1)
         version, _ = train_and_register(history, settings, production="the champion monitored")

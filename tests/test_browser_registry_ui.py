@@ -23,6 +23,8 @@ from tests.support.servers import mlflow_server
 from tests.support.settings import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
+# nothing reads the store once the module is done: the server need not wait for idle clients
+STOP_GRACE = 3.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ def served_registry(
     training, logged and registered twice through the server, the first promoted by fraudflow
     (stage and alias, with its promotion record)."""
     root = tmp_path_factory.mktemp("registry-ui")
-    with mlflow_server(root / "mlflow") as (url, _):
+    with mlflow_server(root / "mlflow", grace=STOP_GRACE) as (url, _):
         settings = make_settings(root / "work", mlflow={"tracking_uri": url})
         champion, result = train_and_register(
             small_transactions, settings, production="the first champion"
