@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from drift.monitor import run_monitor
 from drift.reference import load_champion
 from drift.window import Window
 from pipelines.mlflow import store
+from pipelines.training.train import train_model
 from tests.support.browser import (
     WebDriver,
     click_button,
@@ -64,31 +66,37 @@ class Pages:
 def pages(
     tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame
 ) -> Iterator[Pages]:
-    """One store for the module, behind a real `mlflow server`: a champion trained through it
-    on all but the last simulated day; that day's traffic with every amount x2.5, scored by the
-    champion and logged as the API logs it, with its labels; the monitor's report on it (drift,
-    and performance assessed on the labels: every page has something to show)."""
+    """One store for the module, behind a real `mlflow server`: a champion trained on all but
+    the last simulated day (while the server starts), logged and promoted through it; that
+    day's traffic with every amount x2.5, scored by the champion and logged as the API logs
+    it, with its labels; the monitor's report on it (drift, and performance assessed on the
+    labels: every page has something to show)."""
     root = tmp_path_factory.mktemp("pages")
-    with mlflow_server(root / "mlflow", grace=STOP_GRACE) as (tracking, _):
-        settings = make_settings(root / "work", mlflow={"tracking_uri": tracking})
-        history, traffic = split_days(small_transactions, 1)
-        version, _ = train_and_register(history, settings, production="the champion monitored")
-        champion = load_champion(settings)
-        shifted = traffic.assign(tx_amount=traffic["tx_amount"] * 2.5)
-        scored = log_traffic(settings, history, shifted, champion.scorer, version)
-        labels = root / "labels.csv"
-        scored[["transaction_id", "tx_fraud"]].to_csv(labels, index=False)
-        result = run_monitor(settings, Window.last_hours(24), [labels])
-        client = store.client(settings)
-        run = client.get_run(client.get_model_version(NAME, version).run_id)
-        yield Pages(
-            tracking=tracking,
-            experiment_id=run.info.experiment_id,
-            run_id=run.info.run_id,
-            metrics=dict(run.data.metrics),
-            report=result.index,
-            summary=json.loads((result.folder / "summary.json").read_text()),
-        )
+    history, traffic = split_days(small_transactions, 1)
+    with ThreadPoolExecutor(1) as pool:
+        # the model trains while the server starts
+        training = pool.submit(train_model, history, make_settings(root / "work"))
+        with mlflow_server(root / "mlflow", grace=STOP_GRACE) as (tracking, _):
+            settings = make_settings(root / "work", mlflow={"tracking_uri": tracking})
+            version, _ = train_and_register(
+                history, settings, result=training.result(), production="the champion monitored"
+            )
+            champion = load_champion(settings)
+            shifted = traffic.assign(tx_amount=traffic["tx_amount"] * 2.5)
+            scored = log_traffic(settings, history, shifted, champion.scorer, version)
+            labels = root / "labels.csv"
+            scored[["transaction_id", "tx_fraud"]].to_csv(labels, index=False)
+            result = run_monitor(settings, Window.last_hours(24), [labels])
+            client = store.client(settings)
+            run = client.get_run(client.get_model_version(NAME, version).run_id)
+            yield Pages(
+                tracking=tracking,
+                experiment_id=run.info.experiment_id,
+                run_id=run.info.run_id,
+                metrics=dict(run.data.metrics),
+                report=result.index,
+                summary=json.loads((result.folder / "summary.json").read_text()),
+            )
 
 
 def console_mark(browser: WebDriver) -> int:

@@ -9,6 +9,7 @@ version 1 in Production holding @champion (promoted by fraudflow), version 2 wit
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pandas as pd
@@ -16,6 +17,7 @@ import pytest
 
 from pipelines.mlflow import store
 from pipelines.settings import Settings
+from pipelines.training.train import train_model
 from tests.support.browser import WebDriver
 from tests.support.mlflow_ui import ShownVersion, add_alias, shown_version, transition_stage
 from tests.support.models import train_and_register
@@ -45,23 +47,27 @@ def served_registry(
     tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame
 ) -> Iterator[Registry]:
     """One `mlflow server` for the module on a store with two versions of the model: one
-    training, logged and registered twice through the server, the first promoted by fraudflow
-    (stage and alias, with its promotion record)."""
+    training (while the server starts), logged and registered twice through the server, the
+    first promoted by fraudflow (stage and alias, with its promotion record)."""
     root = tmp_path_factory.mktemp("registry-ui")
-    with mlflow_server(root / "mlflow", grace=STOP_GRACE) as (url, _):
-        settings = make_settings(root / "work", mlflow={"tracking_uri": url})
-        champion, result = train_and_register(
-            small_transactions, settings, production="the first champion"
-        )
-        challenger, _ = train_and_register(small_transactions, settings, result=result)
-        yield Registry(
-            url=url,
-            settings=settings,
-            name=settings.mlflow.model_name,
-            alias=settings.mlflow.champion_alias,
-            champion=champion,
-            challenger=challenger,
-        )
+    with ThreadPoolExecutor(1) as pool:
+        # the model trains while the server starts
+        training = pool.submit(train_model, small_transactions, make_settings(root / "work"))
+        with mlflow_server(root / "mlflow", grace=STOP_GRACE) as (url, _):
+            settings = make_settings(root / "work", mlflow={"tracking_uri": url})
+            result = training.result()
+            champion, _ = train_and_register(
+                small_transactions, settings, result=result, production="the first champion"
+            )
+            challenger, _ = train_and_register(small_transactions, settings, result=result)
+            yield Registry(
+                url=url,
+                settings=settings,
+                name=settings.mlflow.model_name,
+                alias=settings.mlflow.champion_alias,
+                champion=champion,
+                challenger=challenger,
+            )
 
 
 @pytest.fixture
