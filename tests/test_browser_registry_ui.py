@@ -116,7 +116,9 @@ def test_the_stage_moves_when_a_person_transitions_it_in_the_legacy_registry_ui(
 ) -> None:
     reg = registry
 
-    transition_stage(browser, reg.url, reg.name, reg.challenger, "Production")
+    transition_stage(
+        browser, reg.url, reg.name, reg.challenger, "Production", comment="better on last week"
+    )
 
     assert registry_state(reg, reg.challenger) == ("Production", [])
     assert registry_state(reg, reg.champion) == ("Archived", [reg.alias])  # the UI moves no alias

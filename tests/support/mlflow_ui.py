@@ -39,10 +39,12 @@ def version_url(base: str, name: str, version: str) -> str:
 
 
 def _reload(driver: WebDriver, url: str) -> None:
-    """Open `url` as a fresh page load: a route change inside the single-page app alone could
-    show what the app fetched earlier."""
+    """Open `url` as a fresh page load: a route change inside the open single-page app alone
+    could show what the app fetched earlier."""
+    same_document = driver.current_url.split("#")[0] == url.split("#")[0]
     driver.get(url)
-    driver.refresh()
+    if same_document:
+        driver.refresh()
 
 
 # --- a run's page -----------------------------------------------------------------------------
@@ -236,8 +238,12 @@ def transition_stage(
         wait_visible(driver, By.CSS_SELECTOR, "textarea[name='comment']", within=dialog).send_keys(
             comment
         )
-    checkbox = dialog.find_element(By.CSS_SELECTOR, "input[name='archiveExistingVersions']")
-    if checkbox.is_selected() != archive_existing:
+    # shown on a move to Production (seen on this page); not required on any other move
+    found = dialog.find_elements(By.CSS_SELECTOR, "input[name='archiveExistingVersions']")
+    checkbox = found[0] if found else None
+    if checkbox is None and archive_existing and stage in ("Production", "Staging"):
+        raise AssertionError(f"no 'Transition existing {stage} …' checkbox in the dialog")
+    if checkbox is not None and checkbox.is_selected() != archive_existing:
         label = ".//label[.//input[@name='archiveExistingVersions']]"
         click(driver, By.XPATH, label, "Transition existing … to Archived", within=dialog)
         wait_until(
