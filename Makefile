@@ -38,11 +38,11 @@ test: install system-deps
 	$(PY) -m pytest $(PYTEST_PARALLEL) --cov --cov-report=term --cov-report=xml
 
 test-unit: install
-	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not integration and not deploy and not multihost and not container and not spark" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not integration and not deploy and not multihost and not container and not spark and not browser" --cov --cov-report=term --cov-report=xml
 
 # without the container tests: CI runs these inside a container, where no engine can start
 test-integration: install system-deps
-	$(PY) -m pytest $(PYTEST_PARALLEL) -m "(integration or deploy or multihost or spark) and not container" --cov --cov-report=term --cov-report=xml
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "(integration or deploy or multihost or spark or browser) and not container" --cov --cov-report=term --cov-report=xml
 
 # the image built and run on a Docker engine (started here when none answers; README, Containers)
 test-container: install system-deps

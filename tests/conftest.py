@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from pipelines.data import load_transactions
 from pipelines.training.simulate import simulate_transactions, write_daily_parquet
+from tests.support.browser import WebDriver, artifact_folder, chromium, save_failure_artifacts
 from tests.support.redis import RedisServer, redis_server
 from tests.support.settings import make_settings
 
@@ -24,6 +26,16 @@ ONE_PER_MACHINE = ("container", "spark")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "browser" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("browser")
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that drive Chromium (the `browser` fixture) must carry the marker `browser`, "
+            f"which `make test-unit` leaves out: {unmarked}"
+        )
     for marker in ONE_PER_MACHINE:
         modules = {
             item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker(marker)
@@ -73,3 +85,28 @@ def redis_url(redis_service: RedisServer) -> str:
     with redis_service.client() as client:
         client.flushall()
     return redis_service.url
+
+
+# --- the browser tests: a headless Chromium, and what it saw when a test failed ---------------
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on its test (`item.rep_setup`, `item.rep_call`): a fixture's
+    teardown learns from them whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest) -> Iterator[WebDriver]:
+    """A headless Chromium for this test alone (marker `browser`). When the test fails, its
+    screenshot and browser console are saved in test-output/browser/<test>/ (CI uploads them)."""
+    folder = artifact_folder(request.node.nodeid)
+    shutil.rmtree(folder, ignore_errors=True)  # what an earlier failing run left there
+    with chromium() as driver:
+        yield driver
+        reports = [getattr(request.node, f"rep_{when}", None) for when in ("setup", "call")]
+        if any(report is not None and report.failed for report in reports):
+            save_failure_artifacts(driver, folder)

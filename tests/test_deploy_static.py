@@ -22,6 +22,7 @@ import yaml
 from fraudflow.cli import build_parser
 from pipelines.settings import load_settings
 from tests.support import REPO as ROOT
+from tests.support.browser import ARTIFACTS
 from tests.support.k8s_manifests import (
     NAMESPACE,
     POD_TEMPLATE_PATHS,
@@ -544,6 +545,22 @@ def test_monitor_job_installs_hash_checked_wheels_and_holds_secrets_only_where_n
     setup.read(ROOT / "setup.cfg")
     runtime = re.findall(r"^([\w.-]+)==", setup["options"]["install_requires"], re.M)
     assert runtime and {_canonical(name) for name in runtime} <= set(locked)
+
+
+def test_ci_runs_the_browser_tests_and_keeps_what_the_failing_ones_saw() -> None:
+    """The integration job runs the browser tests (`make test-integration` selects the marker)
+    and, when it fails, uploads each failing test's screenshot and console."""
+    target = (ROOT / "Makefile").read_text().split("\ntest-integration:")[1].split("\n\n")[0]
+    assert re.search(r'-m "\([^"]*\bbrowser\b[^"]*\) and not container"', target)
+    steps = load_yaml(ROOT / ".github" / "workflows" / "ci.yml")["jobs"]["integration-tests"][
+        "steps"
+    ]
+    uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@")]
+    (browser,) = [s for s in uploads if s["with"]["path"].rstrip("/") == "test-output/browser"]
+    assert ARTIFACTS == ROOT / "test-output" / "browser"
+    assert browser["if"] in ("failure()", "always()")
+    assert browser["with"]["if-no-files-found"] == "ignore"
+    assert "test-output/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def test_ci_audits_the_pins_and_scans_the_image_before_pushing_it() -> None:

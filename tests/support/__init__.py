@@ -9,6 +9,8 @@
 - settings: settings of the small simulated world, config overlays, private serving folders
 - models: the one train-register-promote helper, and copies of a store
 - traffic: production traffic in the prediction log for the monitoring tests
+- browser: a headless Chromium, waits and clicks like a person, failure screenshots and consoles
+- mlflow_ui: the MLflow UI's run and model-version pages, and promoting in them as a person does
 """
 
 from pathlib import Path

@@ -118,8 +118,12 @@ def gunicorn_api(
 
 
 @contextmanager
-def mlflow_server(root: Path, port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A real `mlflow server` (SQLite backend, served artifacts) on loopback."""
+def mlflow_server(
+    root: Path, port: int | None = None, grace: float = 20.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `mlflow server` (SQLite backend, served artifacts) on loopback; stopped with
+    SIGTERM, then SIGKILL after `grace` seconds (it waits for its clients' idle keep-alive
+    connections, MLflow's pooled session in the test process among them)."""
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     command = [
@@ -138,6 +142,6 @@ def mlflow_server(root: Path, port: int | None = None) -> Iterator[tuple[str, su
         "1",
     ]
     url = f"http://127.0.0.1:{port}"
-    with background(command, root / "mlflow-server.log") as process:
+    with background(command, root / "mlflow-server.log", grace=grace) as process:
         wait_for(f"{url}/health", process=process, timeout=120)
         yield url, process
