@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_CHECK_CONFIG := conf/model-performance.yaml
 MODEL_CHECK_DIR := .fraudflow-ci/model-check
 
-.PHONY: install system-deps demo test test-unit test-integration test-container model-check lint format benchmark clean
+.PHONY: install system-deps demo test test-unit test-integration test-container model-check screenshots lint format benchmark clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@$(PYTHON) -c "import sys; assert sys.version_info[:2] == (3, 11), sys.version" || { echo "fraudflow needs Python 3.11"; exit 1; }
@@ -47,6 +47,10 @@ test-integration: install system-deps
 # the image built and run on a Docker engine (started here when none answers; README, Containers)
 test-container: install system-deps
 	$(PY) -m pytest -m container
+
+# the README's screenshot of a promotion in the MLflow UI, made by the browser test that makes it
+screenshots: install system-deps
+	FRAUDFLOW_SCREENSHOTS_TO=docs/images $(PY) -m pytest -p no:cacheprovider -m browser tests/test_browser_registry_ui.py -k alias_added_in_the_ui
 
 # simulate a small world, train on it, fail unless the test metrics reach the config's gates
 model-check: install

@@ -8,21 +8,28 @@ version 1 in Production holding @champion (promoted by fraudflow), version 2 wit
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
 
 from pipelines.mlflow import store
+from pipelines.mlflow.markers import read_markers
+from pipelines.mlflow.promotion import OUTSIDE_ACTOR, promotion_history
 from pipelines.settings import Settings
 from pipelines.training.train import train_model
-from tests.support.browser import WebDriver
+from tests.support.browser import ARTIFACTS, WebDriver, save_screenshot
 from tests.support.mlflow_ui import ShownVersion, add_alias, shown_version, transition_stage
 from tests.support.models import train_and_register
-from tests.support.servers import mlflow_server
-from tests.support.settings import make_settings
+from tests.support.processes import BIN, background, poll_until
+from tests.support.servers import gunicorn_api, mlflow_server, wait_every_worker
+from tests.support.settings import make_settings, private_serving, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 # nothing reads the store once the module is done: the server need not wait for idle clients
@@ -129,4 +136,122 @@ def test_the_stage_moves_when_a_person_transitions_it_in_the_legacy_registry_ui(
     )
     assert shown_version(browser, reg.url, reg.name, reg.champion, new_ui=True) == ShownVersion(
         stage="Archived", aliases=(reg.alias,), new_ui=True
+    )
+
+
+# --- what follows a gesture: the API, the registry sync, the record, the page ------------------
+
+WORKERS = 2
+# the README's screenshot of the alias dialog is made here: `make screenshots` sets this to
+# docs/images (it is always saved under test-output/browser/screenshots/)
+SCREENSHOTS_ENV = "FRAUDFLOW_SCREENSHOTS_TO"
+
+
+def api_config(reg: Registry, folder: Path, with_sync: bool) -> Path:
+    """The API on the module's registry (through its `mlflow server`), polling every second,
+    with state, log, cache and metrics of its own; the registry sync beside it or not."""
+    settings = private_serving(
+        make_settings(
+            reg.settings.workdir,
+            mlflow={"tracking_uri": reg.url},
+            serving={"poll_interval_s": 1.0, "metrics_dir": str(folder / "prom")},
+            registry_sync={"interval_s": 1.0, "with_api": with_sync},
+        ),
+        folder,
+    )
+    return write_config(folder / "api.yaml", settings)
+
+
+def screenshot_the_dialog(driver: WebDriver) -> None:
+    saved = save_screenshot(driver, ARTIFACTS / "screenshots" / "promote-alias.png")
+    target = os.environ.get(SCREENSHOTS_ENV)
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(saved, Path(target) / saved.name)
+
+
+def markers_on(reg: Registry, version: str, timeout: float = 60) -> None:
+    """Until the registry shows `version` in Production, alone, holding the alias."""
+
+    def check():
+        found = read_markers(reg.client(), reg.name, reg.alias)
+        return found.alias == version and found.production_versions == (version,), found
+
+    poll_until(check, f"both markers on v{version}", timeout)
+
+
+def last_record(reg: Registry) -> dict:
+    return promotion_history(reg.settings).iloc[0].to_dict()
+
+
+def test_an_alias_added_in_the_ui_is_served_then_the_stage_follows_and_is_recorded(
+    browser: WebDriver, registry: Registry, tmp_path: Path
+) -> None:
+    """The API follows the alias itself (no registry sync runs until it serves the version:
+    with the rule that follows the stage only, it would not), then the sync brings the stage
+    along, records the promotion, and the page shows both after a reload."""
+    reg = registry
+    config = api_config(reg, tmp_path, with_sync=False)
+    with gunicorn_api(config, tmp_path / "api.log", version=reg.champion, workers=WORKERS) as url:
+        add_alias(
+            browser, reg.url, reg.name, reg.challenger, reg.alias, before_save=screenshot_the_dialog
+        )
+        wait_every_worker(url, WORKERS, reg.challenger, timeout=120)
+        model = requests.get(f"{url}/model", timeout=10).json()
+        assert model["version"] == reg.challenger
+        assert model["markers"] == {
+            "alias": reg.challenger,
+            "production": [reg.champion],
+            "agree": False,
+            "followed": reg.challenger,
+            "by": "alias",
+        }
+        assert registry_state(reg, reg.challenger) == ("None", [reg.alias])  # nothing aligned yet
+        with background(
+            [str(BIN / "fraudflow"), "registry-sync", "--config", str(config)],
+            tmp_path / "sync.log",
+        ):
+            markers_on(reg, reg.challenger)
+        assert registry_state(reg, reg.champion) == ("Archived", [])
+        record = last_record(reg)
+        assert (record["version"], record["actor"], record["gesture"]) == (
+            reg.challenger,
+            OUTSIDE_ACTOR,
+            "alias",
+        )
+        assert record["champion_before"] == reg.champion and record["gates"] == "passed"
+        # the API stays on it, now with both markers agreeing
+        poll_until(
+            lambda: (requests.get(f"{url}/model", timeout=10).json()["markers"]["agree"], 0),
+            "the API sees the markers agree",
+            30,
+        )
+        wait_every_worker(url, WORKERS, reg.challenger, timeout=5)
+    assert shown_version(browser, reg.url, reg.name, reg.challenger, new_ui=True) == ShownVersion(
+        stage="Production", aliases=(reg.alias,), new_ui=True
+    )
+
+
+def test_a_stage_transition_in_the_legacy_ui_is_served_and_the_alias_follows(
+    browser: WebDriver, registry: Registry, tmp_path: Path
+) -> None:
+    """`fraudflow serve` as the embedded default runs it: the registry sync beside the API."""
+    reg = registry
+    config = api_config(reg, tmp_path, with_sync=True)
+    with gunicorn_api(config, tmp_path / "api.log", version=reg.champion, workers=WORKERS) as url:
+        transition_stage(
+            browser, reg.url, reg.name, reg.challenger, "Production", comment="better last week"
+        )
+        wait_every_worker(url, WORKERS, reg.challenger, timeout=120)
+        markers_on(reg, reg.challenger)
+        record = last_record(reg)
+        assert (record["version"], record["actor"], record["gesture"]) == (
+            reg.challenger,
+            OUTSIDE_ACTOR,
+            "stage",
+        )
+        assert requests.get(f"{url}/model", timeout=10).json()["version"] == reg.challenger
+    assert "registry sync started" in (tmp_path / "api.log").read_text()
+    assert shown_version(browser, reg.url, reg.name, reg.challenger, new_ui=True) == ShownVersion(
+        stage="Production", aliases=(reg.alias,), new_ui=True
     )

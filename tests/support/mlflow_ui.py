@@ -6,6 +6,7 @@ API behind a page. The selectors were read off the pages of a real `mlflow serve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -180,10 +181,18 @@ def shown_version(
     return read_version(driver)
 
 
-def add_alias(driver: WebDriver, base: str, name: str, version: str, alias: str) -> None:
+def add_alias(
+    driver: WebDriver,
+    base: str,
+    name: str,
+    version: str,
+    alias: str,
+    before_save: Callable[[WebDriver], None] | None = None,
+) -> None:
     """The new registry UI's promotion: on the version's page, Aliases "Add" (or the pencil,
     "Edit aliases", when it has some), type the alias in the dialog, Enter, "Save aliases".
-    Returns once the page shows the alias on the version."""
+    Returns once the page shows the alias on the version. `before_save` sees the dialog filled
+    in, just before the click (a screenshot of the gesture)."""
     open_version(driver, base, name, version)
     use_new_registry_ui(driver, True)
     has_aliases = bool(read_version(driver).aliases)
@@ -198,6 +207,8 @@ def add_alias(driver: WebDriver, base: str, name: str, version: str, alias: str)
         lambda d: alias in _alias_tags(dialog),
         f"alias {alias!r} chosen in the dialog",
     )
+    if before_save is not None:
+        before_save(driver)
     click_button(driver, "Save aliases", within=dialog)
     _closed(driver, dialog, "Add/Edit alias")
     wait_until(driver, lambda d: alias in (read_version(d).aliases or ()), f"alias {alias!r} shown")
