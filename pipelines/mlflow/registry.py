@@ -5,6 +5,10 @@ Promotion policy (gates, comparison, the decision record) is in `pipelines.mlflo
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -13,11 +17,26 @@ from pipelines.mlflow.markers import follow, read_markers
 from pipelines.settings import Settings
 
 STAGES = ("Production", "Staging")
+# The start of the FutureWarning MLflow gives for every stage call (`get_latest_versions`,
+# `transition_model_version_stage`, ...): "``mlflow.….MlflowClient.<call>`` is deprecated since
+# 2.9.0. Model registry stages will be removed in a future major release. ..."
+STAGE_DEPRECATION = r"``mlflow\.[\w.]+`` is deprecated since [\d.]+\. Model registry stages "
 
 
 class PromotionError(ValueError):
     """A promotion request that cannot be carried out (unknown version, bad stage, no data), or
     a record of one when no version is in service."""
+
+
+@contextmanager
+def stage_call() -> Iterator[None]:
+    """Around one registry stage call: MLflow's deprecation of stages is silenced, because
+    fraudflow keeps the Production stage on purpose, the second promotion marker beside the
+    champion alias (DESIGN.md, Registered model), and the notice on every promote, poll and
+    monitor would tell users nothing they can act on. Every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=STAGE_DEPRECATION, category=FutureWarning)
+        yield
 
 
 def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
@@ -92,7 +111,10 @@ def place(
         raise PromotionError(f"stage must be one of {STAGES}, not {stage!r}")
     name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
     promoted = stage == "Production"
-    client.transition_model_version_stage(name, version, stage, archive_existing_versions=promoted)
+    with stage_call():  # the stage is set on purpose: MLflow has no undeprecated call for it
+        client.transition_model_version_stage(
+            name, version, stage, archive_existing_versions=promoted
+        )
     if promoted:
         client.set_registered_model_alias(name, alias, version)
     elif holds_alias:
@@ -102,9 +124,10 @@ def place(
 def enter_production(client: MlflowClient, name: str, version: str) -> None:
     """Transition a version to Production, archiving every other Production version; the
     alias is left as it is."""
-    client.transition_model_version_stage(
-        name, version, "Production", archive_existing_versions=True
-    )
+    with stage_call():  # the stage is set on purpose: MLflow has no undeprecated call for it
+        client.transition_model_version_stage(
+            name, version, "Production", archive_existing_versions=True
+        )
 
 
 def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
