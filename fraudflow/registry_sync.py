@@ -53,23 +53,34 @@ def _beat(path: Path, outcome: str, error: str | None, **extra: Any) -> None:
 
 
 def one_pass(sync: RegistrySync, heartbeat: Path) -> SyncPass | None:
-    """One pass with its heartbeat; None when it failed (logged, and said in the heartbeat)."""
+    """One pass with its heartbeat; None when it failed (logged, and said in the heartbeat).
+    The heartbeat also keeps what the sync remembers, for its next run."""
     try:
         result = sync.run_once()
     except Exception as exc:  # an outage or a refusal: report it, try again next interval
         error = f"{type(exc).__name__}: {exc}"[:500]
         log.warning("registry sync: pass failed: %s", error)
-        _beat(heartbeat, "error", error)
+        _beat(heartbeat, "error", error, memory=sync.memory())
         return None
-    _beat(heartbeat, result.outcome, None, markers=result.markers.describe())
+    markers = result.markers.describe()
+    _beat(heartbeat, result.outcome, None, markers=markers, memory=sync.memory())
     return result
+
+
+def remembered(heartbeat: Path) -> object:
+    """The memory the last run left in its heartbeat (None when there is none to read)."""
+    try:
+        return json.loads(heartbeat.read_text()).get("memory")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def run(settings: Settings, once: bool = False, parent: int | None = None) -> int:
     """Run passes until SIGTERM/SIGINT (or the `parent` process is gone); one with `once`.
-    Exit code: 0, or 1 when `once` and the pass failed."""
-    sync = RegistrySync(settings)
+    It starts from the memory its last run left in the heartbeat: a gesture made while it was
+    down is followed, not undone. Exit code: 0, or 1 when `once` and the pass failed."""
     heartbeat = heartbeat_path(settings)
+    sync = RegistrySync.remembering(settings, remembered(heartbeat))
     if once:
         return 0 if one_pass(sync, heartbeat) is not None else 1
     stop = threading.Event()

@@ -8,8 +8,10 @@ version 1 in Production holding @champion (promoted by fraudflow), version 2 wit
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -155,7 +157,12 @@ def api_config(reg: Registry, folder: Path, with_sync: bool) -> Path:
             reg.settings.workdir,
             mlflow={"tracking_uri": reg.url},
             serving={"poll_interval_s": 1.0, "metrics_dir": str(folder / "prom")},
-            registry_sync={"interval_s": 1.0, "with_api": with_sync},
+            registry_sync={
+                "interval_s": 1.0,
+                "with_api": with_sync,
+                # this test's sync remembers nothing of another test's
+                "heartbeat": str(folder / "sync-heartbeat.json"),
+            },
         ),
         folder,
     )
@@ -178,6 +185,16 @@ def markers_on(reg: Registry, version: str, timeout: float = 60) -> None:
         return found.alias == version and found.production_versions == (version,), found
 
     poll_until(check, f"both markers on v{version}", timeout)
+
+
+def sync_passed(heartbeat: Path, since: float, timeout: float = 120) -> None:
+    """Until the registry sync has made a pass since `since` (its heartbeat)."""
+
+    def check():
+        beat = json.loads(heartbeat.read_text()) if heartbeat.is_file() else {}
+        return beat.get("at", 0) > since and beat.get("ok") is True, beat
+
+    poll_until(check, "a pass of the registry sync", timeout)
 
 
 def records(reg: Registry) -> int:
@@ -248,7 +265,11 @@ def test_a_stage_transition_in_the_legacy_ui_is_served_and_the_alias_follows(
     """`fraudflow serve` as the embedded default runs it: the registry sync beside the API."""
     reg = registry
     config = api_config(reg, tmp_path, with_sync=True)
+    started = time.time()
     with gunicorn_api(config, tmp_path / "api.log", version=reg.champion, workers=WORKERS) as url:
+        sync_passed(
+            tmp_path / "sync-heartbeat.json", started
+        )  # a sync that starts after a gesture takes the alias's side
         before = records(reg)
         transition_stage(
             browser, reg.url, reg.name, reg.challenger, "Production", comment="better last week"

@@ -281,3 +281,34 @@ def test_the_sync_command_runs_a_pass_and_its_health_reads_the_heartbeat(
     assert not beat["ok"] and "127.0.0.1:9" in beat["error"]
     assert main(["registry-sync", "--health", "--config", str(broken)]) == 1
     assert main(["registry-sync", "--live", "--config", str(broken)]) == 0
+
+
+def test_a_restarted_sync_follows_a_gesture_made_while_it_was_down(registry, tmp_path):
+    """Its memory lives in the heartbeat: the stage transition made between two runs wins, where
+    a sync without memory would put the stage back on the alias's version."""
+    settings, client = registry
+    config = tmp_path / "sync.yaml"
+    config.write_text(
+        json.dumps({"workdir": str(settings.workdir), "registry_sync": {"interval_s": 2}})
+    )
+    assert main(["registry-sync", "--once", "--config", str(config)]) == 0  # agree: remembered
+    client.transition_model_version_stage(NAME, "3", "Production", True)  # while it is down
+    assert main(["registry-sync", "--once", "--config", str(config)]) == 0
+    assert state(settings, client) == ("3", ("3",))
+    assert outside_records(settings).iloc[0]["gesture"] == "stage"
+    # a memory of another model is not taken up: the first-pass rule (the alias wins) applies
+    other = make_settings(settings.workdir, mlflow={"model_name": "other"})
+    assert (
+        RegistrySync.remembering(other, {"model": NAME, "alias_name": "champion"}).expected is None
+    )
+    kept = RegistrySync.remembering(
+        settings,
+        {
+            "model": NAME,
+            "alias_name": "champion",
+            "alias": "3",
+            "production": ["3"],
+            "followed": "3",
+        },
+    )
+    assert (kept.expected, kept.followed) == (Markers("3", (("3", 0),)), "3")

@@ -95,14 +95,61 @@ def gates_verdict(version: ModelVersion, settings: Settings) -> str:
 class RegistrySync:
     """Brings the other marker into line after a promotion made outside fraudflow.
 
-    It remembers the markers as it left them (None before its first pass: the alias wins), so
-    that the next pass knows which marker a person moved since."""
+    It remembers the markers as it left them, so that the next pass knows which marker a
+    person moved since: `expected` and `followed` (from the last run's heartbeat, so that a
+    restarted sync keeps its memory; None at its very first pass, where the alias wins)."""
 
-    def __init__(self, settings: Settings, client: MlflowClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: MlflowClient | None = None,
+        expected: Markers | None = None,
+        followed: str | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client or store.client(settings)
-        self.expected: Markers | None = None
-        self.followed: str | None = None
+        self.expected = expected
+        self.followed = followed
+
+    def memory(self) -> dict[str, object] | None:
+        """What it remembers, as JSON (the heartbeat keeps it for the next run)."""
+        if self.expected is None:
+            return None
+        mlflow = self.settings.mlflow
+        return {
+            "model": mlflow.model_name,
+            "alias_name": mlflow.champion_alias,
+            "alias": self.expected.alias,
+            "production": list(self.expected.production_versions),
+            "followed": self.followed,
+        }
+
+    @classmethod
+    def remembering(
+        cls, settings: Settings, memory: object, client: MlflowClient | None = None
+    ) -> "RegistrySync":
+        """A sync that takes up `memory` (from `memory()` of an earlier run) when it is about
+        this model and alias; anything else is ignored (the first-pass rule then applies)."""
+        mlflow = settings.mlflow
+        if not isinstance(memory, dict) or (memory.get("model"), memory.get("alias_name")) != (
+            mlflow.model_name,
+            mlflow.champion_alias,
+        ):
+            return cls(settings, client)
+        alias, production, followed = (
+            memory.get("alias"),
+            memory.get("production"),
+            memory.get("followed"),
+        )
+        if not (
+            (alias is None or isinstance(alias, str))
+            and isinstance(production, list)
+            and all(isinstance(v, str) for v in production)
+            and (followed is None or isinstance(followed, str))
+        ):
+            return cls(settings, client)
+        expected = Markers(alias, tuple((v, 0) for v in production))
+        return cls(settings, client, expected, followed)
 
     def _read(self) -> Markers:
         mlflow = self.settings.mlflow
