@@ -141,8 +141,8 @@ def print_ui_promotion(settings: Settings, client: MlflowClient, config: str | N
         '"Save aliases"\n'
         '    or the legacy UI ("New model registry UI" off): Stage, "Transition to -> '
         'Production", OK\n'
-        f"  the API serves v{version} within serving.poll_interval_s "
-        f"({settings.serving.poll_interval_s:g} s); the other marker follows, and "
+        f"  the API takes up v{version} at its next poll (serving.poll_interval_s, "
+        f"{settings.serving.poll_interval_s:g} s); the other marker follows, and "
         "`fraudflow promote --history` records it"
     )
 

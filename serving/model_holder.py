@@ -4,8 +4,10 @@ Each worker holds one `ServedModel` reference; a request reads it once and finis
 model even if a newer one is swapped in meanwhile. Registry failures never unload a model.
 Every model loaded from the registry is kept in the replica's model cache; a worker that has no
 model and cannot get one from the registry serves the cached one until the registry answers.
-A holder given `integrity.model_key` loads only versions whose files match their signature (from
-the registry and from the cache alike), before any parser reads them. Every version's files are
+With `mlflow.model_source: markers` it follows the registry marker (alias or stage) that moved
+since its last poll (`pipelines.mlflow.markers`). A holder given `integrity.model_key` loads only
+versions whose files match their signature (from the registry and from the cache alike), before
+any parser reads them. Every version's files are
 checked (hashes, the booster text) and loaded and scored in a child process (`ModelProbe`)
 before this process parses them; a version that fails is retried with a doubling back-off.
 """
@@ -105,7 +107,8 @@ class RegistryStatus:
 
 
 class ModelHolder:
-    """Resolves the served version (stage or alias), loads it in the background, swaps it in."""
+    """Resolves the served version (both markers, or the one `mlflow.model_source` names),
+    loads it in the background, swaps it in."""
 
     def __init__(self, settings: Settings, client: MlflowClient | None = None) -> None:
         self.settings = settings

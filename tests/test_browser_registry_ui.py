@@ -30,7 +30,12 @@ from tests.support.browser import ARTIFACTS, WebDriver, save_screenshot
 from tests.support.mlflow_ui import ShownVersion, add_alias, shown_version, transition_stage
 from tests.support.models import train_and_register
 from tests.support.processes import BIN, background, poll_until
-from tests.support.servers import gunicorn_api, mlflow_server, wait_every_worker
+from tests.support.servers import (
+    gunicorn_api,
+    mlflow_server,
+    wait_every_worker,
+    wait_every_worker_gauge,
+)
 from tests.support.settings import make_settings, private_serving, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -247,12 +252,8 @@ def test_an_alias_added_in_the_ui_is_served_then_the_stage_follows_and_is_record
         assert registry_state(reg, reg.champion) == ("Archived", [])
         assert record["gesture"] == "alias"
         assert record["champion_before"] == reg.champion and record["gates"] == "passed"
-        # the API stays on it, now with both markers agreeing
-        poll_until(
-            lambda: (requests.get(f"{url}/model", timeout=10).json()["markers"]["agree"], 0),
-            "the API sees the markers agree",
-            30,
-        )
+        # the API stays on it, every worker now seeing both markers agree
+        wait_every_worker_gauge(url, "fraudflow_registry_markers_disagree", WORKERS, 0.0, 30)
         wait_every_worker(url, WORKERS, reg.challenger, timeout=5)
     assert shown_version(browser, reg.url, reg.name, reg.challenger, new_ui=True) == ShownVersion(
         stage="Production", aliases=(reg.alias,), new_ui=True

@@ -28,6 +28,7 @@ from tests.support.models import train_and_register
 from tests.support.processes import poll_until
 from tests.support.servers import gunicorn_api, worker_gauge
 from tests.support.settings import make_settings, write_config
+from tests.support.traffic import api_transaction
 
 pytestmark = pytest.mark.integration
 WORKERS = 2
@@ -35,13 +36,7 @@ NAME = "fraud-detector"
 
 
 def tx(i: int) -> dict:
-    return {
-        "transaction_id": f"h{i}",
-        "tx_datetime": f"2018-06-21T{8 + i % 12:02d}:{i % 60:02d}:00",
-        "customer_id": f"c{i % 13}",
-        "terminal_id": f"t{i % 7}",
-        "tx_amount": float(7 + (i * 31) % 240),
-    }
+    return api_transaction(i, "h")
 
 
 def one_token(text: str) -> str:

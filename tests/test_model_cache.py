@@ -20,14 +20,9 @@ from serving.app import create_app
 from serving.model_cache import MANIFEST, POINTER, PROBED, ModelCache
 from tests.support.processes import free_port
 from tests.support.settings import make_settings, private_serving
+from tests.support.traffic import ONE_TRANSACTION
 
-TX = {
-    "transaction_id": "t1",
-    "tx_datetime": "2018-06-20T10:15:00",
-    "customer_id": "c1",
-    "terminal_id": "m1",
-    "tx_amount": 480.0,
-}
+TX = ONE_TRANSACTION
 
 
 @pytest.fixture(scope="module")

@@ -29,16 +29,11 @@ from serving.model_cache import MANIFEST, ModelCache
 from tests.support import REPO as ROOT
 from tests.support.processes import clean_env, free_port
 from tests.support.settings import make_settings, private_serving, write_config
+from tests.support.traffic import ONE_TRANSACTION
 
 NAME = "fraud-detector"
 KEY = secrets.token_hex(32).encode()
-TX = {
-    "transaction_id": "t1",
-    "tx_datetime": "2018-06-20T10:15:00",
-    "customer_id": "c1",
-    "terminal_id": "m1",
-    "tx_amount": 480.0,
-}
+TX = ONE_TRANSACTION
 
 
 def with_key(settings: Settings, key_file: Path | None) -> Settings:

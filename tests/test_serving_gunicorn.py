@@ -23,6 +23,7 @@ from tests.support.servers import (
     worker_gauge,
 )
 from tests.support.settings import make_settings, write_config
+from tests.support.traffic import api_transaction
 
 pytestmark = pytest.mark.integration
 POLL_S = 1.0
@@ -40,13 +41,7 @@ def serving_settings(root: Path, **mlflow):
 
 
 def tx(i: int) -> dict:
-    return {
-        "transaction_id": f"g{i}",
-        "tx_datetime": f"2018-06-21T{8 + i % 12:02d}:{i % 60:02d}:00",
-        "customer_id": f"c{i % 17}",
-        "terminal_id": f"m{i % 11}",
-        "tx_amount": float(5 + (i * 37) % 250),
-    }
+    return api_transaction(i, "g")
 
 
 def metric_values(url: str, name: str) -> list[float]:

@@ -18,6 +18,7 @@ from tests.support.models import train_and_register
 from tests.support.processes import poll_until
 from tests.support.servers import gunicorn_api, wait_every_worker
 from tests.support.settings import make_settings, write_config
+from tests.support.traffic import api_transaction
 
 pytestmark = pytest.mark.integration
 NAME = "fraud-detector"
@@ -26,13 +27,7 @@ MOVES = 20
 
 
 def tx(i: int) -> dict:
-    return {
-        "transaction_id": f"m{i}",
-        "tx_datetime": f"2018-06-21T{8 + i % 12:02d}:{i % 60:02d}:00",
-        "customer_id": f"c{i % 17}",
-        "terminal_id": f"t{i % 11}",
-        "tx_amount": float(5 + (i * 37) % 250),
-    }
+    return api_transaction(i, "m")
 
 
 @pytest.fixture(scope="module")

@@ -41,9 +41,6 @@ from pipelines.split import day_after_last
 # on a version while `fraudflow promote` moves its markers (the time it began): the registry
 # sync leaves a disagreement alone while a promotion of that version is under way
 PROMOTING_TAG = "promotion.started"
-# how the decision was made: by hand with `fraudflow promote`, by its automatic policy, or a
-# gesture outside fraudflow (the alias moved, or a stage transition) the registry sync followed
-GESTURES = ("cli", "auto", "alias", "stage")
 OUTSIDE_ACTOR = "outside fraudflow"
 
 
@@ -57,6 +54,8 @@ class PromotionDecision:
     candidate_metrics: dict[str, float] = field(default_factory=dict)
     champion_metrics: dict[str, float] = field(default_factory=dict)
     eval_window: dict[str, str] = field(default_factory=dict)
+    # how it was made: "cli" (`fraudflow promote` by hand), "auto" (its policy), or a gesture
+    # outside fraudflow the registry sync followed, "alias" (moved) or "stage" (a transition)
     gesture: str = "cli"
     # the promotion gates' verdict on the version's test metrics, where the gates did not
     # decide (a gesture outside fraudflow): "passed", or "failed: ..." for a human override

@@ -14,6 +14,27 @@ from pipelines.log.writer import PredictionLogWriter
 from pipelines.model import FraudScorer
 from pipelines.settings import RAW_COLUMNS, Settings
 
+# one request body for /predict (a card's purchase on a June day of the small world)
+ONE_TRANSACTION = {
+    "transaction_id": "t1",
+    "tx_datetime": "2018-06-20T10:15:00",
+    "customer_id": "c1",
+    "terminal_id": "m1",
+    "tx_amount": 480.0,
+}
+
+
+def api_transaction(i: int, prefix: str) -> dict:
+    """The `i`-th of a stream of /predict bodies: ids `<prefix><i>`, a few cards and terminals
+    that come back, amounts spread over 5..254."""
+    return {
+        "transaction_id": f"{prefix}{i}",
+        "tx_datetime": f"2018-06-21T{8 + i % 12:02d}:{i % 60:02d}:00",
+        "customer_id": f"c{i % 17}",
+        "terminal_id": f"m{i % 11}",
+        "tx_amount": float(5 + (i * 37) % 250),
+    }
+
 
 def log_traffic(
     settings: Settings,
