@@ -312,3 +312,32 @@ def test_a_restarted_sync_follows_a_gesture_made_while_it_was_down(registry, tmp
         },
     )
     assert (kept.expected, kept.followed) == (Markers("3", (("3", 0),)), "3")
+
+
+@pytest.mark.parametrize(
+    "heartbeat",
+    [
+        b"\x00\xff not json",
+        b'{"memory": "v3"}',
+        b'{"memory": {"model": "fraud-detector", "alias_name": "champion", "production": "3"}}',
+        b'{"memory": {"model": "fraud-detector", "alias_name": "champion", "alias": 3, '
+        b'"production": [], "followed": null}}',
+        b"[1, 2]",
+    ],
+)
+def test_a_damaged_or_crafted_heartbeat_is_no_memory(registry, tmp_path, heartbeat):
+    """The heartbeat is a file on disk: what it holds is checked before the sync trusts it, and
+    anything else leaves the sync without memory (the alias wins), never stops it."""
+    settings, client = registry
+    path = registry_sync.heartbeat_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(heartbeat)
+    sync = RegistrySync.remembering(settings, registry_sync.remembered(path))
+    assert (sync.expected, sync.followed) == (None, None)
+    healthy, why = registry_sync.health(settings)
+    assert not healthy and why
+    config = tmp_path / "sync.yaml"
+    config.write_text(json.dumps({"workdir": str(settings.workdir)}))
+    client.set_registered_model_alias(NAME, "champion", "3")
+    assert main(["registry-sync", "--once", "--config", str(config)]) == 0
+    assert state(settings, client) == ("3", ("3",))
