@@ -244,6 +244,9 @@ class MlflowSettings(_Frozen):
     # monitor and promotion alike: the "Production" stage, the champion alias, or both
     # (`markers`: a promotion by either gesture counts; pipelines.mlflow.markers has the rule)
     model_source: Literal["markers", "stage", "alias"] = "markers"
+    # the version scored beside the champion (serving.challenger), set by `retrain` when a
+    # challenger passes the offline gates, by `fraudflow promote --challenger` or in the UI
+    challenger_alias: str = "challenger"
 
 
 class ModelSettings(_Frozen):
@@ -269,12 +272,31 @@ class ModelSettings(_Frozen):
         )
 
 
+class LiveEvidenceSettings(_Frozen):
+    """What `fraudflow promote --auto` asks of the challenger's live record (the prediction log
+    of shadow or canary traffic, labels matured): with `required`, at least `min_days` days and
+    `min_labelled_frauds` labelled frauds scored by both models, and the challenger's average
+    precision above the champion's with the lower end of a paired bootstrap interval of the
+    difference (`confidence`, `bootstrap_samples` resamples of the shared transactions, `seed`)
+    above zero."""
+
+    required: bool = False
+    # the prediction log of the last `window_days` days is read
+    window_days: int = Field(default=28, gt=0)
+    min_days: int = Field(default=7, gt=0)
+    min_labelled_frauds: int = Field(default=50, gt=0)
+    bootstrap_samples: int = Field(default=2000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    seed: int = 0
+
+
 class PromotionSettings(_Frozen):
     eval_days: int = Field(gt=0)
     known_cards_lookback_days: int = Field(ge=0)
     compare_metric: Literal["average_precision", "roc_auc", "card_precision_at_100", "f1", "recall"]
     min_improvement: float
     gates: dict[str, float]
+    live_evidence: LiveEvidenceSettings = LiveEvidenceSettings()
 
 
 MIN_TOKEN_CHARS = 16
@@ -347,6 +369,42 @@ class PredictionLogSettings(_Frozen):
     retention_days: int = Field(default=90, gt=0)
 
 
+class CanaryRollbackSettings(_Frozen):
+    """The band a canary challenger must stay in, judged on the requests of the last
+    `window_s` seconds of every worker and host (the online state holds the counts) once each
+    role decided `min_requests` transactions in it: the canary stops, and the challenger goes
+    back to shadow, when its error rate exceeds the champion's by more than
+    `error_rate_band`, its decline rate differs from the champion's by more than
+    `decline_rate_band` (either way), or its p99 latency exceeds `p99_ratio` times the
+    champion's plus `p99_slack_ms`."""
+
+    window_s: float = Field(default=300.0, gt=0)
+    min_requests: int = Field(default=200, gt=0)
+    error_rate_band: float = Field(default=0.01, ge=0, le=1)
+    decline_rate_band: float = Field(default=0.05, ge=0, le=1)
+    p99_ratio: float = Field(default=2.0, ge=1)
+    p99_slack_ms: float = Field(default=5.0, ge=0)
+    # how often a worker adds its counts to the shared ones and judges them
+    check_interval_s: float = Field(default=1.0, gt=0)
+
+
+class ChallengerSettings(_Frozen):
+    """The `@challenger` version beside the champion: `off` (not loaded), `shadow` (scored on
+    every transaction off the decision path, logged, never answered) or `canary` (decides the
+    transactions of `canary_percent` % of cards, chosen by a stable hash of the card, the
+    champion scoring them in shadow)."""
+
+    mode: Literal["off", "shadow", "canary"] = "shadow"
+    canary_percent: float = Field(default=10.0, ge=0, le=100)
+    rollback: CanaryRollbackSettings = CanaryRollbackSettings()
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `off` as false."""
+        return "off" if value is False else value
+
+
 class ServingSettings(_Frozen):
     host: str
     port: int = Field(gt=0, lt=65536)
@@ -376,6 +434,7 @@ class ServingSettings(_Frozen):
     # the last served model, kept on the replica's own disk for a start while the registry is
     # unreachable; None: no cache
     model_cache_dir: str | None = None
+    challenger: ChallengerSettings = ChallengerSettings()
 
 
 PERFORMANCE_METRICS = ("precision", "recall", "average_precision", "card_precision_at_100")

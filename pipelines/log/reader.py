@@ -23,6 +23,7 @@ from pipelines.log.record import (
     LOG_FIELDS,
     OTHER_FIELDS,
     PARQUET_SUFFIX,
+    ROLE_FIELDS,
     log_schema,
 )
 
@@ -125,7 +126,7 @@ def _conform(table: pa.Table, schema: pa.Schema | None) -> pa.Table:
 def _normalised(table: pa.Table) -> pa.Table:
     """Every known field in its type and every feature as a float (an all-null or all-integer
     column is inferred otherwise), so that the days' files share one schema."""
-    kinds = dict(LOG_FIELDS + OTHER_FIELDS)
+    kinds = dict(LOG_FIELDS + OTHER_FIELDS + ROLE_FIELDS)
     columns = []
     for name, column in zip(table.column_names, table.columns):
         kind = pa.float64() if name.startswith(FEATURE_PREFIX) else kinds.get(name)
@@ -149,7 +150,7 @@ def read_log_file(path: Path, schema: pa.Schema | None = None) -> LogFile:
         empty = pa.table({}) if schema is None else log_schema(()).empty_table()
         return LogFile(_conform(empty, schema), torn)
     if schema is None:  # every field: the known ones typed, the features as found
-        known = pa.schema([pa.field(n, k) for n, k in LOG_FIELDS + OTHER_FIELDS])
+        known = pa.schema([pa.field(n, k) for n, k in LOG_FIELDS + OTHER_FIELDS + ROLE_FIELDS])
         options = pa_json.ParseOptions(explicit_schema=known, unexpected_field_behavior="infer")
     else:
         options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")

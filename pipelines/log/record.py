@@ -9,6 +9,7 @@ import os
 import re
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,19 @@ PARQUET_SUFFIX = ".parquet"
 FILE_MODE = 0o640
 
 
+ROLES = ("champion", "challenger")
+
+
+@dataclass(frozen=True)
+class RoleScore:
+    """What one model (a role: champion or challenger) said of a transaction; probability and
+    decision are None when it failed to score it."""
+
+    version: str
+    probability: float | None
+    decision: str | None
+
+
 def record(
     *,
     logged_at: str,
@@ -49,10 +63,15 @@ def record(
     model_version: str,
     latency_ms: float,
     resent: bool,
+    model_role: str | None = None,
+    champion: RoleScore | None = None,
+    challenger: RoleScore | None = None,
 ) -> dict[str, Any]:
     """One scored transaction as logged: its raw fields, its features (NaN logged as null),
-    the score and decision, and the model that gave them."""
-    return {
+    the score and decision, and the model that gave them (the answer). With a challenger
+    served, also the role that answered (`model_role`) and both models' versions,
+    probabilities and decisions (`champion_*`, `challenger_*`)."""
+    logged = {
         "logged_at": logged_at,
         "transaction_id": transaction_id,
         "tx_datetime": tx_datetime.isoformat(),
@@ -69,6 +88,13 @@ def record(
         "latency_ms": round(latency_ms, 3),
         "resent": resent,
     }
+    if challenger is not None and champion is not None:
+        logged["model_role"] = model_role
+        for role, score in (("champion", champion), ("challenger", challenger)):
+            logged[f"{role}_version"] = score.version
+            logged[f"{role}_probability"] = score.probability
+            logged[f"{role}_decision"] = score.decision
+    return logged
 
 
 def log_folder(settings: Settings) -> Path:
@@ -114,6 +140,18 @@ OTHER_FIELDS = (
     ("model_name", pa.string()),
     ("latency_ms", pa.float64()),
     ("resent", pa.bool_()),
+)
+
+
+# a record's fields while a challenger is served (null in the records of other times)
+ROLE_FIELDS = (
+    ("model_role", pa.string()),
+    ("champion_version", pa.string()),
+    ("champion_probability", pa.float64()),
+    ("champion_decision", pa.string()),
+    ("challenger_version", pa.string()),
+    ("challenger_probability", pa.float64()),
+    ("challenger_decision", pa.string()),
 )
 
 
