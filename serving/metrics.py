@@ -43,6 +43,7 @@ class ServiceMetrics:
     reloads: Counter
     reload_failures: Counter
     feedback: Counter
+    canary_rolled_back: Gauge
     # one child per decision, resolved once: `.labels()` on every prediction costs a lock and a
     # lookup
     by_decision: dict[str, Counter] = field(default_factory=dict)
@@ -70,6 +71,12 @@ class ServiceMetrics:
         elif event == "reload_failure":
             self.reload_failures.inc()
         self.registry_up.set(0.0 if event == "registry_error" else 1.0)
+
+    def on_canary_event(self, event: str, record: dict) -> None:
+        """CanaryGuard listener: 1 once this worker learns its challenger's canary stopped,
+        0 again when a canary (a new challenger version) opens."""
+        if event in ("canary_rolled_back", "canary_open"):
+            self.canary_rolled_back.set(1.0 if event == "canary_rolled_back" else 0.0)
 
 
 class StartingWorkerTolerantCollector(MultiProcessCollector):
@@ -182,6 +189,13 @@ def create_metrics(
         ),
         feedback=Counter(
             "fraudflow_feedback_labels_total", "Late labels received", ["label"], registry=registry
+        ),
+        canary_rolled_back=Gauge(
+            "fraudflow_canary_rolled_back",
+            "1 while the canary of this worker's challenger version is stopped (it left the band "
+            "around the champion; /model's challenger section holds the stop record)",
+            multiprocess_mode="liveall",
+            registry=registry,
         ),
     )
     scraped: list[Collector] = [] if storage is None else [storage]
