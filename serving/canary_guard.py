@@ -75,6 +75,8 @@ class CanaryGuard:
         self._pending: dict[tuple[str, str], _Tally] = {}
         self._watched: dict[str, None] = {}  # versions asked about, in order, not yet stopped
         self._open: set[str] = set()
+        self._asked: set[str] = set()  # versions asked about since the last check
+        self._last_asked: dict[str, float] = {}
         self._stops: dict[str, dict[str, Any]] = {}
         self._listeners: list[CanaryListener] = []
         self._failing = False
@@ -115,6 +117,7 @@ class CanaryGuard:
     def is_open(self, version: str) -> bool:
         """Whether this version's canary may decide for its cards: False once it was stopped
         anywhere, and until a first check has read the ledger for it."""
+        self._asked.add(version)
         if version in self._open:
             return True
         if version not in self._stops and version not in self._watched:
@@ -139,6 +142,7 @@ class CanaryGuard:
         read the window's sums and the stop record, judge the band and write the stop record
         when it is broken. A ledger failure is logged; the flags stay as they were and the
         unflushed counts wait for the next step."""
+        self._forget_idle()
         with self._lock:
             versions = list(self._watched)
         for version in versions:
@@ -184,6 +188,23 @@ class CanaryGuard:
             log.warning("canary of challenger v%s stopped: %s", version, reason)
         self._close(version, standing)
 
+    def _forget_idle(self) -> None:
+        """Stop reading the ledger for an open version nobody asked about for a whole window
+        (a former challenger): asked again, it is closed until the next check reads it."""
+        now = self.clock()
+        asked, self._asked = self._asked, set()
+        with self._lock:
+            for version in list(self._watched):
+                if version in asked or version not in self._last_asked:
+                    self._last_asked[version] = now
+                elif version in self._open and now - self._last_asked[version] > (
+                    self.settings.window_s
+                ):
+                    if any(key[0] == version for key in self._pending):
+                        continue  # counts still to flush
+                    del self._watched[version], self._last_asked[version]
+                    self._open.discard(version)
+
     def _keep_s(self) -> int:
         """How long a bucket stays in the ledger after its last write: the window and a bucket
         more (a bucket is written until it ends)."""
@@ -219,6 +240,7 @@ class CanaryGuard:
             self._stops[version] = record
             self._open.discard(version)
             self._watched.pop(version, None)
+            self._last_asked.pop(version, None)
             for role in ROLES:
                 self._pending.pop((version, role), None)
         self._notify(ROLLED_BACK, record)

@@ -319,6 +319,24 @@ def test_old_buckets_leave_the_window(opener) -> None:
     assert window.counts["champion"].transactions == 300 and "challenger" not in window.counts
 
 
+def test_a_version_nobody_asks_about_for_a_window_is_no_longer_read(tmp_path: Path) -> None:
+    """A former challenger costs no ledger read once idle for a window; asked again, it is
+    closed until the next check has read it."""
+    clock = Clock()
+    guard = CanaryGuard(RULE, SqliteOnlineState(tmp_path / "state.sqlite", **SPANS), clock)
+    for version in ("3", "4"):
+        guard.is_open(version)
+    guard.check()
+    for _ in range(3):
+        clock.now += RULE.window_s / 2
+        assert guard.is_open("4")
+        guard.check()
+    assert list(guard._watched) == ["4"]
+    assert not guard.is_open("3")
+    guard.check()
+    assert guard.is_open("3")
+
+
 def test_the_guards_thread_checks_by_itself(tmp_path: Path) -> None:
     guard = CanaryGuard(RULE, SqliteOnlineState(tmp_path / "state.sqlite", **SPANS))
     guard.is_open("3")
