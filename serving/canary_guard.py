@@ -56,9 +56,9 @@ class _Tally:
 class CanaryGuard:
     """Decides when the canary of a challenger version stops. One per worker, started in the
     worker (a thread does not survive gunicorn's fork); all of them share `ledger`, the online
-    state. A version nobody stopped is open once a check has read the ledger for it: until
-    then (a worker just started, or the state unreachable since) it is closed, so a worker
-    never sends cards to a challenger it has not yet seen is still allowed."""
+    state. A version nobody stopped is open once a check has read the ledger for it; until then
+    (a worker just started, or the state unreachable since) it is closed, so that no worker
+    sends cards to a challenger before it knows that its canary was not stopped elsewhere."""
 
     def __init__(
         self,
@@ -101,10 +101,10 @@ class CanaryGuard:
         version already stopped."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}: one of {ROLES}")
-        if version in self._stops:
-            return
         index = latency_bin(latency_ms)
         with self._lock:
+            if version in self._stops:
+                return
             tally = self._pending.get((version, role))
             if tally is None:
                 tally = self._pending[(version, role)] = _Tally()
@@ -122,7 +122,8 @@ class CanaryGuard:
             return True
         if version not in self._stops and version not in self._watched:
             with self._lock:
-                self._watched.setdefault(version, None)
+                if version not in self._stops:
+                    self._watched.setdefault(version, None)
         return False
 
     def stop_record(self, version: str) -> dict[str, Any] | None:
@@ -237,6 +238,8 @@ class CanaryGuard:
 
     def _close(self, version: str, record: dict[str, Any]) -> None:
         with self._lock:
+            if version in self._stops:
+                return
             self._stops[version] = record
             self._open.discard(version)
             self._watched.pop(version, None)
