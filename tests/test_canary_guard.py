@@ -3,8 +3,11 @@ and guards of several workers and hosts that stop a challenger's canary together
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from prometheus_client import generate_latest
 from pipelines.settings import CanaryRollbackSettings
 from pipelines.state.protocol import CanaryLedger, RoleCounts
 from pipelines.state.redis import RedisOnlineState
-from pipelines.state.sqlite import SqliteOnlineState
+from pipelines.state.sqlite import SCHEMA, SqliteOnlineState
 from serving.canary_band import (
     LATENCY_EDGES_MS,
     RoleFigures,
@@ -187,6 +190,17 @@ def test_sqlite_ledger_drops_buckets_older_than_keep(tmp_path: Path) -> None:
     assert rows == 2 * len(counts["champion"].counters())
 
 
+def test_a_state_file_from_before_the_ledger_gets_its_tables(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(SCHEMA[0])
+        db.execute(SCHEMA[1])
+        db.commit()
+    state = SqliteOnlineState(path, **SPANS)
+    state.add_canary_counts("5", 1000, {"champion": RoleCounts(3, 0, 0, {})}, keep_s=60)
+    assert state.canary_window("5", [1000]).counts["champion"].transactions == 3
+
+
 @pytest.mark.multihost
 def test_redis_ledger_buckets_expire_and_stop_records_stay(redis_url: str) -> None:
     state = RedisOnlineState(redis_url, **SPANS, retention_days=58)
@@ -335,6 +349,26 @@ def test_a_version_nobody_asks_about_for_a_window_is_no_longer_read(tmp_path: Pa
     assert not guard.is_open("3")
     guard.check()
     assert guard.is_open("3")
+
+
+def test_requests_of_many_threads_are_all_counted(tmp_path: Path) -> None:
+    guard = CanaryGuard(RULE, SqliteOnlineState(tmp_path / "state.sqlite", **SPANS), Clock())
+    threads = [
+        threading.Thread(target=feed, args=(guard, "2", "champion", 1000, 2, 0, 1))
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    guard.check()
+    bucket = int(T0 // guard.bucket_s) * guard.bucket_s
+    counts = guard.ledger.canary_window("2", [bucket]).counts["champion"]
+    assert (counts.transactions, counts.declines, sum(counts.latency_bins.values())) == (
+        16_000,
+        8,
+        8_000,
+    )
 
 
 def test_the_guards_thread_checks_by_itself(tmp_path: Path) -> None:
