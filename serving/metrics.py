@@ -50,6 +50,7 @@ class ServiceMetrics:
     # canary's cards), and the challenger's failures to score
     shadow_decisions: Counter
     challenger_errors: Counter
+    canary_rolled_back: Gauge
     # one child per decision and role, resolved once: `.labels()` on every prediction costs a
     # lock and a lookup
     by_decision: dict[tuple[str, str], Counter] = field(default_factory=dict)
@@ -101,6 +102,12 @@ class ServiceMetrics:
     def listener(self, role: str) -> Callable[[str, ServedModel | None], None]:
         """A holder's listener for its role."""
         return lambda event, model: self.on_model_event(event, model, role)
+
+    def on_canary_event(self, event: str, record: dict) -> None:
+        """CanaryGuard listener: 1 once this worker learns its challenger's canary stopped,
+        0 again when a canary (a new challenger version) opens."""
+        if event in ("canary_rolled_back", "canary_open"):
+            self.canary_rolled_back.set(1.0 if event == "canary_rolled_back" else 0.0)
 
 
 class StartingWorkerTolerantCollector(MultiProcessCollector):
@@ -226,6 +233,13 @@ def create_metrics(
         challenger_errors=Counter(
             "fraudflow_challenger_errors_total",
             "Transactions the challenger failed to score (the champion answered them)",
+            registry=registry,
+        ),
+        canary_rolled_back=Gauge(
+            "fraudflow_canary_rolled_back",
+            "1 while the canary of this worker's challenger version is stopped (it left the band "
+            "around the champion; /model's challenger section holds the stop record)",
+            multiprocess_mode="liveall",
             registry=registry,
         ),
     )
