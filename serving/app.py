@@ -61,7 +61,9 @@ def create_app(
         guard = CanaryGuard(settings.serving.challenger.rollback, state)
         guard.add_listener(metrics.on_canary_event)
         guard.add_listener(metrics.canary_share(settings.serving.challenger.canary_percent))
-        challenger.add_listener(_watched_by(guard, metrics))
+        challenger.add_listener(
+            _watched_by(guard, metrics, settings.serving.challenger.canary_percent)
+        )
     app.extensions[EXTENSION] = Service(
         settings=settings,
         holder=holder,
@@ -90,7 +92,7 @@ def create_app(
 
 
 def _watched_by(
-    guard: CanaryGuard, metrics: ServiceMetrics
+    guard: CanaryGuard, metrics: ServiceMetrics, percent: float
 ) -> Callable[[str, ServedModel | None], None]:
     """A challenger listener: the guard reads the ledger for each version loaded, so that its
     canary opens at the next check (or stays closed if it was stopped anywhere); until then
@@ -99,7 +101,7 @@ def _watched_by(
     def listener(event: str, model: ServedModel | None) -> None:
         if event in ("reload", "unloaded"):
             metrics.canary_percent.set(0.0)
-        if event == "reload" and model is not None:
-            guard.is_open(model.version)
+        if event == "reload" and model is not None and guard.is_open(model.version):
+            metrics.canary_percent.set(percent)  # open already: no new "open" event comes
 
     return listener
