@@ -126,25 +126,8 @@ class LiveComparison:
         return payload
 
     def metrics(self) -> dict[str, float]:
-        """The figures as flat `live_*` metrics (MLflow runs of the monitor and promotion)."""
-        figures: dict[str, float] = {
-            "live_rows": self.rows,
-            "live_labelled_rows": self.labelled_rows,
-            "live_labelled_frauds": self.labelled_frauds,
-            "live_days": self.days,
-            "live_alert_volume": self.alert_volume,
-            "live_top_k_overlap": self.top_k_overlap,
-            "live_agreement_rate": self.agreement_rate,
-            "live_score_psi": self.score_psi,
-            "live_ap_difference": self.ap_difference,
-            "live_ap_difference_low": self.ap_difference_low,
-            "live_ap_difference_high": self.ap_difference_high,
-            "live_challenger_better": float(self.challenger_better),
-        }
-        for role, model in (("champion", self.champion), ("challenger", self.challenger)):
-            for name, value in asdict(model).items():
-                figures[f"live_{role}_{name}"] = value
-        return figures
+        """The figures as flat `live_*` metrics (see `flat_metrics`)."""
+        return flat_metrics(self.as_dict())
 
     def summary_line(self) -> str:
         """One sentence for a reason text or a log line."""
@@ -156,6 +139,32 @@ class LiveComparison:
             f"difference {self.ap_difference:+.4f} in [{self.ap_difference_low:+.4f}, "
             f"{self.ap_difference_high:+.4f}] ({self.confidence:.0%}): {self.verdict}"
         )
+
+
+FLAT = (
+    "rows",
+    "labelled_rows",
+    "labelled_frauds",
+    "days",
+    "alert_volume",
+    "top_k_overlap",
+    "agreement_rate",
+    "score_psi",
+    "ap_difference",
+    "ap_difference_low",
+    "ap_difference_high",
+)
+
+
+def flat_metrics(comparison: dict[str, Any]) -> dict[str, float]:
+    """A comparison (`LiveComparison.as_dict`, as a summary keeps it) as flat `live_*`
+    metrics, per model `live_champion_*` and `live_challenger_*`: what MLflow runs record."""
+    figures = {f"live_{name}": float(comparison[name]) for name in FLAT}
+    figures["live_challenger_better"] = float(comparison["verdict"] == CHALLENGER_BETTER)
+    for role in ("champion", "challenger"):
+        for name, value in comparison[role].items():
+            figures[f"live_{role}_{name}"] = float(value)
+    return figures
 
 
 def recall_at_volume(labels: np.ndarray, scores: np.ndarray, volume: int) -> float:
