@@ -147,7 +147,7 @@ def _log_run(summary: MonitorSummary, folder: Path, settings: Settings) -> str:
         metrics["drift_fraud_probability"] = drift["score"]["score"]
     metrics.update({f"production_{k}": v for k, v in performance["production"].items()})
     if summary.live:
-        tags["challenger_version"] = summary.live["challenger_version"]
+        tags["live_challenger_version"] = summary.live["challenger_version"]
         tags["live_verdict"] = summary.live["verdict"]
         metrics.update(flat_metrics(summary.live))
     return runs.log_monitor_run(settings, f"monitor-v{model['version']}", tags, metrics, folder)

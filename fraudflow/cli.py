@@ -464,6 +464,7 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         f"retrained on {result.rows['training_data_rows']:,} transactions "
         f"({result.rows['new_production_rows']:,} from production): challenger "
         f"{settings.mlflow.model_name} v{result.version} -> {result.decision.stage}"
+        + (f", @{settings.mlflow.challenger_alias}" if result.challenger else "")
     )
     print(f"  {result.decision.reason}")
     return result.as_dict()

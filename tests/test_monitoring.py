@@ -530,7 +530,7 @@ def test_a_window_scored_by_champion_and_challenger_is_compared_everywhere(
     assert "Champion vs challenger" in page and f"challenger v{challenger}" in page
     assert "insufficient evidence" in page and "src=" not in page and "<script" not in page
     run = store.client(settings).get_run(summary["run_id"])
-    assert run.data.tags["challenger_version"] == challenger
+    assert run.data.tags["live_challenger_version"] == challenger
     assert run.data.tags["live_verdict"] == "insufficient evidence"
     metrics = run.data.metrics
     for role in ("champion", "challenger"):
