@@ -65,6 +65,12 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         raise
 
 
+def challenger_version(client: MlflowClient, settings: Settings) -> ModelVersion | None:
+    """The version `mlflow.challenger_alias` points to (scored beside the champion), or None.
+    A registry outage raises."""
+    return alias_version(client, settings.mlflow.model_name, settings.mlflow.challenger_alias)
+
+
 def served_version(client: MlflowClient, settings: Settings) -> ModelVersion | None:
     """The version in service, as `mlflow.model_source` says: the Production stage, the
     champion alias, or (`markers`) whichever of the two names a version, the alias when they
