@@ -3,13 +3,16 @@ request was due.
 
 wrk sends a request as soon as a connection's previous answer is in (a closed loop): when the
 server stalls, wrk stalls with it and the requests it should have sent meanwhile are never
-timed (coordinated omission). wrk's Lua `delay()` hook cannot pace our API either: wrk connects
-first and waits afterwards, and a gunicorn sync worker that accepts an idle connection blocks
-on it until the request comes. So this generator keeps its own schedule: request k is due at
-start + k / rate whatever happened to the earlier ones, opens its connection then (gunicorn
-closes it after each answer, as under wrk), and its latency runs from the due time to the end of
-the answer, so that a late start (a stalled server, every connection busy, or this process
-itself descheduled) counts against the server rather than vanishing. Its own lateness is
+timed (coordinated omission). wrk's Lua `delay()` hook does not fix that: the delay runs from
+the previous answer, so a slow answer still postpones the next request (the rate drops instead
+of the queue growing), latency is still counted from the send, and wrk connects before it waits,
+so a gunicorn sync worker that accepts the idle connection sits on it meanwhile (`wrk -t2 -c16`
+with a 40 ms `delay()`, ≈ 400 requests/s due, sent 383/s to a bare gunicorn app). wrk2, which
+corrects for it, is not packaged by Debian. So this generator keeps its own schedule: request k
+is due at start + k / rate whatever happened to the earlier ones, opens its connection then
+(gunicorn closes it after each answer, as under wrk), and its latency runs from the due time to
+the end of the answer, so that a late start (a stalled server, every connection busy, or this
+process itself descheduled) counts against the server rather than vanishing. Its own lateness is
 reported beside the latencies (`lag`), and so is its CPU per request.
 """
 

@@ -163,9 +163,10 @@ def render(
             f"{figures['rows_per_s']:,.0f} | {figures['bytes'] / 1e6:.1f} | {per_million:.0f} |"
         )
     invalid = [
-        f"- {t.label}, run {i + 1}: {r['errors']} of {r['requests']} requests"
+        f"- {t.label}, {kind}run {i + 1}: {r['errors']} of {r['requests']} requests"
         for t in items
-        for i, r in enumerate(t.runs)
+        for kind, runs in (("", t.runs), ("fixed-rate ", t.paced))
+        for i, r in enumerate(runs)
         if not r["valid"]
     ]
     lines = [

@@ -103,6 +103,10 @@ def build_world(root: Path, redis_url: str | None, canary_percent: float = 10.0)
             },
             state=state,
             prediction_log={"dir": str(root / f"predictions-{name}")},
+            # no registry sync beside each API: a process of the server's tree that works every
+            # few seconds, whatever the load, so its CPU per request would fall as throughput
+            # rose; the benchmark's store sees no promotion for it to follow
+            registry_sync={"with_api": False},
         )
 
     # warmed once, then copied for each SQLite API: the same file for every challenger mode
