@@ -14,7 +14,7 @@ from pipelines.state.factory import open_state
 from serving import access_log
 from serving.auth import listen_addresses, load_credentials, require_tokens_when_exposed
 from serving.metrics import create_metrics
-from serving.model_holder import ModelHolder
+from serving.model_holder import ChallengerHolder, ModelHolder
 from serving.predictor import Predictor
 from serving.routes import api
 from serving.service import EXTENSION, Service
@@ -51,7 +51,11 @@ def create_app(
     if settings.serving.access_log == "json":
         access_log.install(app)
     holder = ModelHolder(settings)
-    holder.add_listener(metrics.on_model_event)
+    holder.add_listener(metrics.listener(holder.role))
+    challenger = None
+    if settings.serving.challenger.mode != "off":
+        challenger = ChallengerHolder(settings)
+        challenger.add_listener(metrics.listener(challenger.role))
     app.extensions[EXTENSION] = Service(
         settings=settings,
         holder=holder,
@@ -60,10 +64,14 @@ def create_app(
         log=PredictionLogWriter(log_folder(settings)),
         metrics=metrics,
         credentials=credentials,
+        challenger=challenger,
     )
     app.register_blueprint(api)
-    if start_polling:
-        holder.start()
-    else:
-        holder.refresh()
+    for each in (holder, challenger):
+        if each is None:
+            continue
+        if start_polling:
+            each.start()
+        else:
+            each.refresh()
     return app

@@ -127,10 +127,12 @@ def _probe_served_model_in_a_child():
 
 
 def _probe_served_model(settings):
-    from serving.model_holder import ModelHolder
+    from serving.model_holder import ChallengerHolder, ModelHolder
 
     try:
         ModelHolder(settings).refresh()
+        if settings.serving.challenger.mode != "off":
+            ChallengerHolder(settings).refresh()
     finally:
         os._exit(0)  # no teardown of MLflow's or LightGBM's threads in a forked child
 

@@ -10,6 +10,7 @@ import glob
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
+from pipelines.log.record import ROLES
 from serving.model_holder import ServedModel
 from serving.monitor_metrics import MonitorCollector
+from serving.predictor import Prediction
 
 PROBABILITY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0)
 LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -43,33 +46,61 @@ class ServiceMetrics:
     reloads: Counter
     reload_failures: Counter
     feedback: Counter
-    # one child per decision, resolved once: `.labels()` on every prediction costs a lock and a
-    # lookup
-    by_decision: dict[str, Counter] = field(default_factory=dict)
+    # what the model that did not answer said (the challenger in shadow, the champion for a
+    # canary's cards), and the challenger's failures to score
+    shadow_decisions: Counter
+    challenger_errors: Counter
+    # one child per decision and role, resolved once: `.labels()` on every prediction costs a
+    # lock and a lookup
+    by_decision: dict[tuple[str, str], Counter] = field(default_factory=dict)
+    shadow_by_decision: dict[tuple[str, str], Counter] = field(default_factory=dict)
 
-    def scored(self, decision: str, probability: float, lookup_seconds: float) -> None:
-        """One scored transaction: its decision, its probability, its feature lookup time."""
-        self.by_decision[decision].inc()
+    def scored(
+        self, decision: str, probability: float, lookup_seconds: float, role: str = "champion"
+    ) -> None:
+        """One answered transaction: its decision and the role that took it, its probability,
+        its feature lookup time."""
+        self.by_decision[decision, role].inc()
         self.probability.observe(probability)
         self.lookup.observe(lookup_seconds)
 
-    def on_model_event(self, event: str, model: ServedModel | None) -> None:
+    def shadowed(self, prediction: Prediction) -> None:
+        """What the model that did not answer said of a transaction."""
+        silent = "challenger" if prediction.model_role == "champion" else "champion"
+        score = prediction.challenger if silent == "challenger" else prediction.champion
+        if score is None or score.decision is None:
+            self.challenger_errors.inc()
+            return
+        self.shadow_by_decision[score.decision, silent].inc()
+
+    def on_model_event(self, event: str, model: ServedModel | None, role: str = "champion") -> None:
         """ModelHolder listener: reloads, failures, registry health and whether the registry's
-        two markers (alias and stage) name different versions."""
+        two markers (alias and stage) name different versions. The version gauge carries the
+        holder's role; a challenger's gauge is 0 while none is loaded."""
+        version = self.model_version.labels(model_role=role)
         if event in ("markers_agree", "markers_disagree"):
             self.markers_disagree.set(1.0 if event == "markers_disagree" else 0.0)
             return
+        if event == "unloaded":
+            version.set(0.0)
+            return
         if event == "cache_load" and model is not None:  # the registry stays down
-            self.model_version.set(float(model.version))
+            version.set(float(model.version))
             self.model_loaded_at.set(time.time())
             return
         if event == "reload" and model is not None:
             self.reloads.inc()
-            self.model_version.set(float(model.version))
-            self.model_loaded_at.set(time.time())
+            version.set(float(model.version))
+            if role == "champion":
+                self.model_loaded_at.set(time.time())
         elif event == "reload_failure":
             self.reload_failures.inc()
-        self.registry_up.set(0.0 if event == "registry_error" else 1.0)
+        if role == "champion":
+            self.registry_up.set(0.0 if event == "registry_error" else 1.0)
+
+    def listener(self, role: str) -> Callable[[str, ServedModel | None], None]:
+        """A holder's listener for its role."""
+        return lambda event, model: self.on_model_event(event, model, role)
 
 
 class StartingWorkerTolerantCollector(MultiProcessCollector):
@@ -133,8 +164,8 @@ def create_metrics(
         exporter=exporter,
         predictions=Counter(
             "fraudflow_predictions_total",
-            "Scored transactions by decision",
-            ["decision"],
+            "Answered transactions by decision and by the role of the model that decided",
+            ["decision", "model_role"],
             registry=registry,
         ),
         probability=Histogram(
@@ -151,7 +182,9 @@ def create_metrics(
         ),
         model_version=Gauge(
             "fraudflow_model_version",
-            "Registry version of the model in service",
+            "Registry version of the model in service, by role (champion decides; challenger "
+            "is scored beside it, 0 when none is loaded)",
+            ["model_role"],
             multiprocess_mode="liveall",
             registry=registry,
         ),
@@ -183,6 +216,18 @@ def create_metrics(
         feedback=Counter(
             "fraudflow_feedback_labels_total", "Late labels received", ["label"], registry=registry
         ),
+        shadow_decisions=Counter(
+            "fraudflow_shadow_decisions_total",
+            "Decisions of the model that did not answer (the challenger in shadow, the champion "
+            "on a canary's cards), by decision and role",
+            ["decision", "model_role"],
+            registry=registry,
+        ),
+        challenger_errors=Counter(
+            "fraudflow_challenger_errors_total",
+            "Transactions the challenger failed to score (the champion answered them)",
+            registry=registry,
+        ),
     )
     scraped: list[Collector] = [] if storage is None else [storage]
     if monitor_summary is not None:
@@ -192,8 +237,14 @@ def create_metrics(
             exporter.scrape_collectors.append(collector)
         else:
             exporter.registry.register(collector)
+    for role in ROLES:
+        metrics.model_version.labels(model_role=role).set(0.0)  # none loaded yet
     for decision in DECISIONS:
-        metrics.by_decision[decision] = metrics.predictions.labels(decision=decision)
+        for role in ROLES:
+            metrics.by_decision[decision, role] = metrics.predictions.labels(decision, role)
+            metrics.shadow_by_decision[decision, role] = metrics.shadow_decisions.labels(
+                decision, role
+            )
     for label in ("0", "1"):
         metrics.feedback.labels(label=label)
     return metrics

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from pipelines.features import feature_names
 from pipelines.integrity import MODEL_SIGNATURE_TAG, check_model, read_key
 from pipelines.mlflow import models, store
@@ -110,6 +112,12 @@ class ModelHolder:
     """Resolves the served version (both markers, or the one `mlflow.model_source` names),
     loads it in the background, swaps it in."""
 
+    # which model this holder keeps: the champion decides; a challenger is scored beside it
+    role = "champion"
+    # a champion is kept in the replica's model cache and served from it while the registry
+    # cannot be read; a challenger is not (it never answers alone)
+    caches = True
+
     def __init__(self, settings: Settings, client: MlflowClient | None = None) -> None:
         self.settings = settings
         self.client = client or store.client(settings)
@@ -117,12 +125,13 @@ class ModelHolder:
         # configured but unreadable: the service does not start (it would serve unchecked)
         self.model_key = read_key(settings.integrity.model_key, "integrity.model_key")
         folder = settings.serving.model_cache_dir
-        self.cache = ModelCache(settings.under_workdir(folder)) if folder else None
+        cache = ModelCache(settings.under_workdir(folder)) if folder else None
+        self.cache = cache if self.caches else None
         self.limits = settings.model.booster_limits()
         self.probe = ModelProbe(
             self.limits,
             settings.model.probe_timeout_s,
-            self.cache.folder / PROBED if self.cache is not None else None,
+            cache.folder / PROBED if cache is not None else None,
         )
         self._cache_tried = False
         self._model: ServedModel | None = None
@@ -159,6 +168,7 @@ class ModelHolder:
                 self.status.last_check = time.time()
             if target is None:
                 self._loaded()
+                self._nothing_named()
                 return False
             current = self._model
             if current and current.version == str(target.version) and current.source != "cache":
@@ -200,6 +210,10 @@ class ModelHolder:
         if choice.version is None:
             return None
         return self.client.get_model_version(mlflow.model_name, choice.version)
+
+    def _nothing_named(self) -> None:
+        """The registry names no version: the champion keeps what it serves (a marker taken
+        away by mistake must not stop the service)."""
 
     def describe_markers(self) -> dict[str, object] | None:
         """Both markers at the last poll and which one the API follows (`/model`); None unless
@@ -379,3 +393,48 @@ class ModelHolder:
                 self.refresh()
             except Exception:  # never let the poller die
                 log.exception("model refresh failed")
+
+
+class ChallengerHolder(ModelHolder):
+    """The version under the challenger alias (`mlflow.challenger_alias`), loaded, checked,
+    probed and swapped exactly as the champion is, but never cached and never served alone:
+    when the alias goes away, the challenger is dropped. A registry outage keeps it."""
+
+    role = "challenger"
+    caches = False
+
+    @property
+    def target_uri(self) -> str:
+        return f"models:/{self.settings.mlflow.model_name}@{self.settings.mlflow.challenger_alias}"
+
+    def _resolve(self) -> ModelVersion | None:
+        mlflow = self.settings.mlflow
+        try:
+            return self.client.get_model_version_by_alias(
+                mlflow.model_name, mlflow.challenger_alias
+            )
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None  # no such alias (or no such model yet): no challenger
+            raise
+
+    def start(self) -> None:
+        """Poll in the background from the start: the champion serves meanwhile."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._poll, name="challenger-poller", daemon=True
+            )
+            self._thread.start()
+
+    def _poll(self) -> None:
+        try:
+            self.refresh()
+        except Exception:  # never let the poller die
+            log.exception("challenger refresh failed")
+        super()._poll()
+
+    def _nothing_named(self) -> None:
+        if self._model is not None:
+            log.info("challenger alias removed: v%s no longer scored", self._model.version)
+            self._model = None
+            self._notify("unloaded", None)

@@ -48,6 +48,37 @@ def _object(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[
     }
 
 
+NULLABLE_STRING = {"type": ["string", "null"]}
+# the challenger's part of /health and /model (serving.challenger; only the mode when it is off)
+CHALLENGER = _object(
+    {
+        "mode": {"enum": ["off", "shadow", "canary"]},
+        "alias": STRING,
+        "version": NULLABLE_STRING,
+        "threshold": {"type": ["number", "null"]},
+        "loaded_at": NULLABLE_STRING,
+        "scored": {"type": "boolean"},
+        "registry": {"enum": ["ok", "unreachable"]},
+        "failed_version": NULLABLE_STRING,
+        "load_error": NULLABLE_STRING,
+        "canary_percent": {"type": "number", "minimum": 0, "maximum": 100},
+        "canary": {"type": "object"},
+    },
+    optional=(
+        "alias",
+        "version",
+        "threshold",
+        "loaded_at",
+        "scored",
+        "registry",
+        "failed_version",
+        "load_error",
+        "canary_percent",
+        "canary",
+    ),
+)
+
+
 def _batch(items: dict[str, Any], limit: int) -> dict[str, Any]:
     return {"type": "array", "items": items, "minItems": 1, "maxItems": limit}
 
@@ -256,6 +287,7 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                                         "model_loaded": {"type": "boolean"},
                                         "model_version": {"type": ["string", "null"]},
                                         "model_source": {"enum": ["registry", "cache", None]},
+                                        "challenger": CHALLENGER,
                                     }
                                 )
                             ),
@@ -273,6 +305,7 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                                         "model_source": {"type": "null"},
                                         "failed_version": STRING,
                                         "load_error": STRING,
+                                        "challenger": CHALLENGER,
                                     }
                                 )
                             ),
@@ -336,6 +369,7 @@ def openapi_document(settings: Settings, credentials: Credentials | None = None)
                                                 ),
                                             ]
                                         },
+                                        "challenger": CHALLENGER,
                                     }
                                 )
                             ),

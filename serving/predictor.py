@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipelines.features import epoch_ms, features_from_history
+from pipelines.log.record import RoleScore
 from pipelines.settings import Settings
 from pipelines.state.protocol import OnlineState
 from serving.model_holder import ServedModel
 from serving.schemas import TransactionIn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,13 @@ class Prediction:
     features: np.ndarray
     already_seen: bool
     lookup_seconds: float
+    # with a challenger served: the role that answered and what each model said (the
+    # challenger's probability and decision are None when it failed to score)
+    model_role: str = "champion"
+    champion: RoleScore | None = None
+    challenger: RoleScore | None = None
+    # the challenger was to decide (canary) but failed, so the champion answered
+    challenger_failed: bool = False
 
     def response(self) -> dict[str, object]:
         return {
@@ -89,14 +102,36 @@ class Predictor:
         )
         return row, history.already_seen, time.perf_counter() - start
 
+    def _challenger_scores(
+        self, rows: list[np.ndarray], challenger: ServedModel
+    ) -> tuple[list[float], list[str]] | None:
+        """The challenger's probabilities and decisions of the rows; None when it fails: a
+        challenger never takes the champion's answer down with it."""
+        try:
+            probabilities = challenger.online.probabilities(rows)
+            return probabilities, [self.decide(p, challenger) for p in probabilities]
+        except Exception:
+            log.exception("challenger v%s failed to score", challenger.version)
+            return None
+
     def predict(
-        self, transactions: list[TransactionIn], model: ServedModel, explain: bool = False
+        self,
+        transactions: list[TransactionIn],
+        model: ServedModel,
+        explain: bool = False,
+        challenger: ServedModel | None = None,
+        canary: Callable[[str], bool] | None = None,
     ) -> list[Prediction]:
         """Score in order; each transaction is stored before the next one's features are read.
 
+        The features are computed once. The champion (`model`) scores every transaction; a
+        `challenger` scores them too, after the champion, off its answer: in shadow (no
+        `canary`) it is only logged; with `canary`, the cards it selects get the challenger's
+        answer (the champion's when the challenger fails).
+
         Reasons (TreeSHAP contributions, the costly part of scoring) are computed for review
-        and decline decisions, and for every transaction when `explain`; approvals otherwise
-        get none."""
+        and decline decisions, by the model that answered, and for every transaction when
+        `explain`; approvals otherwise get none."""
         rows, seen, lookups = [], [], []
         for tx in transactions:
             row, already, seconds = self.features(tx, epoch_ms(tx.tx_datetime))
@@ -105,20 +140,75 @@ class Predictor:
             lookups.append(seconds)
         probabilities = model.online.probabilities(rows)
         decisions = [self.decide(p, model) for p in probabilities]
+        if challenger is None:
+            return self._predictions(
+                transactions, rows, seen, lookups, model, explain, probabilities, decisions
+            )
+        scored = self._challenger_scores(rows, challenger)
+        wanted = [canary is not None and canary(tx.customer_id) for tx in transactions]
+        role = ["challenger" if want and scored is not None else "champion" for want in wanted]
+        answered = [
+            (
+                (challenger, scored[0][i], scored[1][i])
+                if role[i] == "challenger" and scored
+                else (model, probabilities[i], decisions[i])
+            )
+            for i in range(len(transactions))
+        ]
+        predictions = self._predictions(
+            transactions,
+            rows,
+            seen,
+            lookups,
+            model,
+            explain,
+            [a[1] for a in answered],
+            [a[2] for a in answered],
+            [a[0] for a in answered],
+        )
+        return [
+            dataclasses.replace(
+                prediction,
+                model_role=role[i],
+                champion=RoleScore(model.version, probabilities[i], decisions[i]),
+                challenger=RoleScore(
+                    challenger.version,
+                    scored[0][i] if scored else None,
+                    scored[1][i] if scored else None,
+                ),
+                challenger_failed=wanted[i] and scored is None,
+            )
+            for i, prediction in enumerate(predictions)
+        ]
+
+    def _predictions(
+        self,
+        transactions: list[TransactionIn],
+        rows: list[np.ndarray],
+        seen: list[bool],
+        lookups: list[float],
+        model: ServedModel,
+        explain: bool,
+        probabilities: list[float],
+        decisions: list[str],
+        deciders: list[ServedModel] | None = None,
+    ) -> list[Prediction]:
+        """The answers, each with the reasons of the model that gave it (`deciders`; the
+        champion for all by default)."""
+        deciders = deciders or [model] * len(transactions)
         explained = [
             i
             for i, decision in enumerate(decisions)
             if self.settings.serving.reasons > 0 and (explain or decision != "approve")
         ]
-        contributions = (
-            dict(zip(explained, model.online.contributions([rows[i] for i in explained])))
-            if explained
-            else {}
-        )
+        contributions: dict[int, list[float]] = {}
+        for decider in {id(d): d for d in (deciders[i] for i in explained)}.values():
+            mine = [i for i in explained if deciders[i] is decider]
+            contributions.update(zip(mine, decider.online.contributions([rows[i] for i in mine])))
         predictions = []
         for i, tx in enumerate(transactions):
             reasons = (
-                self.reasons(model, rows[i].tolist(), contributions[i])
+                self.reasons(deciders[i], rows[i].tolist(), contributions[i])
                 if i in contributions
                 else []
             )
@@ -128,8 +218,8 @@ class Predictor:
                     fraud_probability=probabilities[i],
                     decision=decisions[i],
                     reasons=reasons,
-                    model_name=model.name,
-                    model_version=model.version,
+                    model_name=deciders[i].name,
+                    model_version=deciders[i].version,
                     features=rows[i],
                     already_seen=seen[i],
                     lookup_seconds=lookups[i],

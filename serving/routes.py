@@ -187,14 +187,22 @@ def predict() -> Response:
     transactions = _validate(TransactionIn, items, as_list)
     explain = _explain()
     model = _model_or_503()
-    predictions = svc.predictor.predict(transactions, model, explain)
+    challenger = svc.challenger_model(model)
+    predictions = svc.predictor.predict(
+        transactions, model, explain, challenger, svc.canary(challenger)
+    )
     latency_ms = (time.perf_counter() - started) * 1000
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     records = []
     for tx, prediction in zip(transactions, predictions):
         svc.metrics.scored(
-            prediction.decision, prediction.fraud_probability, prediction.lookup_seconds
+            prediction.decision,
+            prediction.fraud_probability,
+            prediction.lookup_seconds,
+            prediction.model_role,
         )
+        if prediction.challenger is not None:
+            svc.metrics.shadowed(prediction)
         records.append(
             record.record(
                 logged_at=now,
@@ -211,6 +219,9 @@ def predict() -> Response:
                 model_version=model.version,
                 latency_ms=latency_ms,
                 resent=prediction.already_seen,
+                model_role=prediction.model_role,
+                champion=prediction.champion,
+                challenger=prediction.challenger,
             )
         )
     try:
@@ -263,6 +274,8 @@ def health() -> tuple[Response, int]:
         "model_loaded": holder.model is not None,
         "model_version": holder.model.version if holder.model else None,
         "model_source": holder.model.source if holder.model else None,
+        # never a reason for 503: the champion answers whatever the challenger does
+        "challenger": service().describe_challenger(holder.model),
     }
     if failing:
         body["failed_version"] = status.failed_version
@@ -297,6 +310,7 @@ def model_info() -> Response:
             "failed_version": status.failed_version,
             "load_error": status.load_error,
             "markers": svc.holder.describe_markers(),
+            "challenger": svc.describe_challenger(model),
         }
     )
 

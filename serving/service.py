@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import current_app
@@ -10,8 +11,9 @@ from pipelines.log.writer import PredictionLogWriter
 from pipelines.settings import Settings
 from pipelines.state.protocol import OnlineState
 from serving.auth import Credentials
+from serving.canary import in_canary
 from serving.metrics import ServiceMetrics
-from serving.model_holder import ModelHolder
+from serving.model_holder import ChallengerHolder, ModelHolder, ServedModel
 from serving.predictor import Predictor
 
 EXTENSION = "fraudflow"
@@ -26,6 +28,52 @@ class Service:
     log: PredictionLogWriter
     metrics: ServiceMetrics
     credentials: Credentials
+    # the @challenger's holder; None with serving.challenger.mode off
+    challenger: ChallengerHolder | None = None
+
+    def challenger_model(self, champion: ServedModel) -> ServedModel | None:
+        """The challenger to score beside `champion` now: loaded, and another version."""
+        if self.challenger is None:
+            return None
+        model = self.challenger.model
+        if model is None or model.version == champion.version:
+            return None
+        return model
+
+    def canary(self, challenger: ServedModel | None) -> Callable[[str], bool] | None:
+        """Which cards the challenger decides for (canary mode, its canary not stopped)."""
+        settings = self.settings.serving.challenger
+        if challenger is None or settings.mode != "canary":
+            return None
+        percent = settings.canary_percent
+        return lambda customer_id: in_canary(customer_id, percent)
+
+    def describe_challenger(self, champion: ServedModel | None) -> dict[str, object]:
+        """The challenger's part of /model and /health: the mode, the version scored (if
+        any), a load failure, and the canary's share."""
+        settings = self.settings.serving.challenger
+        body: dict[str, object] = {"mode": settings.mode}
+        if self.challenger is None:
+            return body
+        status = self.challenger.status
+        model = self.challenger.model
+        scored = champion is not None and self.challenger_model(champion) is not None
+        body.update(
+            {
+                "alias": self.settings.mlflow.challenger_alias,
+                "version": model.version if model else None,
+                "threshold": model.scorer.threshold if model else None,
+                "loaded_at": model.loaded_at if model else None,
+                # False while none is loaded, or the alias names the champion's version
+                "scored": scored,
+                "registry": "ok" if status.reachable else "unreachable",
+                "failed_version": status.failed_version,
+                "load_error": status.load_error,
+            }
+        )
+        if settings.mode == "canary":
+            body["canary_percent"] = settings.canary_percent
+        return body
 
 
 def service() -> Service:

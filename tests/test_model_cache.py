@@ -83,7 +83,7 @@ def test_a_replica_without_its_registry_serves_the_cached_model(
     # the same model: the same transaction on a fresh state gets the same answer
     assert response.json == answer
     text = client.get("/metrics").get_data(as_text=True)
-    assert f"fraudflow_model_version {float(versions[0])}" in text
+    assert f'fraudflow_model_version{{model_role="champion"}} {float(versions[0])}' in text
     assert "fraudflow_registry_up 0.0" in text
 
 

@@ -299,12 +299,15 @@ def test_metrics_count_predictions_by_decision(client) -> None:
     client.post("/predict", json=[tx(i) for i in range(4)])
     text = client.get("/metrics").get_data(as_text=True)
     counts = {
-        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        (line.split('"')[1], line.split('"')[3]): float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("fraudflow_predictions_total{")
     }
-    assert sum(counts.values()) == 4 and set(counts) == {"approve", "review", "decline"}
-    assert "fraudflow_model_version 1.0" in text
+    decisions = ("approve", "review", "decline")
+    assert set(counts) == {(d, r) for d in decisions for r in ("champion", "challenger")}
+    assert sum(counts[d, "champion"] for d in decisions) == 4
+    assert sum(counts[d, "challenger"] for d in decisions) == 0  # none is loaded
+    assert 'fraudflow_model_version{model_role="champion"} 1.0' in text
     assert "flask_http_request_duration_seconds_bucket" in text
 
 

@@ -21,9 +21,11 @@ from tests.support.processes import (
 )
 
 
-def worker_gauge(url: str, name: str, headers: dict[str, str] | None = None) -> dict[str, float]:
+def worker_gauge(
+    url: str, name: str, headers: dict[str, str] | None = None, role: str = "champion"
+) -> dict[str, float]:
     """One scrape of /metrics (`headers`: the metrics token, if the API wants one): gauge NAME
-    of every live gunicorn worker, by pid.
+    of every live gunicorn worker, by pid (a gauge with a `model_role` label: that `role`'s).
 
     In multiprocess mode any worker answers for all of them: each worker's `liveall` gauge is
     one sample labelled with its pid (a worker that exited is marked dead and left out)."""
@@ -34,6 +36,8 @@ def worker_gauge(url: str, name: str, headers: dict[str, str] | None = None) -> 
     for line in text.splitlines():
         if line.startswith(f"{name}{{"):
             labels, value = line.rsplit(" ", 1)
+            if "model_role=" in labels and f'model_role="{role}"' not in labels:
+                continue
             values[labels[len(name) :]] = float(value)
     return values
 
