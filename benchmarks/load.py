@@ -49,7 +49,7 @@ from benchmarks.cpu import with_server_cpu
 from benchmarks.env import BIN
 from benchmarks.paced import predict_body, run_paced
 from benchmarks.profiling import profile_predict, render_profile
-from benchmarks.servers import sanity_check, servers
+from benchmarks.servers import role_counts, sanity_check, servers
 from benchmarks.table import loadavg, machine_info, median_of, render
 from benchmarks.targets import (
     CHALLENGER_KEYS,
@@ -260,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     profile = render_profile(run, shares)
                 notes = {
+                    "roles": {
+                        name: role_counts(running[name])
+                        for name in ("api_shadow", "api_canary")
+                        if name in running
+                    },
                     "fixed_rate": rate,
                     "challenger": world.models,
                     "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

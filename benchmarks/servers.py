@@ -23,9 +23,10 @@ import requests
 
 from benchmarks import mlserver
 from benchmarks.env import BIN, ROOT, clean_env
-from benchmarks.world import World
+from benchmarks.world import CHALLENGER_MODES, World
 from serving.gunicorn_command import GUNICORN_CONF
-from tests.support.servers import wait_every_worker
+from tests.support.processes import poll_until
+from tests.support.servers import wait_every_worker, worker_gauge
 
 JSON = {"Content-Type": "application/json"}
 WORKERS = 2
@@ -98,6 +99,34 @@ def wait_ready(server: Server, probe: Callable[[str], bool], timeout: float = 12
             last = exc
         time.sleep(0.25)
     raise TimeoutError(f"{server.name} at {server.url} not ready in {timeout}s (last: {last})")
+
+
+def wait_every_challenger(server: Server, version: str, timeout: float = 180.0) -> None:
+    """Until every worker of SERVER scores challenger VERSION beside its champion."""
+
+    def check() -> tuple[bool, object]:
+        values = worker_gauge(server.url, "fraudflow_model_version", role="challenger")
+        return len(values) == WORKERS and set(values.values()) == {float(version)}, values
+
+    poll_until(check, f"challenger v{version} on all {WORKERS} workers", timeout, server.process)
+
+
+def role_counts(server: Server) -> dict[str, float]:
+    """From SERVER's /metrics: transactions answered by each role (`champion`, `challenger`),
+    and `shadow`, those the other model scored off the answer, and challenger `errors`."""
+    text = requests.get(f"{server.url}/metrics", timeout=30).text
+    counts = {"champion": 0.0, "challenger": 0.0, "shadow": 0.0, "errors": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("fraudflow_predictions_total{"):
+            for role in ("champion", "challenger"):
+                if f'model_role="{role}"' in name:
+                    counts[role] += float(value)
+        elif name.startswith("fraudflow_shadow_decisions_total{"):
+            counts["shadow"] += float(value)
+        elif name.startswith("fraudflow_challenger_errors_total"):
+            counts["errors"] += float(value)
+    return counts
 
 
 API_SERVERS = ("api", "api_shadow", "api_canary", "api_redis")
@@ -184,6 +213,8 @@ def servers(
             wait_every_worker(
                 started[name].url, WORKERS, world.version, process=started[name].process
             )
+            if CHALLENGER_MODES.get(name, "off") != "off":
+                wait_every_challenger(started[name], world.challenger_version)
         if "mlflow" in started:
             wait_ready(started["mlflow"], lambda url: requests.get(f"{url}/ping", timeout=2).ok)
         if "mlserver" in started:
@@ -260,4 +291,12 @@ def sanity_check(world: World, running: dict[str, Server]) -> float | None:
             raise RuntimeError(
                 f"{name} /predict answered {predict.status_code}: {predict.text[:500]}"
             )
+        described = requests.get(f"{running[name].url}/model", timeout=10).json()
+        challenger = described.get("challenger", {})
+        mode = CHALLENGER_MODES.get(name, "off")
+        scored = mode == "off" or (
+            challenger.get("scored") and challenger.get("version") == world.challenger_version
+        )
+        if challenger.get("mode") != mode or not scored:
+            raise RuntimeError(f"{name} should score the challenger in {mode}: {challenger}")
     return probability

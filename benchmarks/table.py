@@ -289,6 +289,7 @@ def challenger_section(
         lines.append(
             f"- server CPU per /predict, canary ÷ off: **{times(cpu_ratio['predict_canary'])}**"
         )
+    lines += role_lines(notes.get("roles", {}))
     rate = notes.get("fixed_rate")
     if rate is None:
         return lines
@@ -318,5 +319,28 @@ def challenger_section(
             f"{ms(median_of(t.paced, 'cpu_us'))} | {times(cpu)} | "
             f"{ms(median_of(t.paced, 'lag_p99_us'))} | "
             f"{sum(r['valid'] for r in t.paced)}/{len(t.paced)} |"
+        )
+    return lines
+
+
+def role_lines(roles: dict[str, dict[str, float]]) -> list[str]:
+    """What the shadow and canary servers' metrics counted over the whole run (warm-ups and
+    fixed-rate runs included): proof that the challenger really scored."""
+    lines = []
+    shadow = roles.get("api_shadow")
+    if shadow is not None:
+        lines.append(
+            f"- shadow: the challenger scored {shadow['shadow']:,.0f} of the "
+            f"{shadow['champion'] + shadow['challenger']:,.0f} transactions the champion "
+            f"answered ({shadow['errors']:,.0f} failures)"
+        )
+    canary = roles.get("api_canary")
+    if canary is not None:
+        total = canary["champion"] + canary["challenger"]
+        share = canary["challenger"] / total if total else 0.0
+        lines.append(
+            f"- canary: the challenger answered {canary['challenger']:,.0f} of {total:,.0f} "
+            f"transactions ({share:.1%}; the champion scored them in shadow), "
+            f"{canary['errors']:,.0f} failures"
         )
     return lines

@@ -22,7 +22,7 @@ from benchmarks.paced import (
     run_paced,
     summarize,
 )
-from benchmarks.table import challenger_section, round_ratios
+from benchmarks.table import challenger_section, role_lines, round_ratios
 from benchmarks.targets import (
     CHALLENGER_KEYS,
     SERVER_OF,
@@ -191,3 +191,14 @@ def test_the_challenger_section_gives_the_ratios_to_the_shadow_off_figures() -> 
     assert "fixed rate of 350 requests/s (50% of" in text
     assert "Champion v1 (62 trees, 28-day" in text
     assert challenger_section(items[1:], notes, args) == []
+
+
+def test_the_role_counts_say_the_challenger_really_scored() -> None:
+    roles = {
+        "api_shadow": {"champion": 900.0, "challenger": 0.0, "shadow": 900.0, "errors": 0.0},
+        "api_canary": {"champion": 810.0, "challenger": 90.0, "shadow": 900.0, "errors": 0.0},
+    }
+    shadow, canary = role_lines(roles)
+    assert "challenger scored 900 of the 900 transactions" in shadow
+    assert "challenger answered 90 of 900 transactions (10.0%" in canary
+    assert role_lines({}) == []
