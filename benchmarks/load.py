@@ -47,7 +47,7 @@ from typing import Any
 from benchmarks import mlserver
 from benchmarks.cpu import with_server_cpu
 from benchmarks.env import BIN
-from benchmarks.paced import predict_body, run_paced
+from benchmarks.paced import MAX_LAG_S, predict_body, run_paced
 from benchmarks.profiling import profile_predict, render_profile
 from benchmarks.servers import role_counts, sanity_check, servers
 from benchmarks.table import loadavg, machine_info, median_of, render
@@ -112,6 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=64,
         help="most requests in flight at once in the fixed-rate runs",
+    )
+    parser.add_argument(
+        "--max-lag-ms",
+        type=float,
+        default=MAX_LAG_S * 1000,
+        help="a fixed-rate run whose generator started 1%% of its requests later than this "
+        "is left out of the medians (the machine stalled the generator)",
     )
     parser.add_argument("--markdown", help="also write the Markdown section to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -219,7 +226,14 @@ def main(argv: list[str] | None = None) -> int:
                     url = running[target.server].url + target.path
                     run = with_server_cpu(
                         pids_of(target),
-                        lambda: run_paced(url, bodies, rate, args.timeout, args.paced_limit),
+                        lambda: run_paced(
+                            url,
+                            bodies,
+                            rate,
+                            args.timeout,
+                            args.paced_limit,
+                            args.max_lag_ms / 1000,
+                        ),
                     )
                     advance_past(cursor, count, world.step_s)
                     return run

@@ -27,6 +27,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MULTIPLIER = 2654435761  # load_predict.lua's hash of the sequence number into the sample
+# a run whose generator started its 99th-percentile request later than this is not a measurement
+MAX_LAG_S = 0.02
 
 
 def predict_body(
@@ -74,10 +76,13 @@ def summarize(
     errors: dict[str, int],
     duration_s: float,
     rate: float,
+    max_lag_s: float = MAX_LAG_S,
 ) -> dict[str, Any]:
     """A paced run's result in wrk.parse_result's shape (requests, rps, p50_us, p99_us, errors,
     valid), plus the target rate and the generator's lateness; latencies of answered requests
-    only, each from its due time. A run with an error is not a measurement."""
+    only, each from its due time. A run with an error is not a measurement, nor one whose
+    generator started 1 % of its requests more than MAX_LAG_S late (`stalled`): the machine,
+    not the server, stalled it, and its tail would be the generator's."""
     requests = len(latencies_s)
     errors = {kind: count for kind, count in errors.items() if count}
     run: dict[str, Any] = {
@@ -86,12 +91,13 @@ def summarize(
         "rps": requests / duration_s if duration_s > 0 else 0.0,
         "rate": rate,
         "errors": errors,
-        "valid": not errors and requests > 0,
     }
     for name, values in (("", latencies_s), ("lag_", lags_s)):
         for share in (50, 90, 99, 100):
             key = f"{name}{'max' if share == 100 else f'p{share}'}_us"
             run[key] = percentile(values, share) * 1e6 if values else 0.0
+    run["stalled"] = run["lag_p99_us"] > max_lag_s * 1e6
+    run["valid"] = not errors and requests > 0 and not run["stalled"]
     return run
 
 
@@ -149,12 +155,17 @@ async def _drive(
 
 
 def run_paced(
-    url: str, bodies: Sequence[bytes], rate: float, timeout: float = 10.0, limit: int = 64
+    url: str,
+    bodies: Sequence[bytes],
+    rate: float,
+    timeout: float = 10.0,
+    limit: int = 64,
+    max_lag_s: float = MAX_LAG_S,
 ) -> dict[str, Any]:
     """POST BODIES to URL at RATE requests/s (open loop, at most LIMIT in flight); the run's
     result (summarize) with the generator's CPU per request (`client_cpu_us`)."""
     cpu = time.process_time()
     latencies, lags, errors, elapsed = asyncio.run(_drive(url, bodies, rate, timeout, limit))
-    run = summarize(latencies, lags, errors, elapsed, rate)
+    run = summarize(latencies, lags, errors, elapsed, rate, max_lag_s)
     run["client_cpu_us"] = (time.process_time() - cpu) * 1e6 / max(len(bodies), 1)
     return run

@@ -126,6 +126,10 @@ def role_counts(server: Server) -> dict[str, float]:
             counts["shadow"] += float(value)
         elif name.startswith("fraudflow_challenger_errors_total"):
             counts["errors"] += float(value)
+    # a canary the guard stopped (the challenger left its band) has gone back to shadow
+    canary = requests.get(f"{server.url}/model", timeout=10).json()["challenger"].get("canary")
+    if canary is not None:
+        counts["canary_open"] = float(bool(canary.get("open")))
     return counts
 
 

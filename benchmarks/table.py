@@ -164,6 +164,7 @@ def render(
         )
     invalid = [
         f"- {t.label}, {kind}run {i + 1}: {r['errors']} of {r['requests']} requests"
+        + (f", generator lag p99 {r['lag_p99_us'] / 1000:.1f} ms" if r.get("stalled") else "")
         for t in items
         for kind, runs in (("", t.runs), ("fixed-rate ", t.paced))
         for i, r in enumerate(runs)
@@ -300,12 +301,15 @@ def challenger_section(
         "connection per request as under wrk) sends each request when it is due whatever the "
         "earlier ones did, and each latency runs from that due time, so a stall is not hidden "
         f"(no coordinated omission); {args.repeats} runs of {args.duration} s round-robin, "
-        "medians. Generator lag: how late the generator itself started requests.",
+        "medians of the valid runs. Generator lag: how late the generator itself started "
+        f"requests; ✗: a run whose generator lag p99 exceeded {args.max_lag_ms:g} ms (the "
+        "machine stalled the generator, so the tail is not the server's) or with errors, left "
+        "out.",
         "",
         "| /predict (SQLite), at a fixed rate | requests/s | p50 ms | p90 ms | p99 ms | "
         "p99 ÷ challenger off | server CPU ms per request | CPU ÷ challenger off | generator "
-        "lag p99 ms | valid runs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "lag p99 ms | valid runs | p99 ms per run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key in keys:
         t = by[key]
@@ -318,7 +322,9 @@ def challenger_section(
             f"{ms(median_of(t.paced, 'p99_us'))} | {times(p99)} | "
             f"{ms(median_of(t.paced, 'cpu_us'))} | {times(cpu)} | "
             f"{ms(median_of(t.paced, 'lag_p99_us'))} | "
-            f"{sum(r['valid'] for r in t.paced)}/{len(t.paced)} |"
+            f"{sum(r['valid'] for r in t.paced)}/{len(t.paced)} | "
+            + ", ".join(f"{r['p99_us'] / 1000:.1f}" + ("" if r["valid"] else " ✗") for r in t.paced)
+            + " |"
         )
     return lines
 
@@ -342,5 +348,14 @@ def role_lines(roles: dict[str, dict[str, float]]) -> list[str]:
             f"- canary: the challenger answered {canary['challenger']:,.0f} of {total:,.0f} "
             f"transactions ({share:.1%}; the champion scored them in shadow), "
             f"{canary['errors']:,.0f} failures"
+            + (
+                ""
+                if "canary_open" not in canary
+                else (
+                    "; the canary was still open at the end"
+                    if canary["canary_open"]
+                    else "; **the canary guard had stopped the canary** by the end"
+                )
+            )
         )
     return lines

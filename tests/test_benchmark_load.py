@@ -109,7 +109,9 @@ def test_a_paced_run_with_an_error_is_not_a_measurement() -> None:
     assert (good["p50_us"], good["max_us"]) == pytest.approx((4000.0, 10000.0))
     assert good["lag_p99_us"] == pytest.approx(1000.0)
     bad = summarize([0.002], [0.0, 0.0], {"status": 1, "timeout": 0}, 1.0, 2.0)
-    assert not bad["valid"] and bad["errors"] == {"status": 1}
+    assert not bad["valid"] and bad["errors"] == {"status": 1} and not bad["stalled"]
+    stalled = summarize([0.002, 0.3], [0.0, 0.25], {}, 1.0, 2.0, max_lag_s=0.02)
+    assert stalled["stalled"] and not stalled["valid"] and stalled["errors"] == {}
 
 
 class _Answer(BaseHTTPRequestHandler):
@@ -183,11 +185,14 @@ def test_the_challenger_section_gives_the_ratios_to_the_shadow_off_figures() -> 
             "challenger": {"version": 2, "trees": 25, "train_days": 42},
         },
     }
-    args = argparse.Namespace(canary_percent=10.0, fixed_rate=0.5, repeats=3, duration=15)
+    args = argparse.Namespace(
+        canary_percent=10.0, fixed_rate=0.5, repeats=3, duration=15, max_lag_ms=20.0
+    )
     text = "\n".join(challenger_section(items, notes, args))
     assert "shadow on ÷ off: **1.30×** (goal ≤ 1.25×) — **missed**" in text
     assert "canary ÷ off: **1.05×**" in text
     assert "| fraudflow /predict, shadow on (SQLite) | 350 | 4.00 | 6.00 | 12.00 | 1.50× |" in text
+    assert "| 3/3 | 12.0, 12.0, 12.0 |" in text
     assert "fixed rate of 350 requests/s (50% of" in text
     assert "Champion v1 (62 trees, 28-day" in text
     assert challenger_section(items[1:], notes, args) == []
