@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from drift.challenger import live_section, registry_challenger
 from drift.decision import decide, should_retrain
 from drift.page import render
 from drift.performance import Performance, assess_performance
@@ -27,6 +28,7 @@ from drift.report import drift_report, performance_report
 from drift.report_parse import DriftSummary, parse
 from drift.window import Window
 from pipelines.data import load_transactions
+from pipelines.live_evidence import flat_metrics
 from pipelines.log.reader import MonitoringInputError, read_log
 from pipelines.log.record import log_folder
 from pipelines.log.traffic import attach_labels, label_sources, production_transactions
@@ -59,14 +61,24 @@ class MonitorResult:
 
 
 def scored_by_champion(current: pd.DataFrame, champion: Champion, threads: int = 1) -> pd.DataFrame:
-    """The champion's probability for every row: logged where it scored the row, recomputed
-    from the logged features where another version did (before a promotion)."""
-    other = (current["model_version"] != champion.version).to_numpy()
-    if not other.any():
-        return current
-    rescored = current["fraud_probability"].to_numpy(float).copy()
-    rescored[other] = champion.scorer.predict_proba(current.loc[other], threads)
-    return current.assign(fraud_probability=rescored)
+    """The champion's probability for every row: logged where its version scored the row (the
+    answer, or beside a challenger's answer: canary rows, or rows of a challenger since
+    promoted), recomputed from the logged features where only other versions did (before a
+    promotion)."""
+    probability = current["fraud_probability"].to_numpy(float).copy()
+    known = (current["model_version"] == champion.version).to_numpy()
+    for role in ("challenger", "champion"):  # the champion's own field has the last word
+        if f"{role}_version" not in current:
+            continue
+        logged = (
+            (current[f"{role}_version"].astype(str) == champion.version)
+            & current[f"{role}_probability"].notna()
+        ).to_numpy()
+        probability[logged] = current[f"{role}_probability"].to_numpy(float)[logged]
+        known |= logged
+    if not known.all():
+        probability[~known] = champion.scorer.predict_proba(current.loc[~known], threads)
+    return current.assign(fraud_probability=probability)
 
 
 def comparison_sample(current: pd.DataFrame, max_rows: int) -> pd.DataFrame:
@@ -91,6 +103,7 @@ def _summary(
     verdict: Verdict,
     settings: Settings,
     files: dict[str, str],
+    live: dict[str, Any] | None,
 ) -> MonitorSummary:
     return MonitorSummary(
         verdict=verdict,
@@ -105,6 +118,7 @@ def _summary(
             "tolerance": settings.monitoring.tolerance,
         },
         files=files,
+        live=live,
     )
 
 
@@ -132,6 +146,10 @@ def _log_run(summary: MonitorSummary, folder: Path, settings: Settings) -> str:
     if drift["score"]:
         metrics["drift_fraud_probability"] = drift["score"]["score"]
     metrics.update({f"production_{k}": v for k, v in performance["production"].items()})
+    if summary.live:
+        tags["live_challenger_version"] = summary.live["challenger_version"]
+        tags["live_verdict"] = summary.live["verdict"]
+        metrics.update(flat_metrics(summary.live))
     return runs.log_monitor_run(settings, f"monitor-v{model['version']}", tags, metrics, folder)
 
 
@@ -162,7 +180,7 @@ def _run_monitor(
     monitoring = settings.monitoring
     log_dir = log_folder(settings)
     features = list(champion.scorer.features)
-    logged = read_log(log_dir, window.start, window.end, features)
+    logged = read_log(log_dir, window.start, window.end, features, roles=True)
     _step(bar, "prediction log")
     current = logged.predictions
     if len(current) < monitoring.min_rows:
@@ -194,6 +212,7 @@ def _run_monitor(
         current, champion.scorer.threshold, champion.training_metrics, monitoring, k
     )
     verdict = decide(drift, performance, monitoring)
+    live = live_section(current, champion.version, settings, registry_challenger(settings))
     _step(bar, "performance")
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -214,7 +233,7 @@ def _run_monitor(
         # records a failed or killed writer never finished (never acknowledged), left out
         "torn_records": logged.torn_records,
     }
-    summary = _summary(champion, window, rows, drift, performance, verdict, settings, files)
+    summary = _summary(champion, window, rows, drift, performance, verdict, settings, files, live)
     _write_pages(summary, folder)
     summary.run_id = _log_run(summary, folder, settings)
     summary.report = str(folder / files["index_html"])
@@ -304,6 +323,12 @@ def verdict_line(summary: MonitorSummary, seconds: float) -> str:
             parts.append(f"degraded: {', '.join(performance['degraded_metrics'])}")
     else:
         parts.append(f"performance not assessed ({performance['labelled_frauds']} labelled frauds)")
+    if summary.live:
+        live = summary.live
+        parts.append(
+            f"challenger v{live['challenger_version']} on {live['rows']:,} shared predictions: "
+            f"{live['verdict']}"
+        )
     model = summary.model
     parts.append(f"- {model['name']} v{model['version']}, {summary.rows['current']:,} predictions")
     if summary.rows.get("torn_records"):

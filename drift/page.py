@@ -83,6 +83,69 @@ def _performance_section(performance: dict[str, Any], files: dict[str, str]) -> 
     )
 
 
+LIVE_FIGURES = (
+    ("average_precision", "average precision"),
+    ("card_precision_at_k", "card precision@{k} (mean of days)"),
+    ("recall_at_alert_volume", "recall at the champion's alert volume ({n:,})"),
+)
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _live_section(live: dict[str, Any] | None) -> str:
+    """Champion and challenger on the same logged transactions (absent without a challenger)."""
+    if not live:
+        return ""
+    champion, challenger = live["champion"], live["challenger"]
+    rows = [
+        _row(
+            [
+                escape(label.format(k=live["k"], n=live["alert_volume"])),
+                _number(champion[key]),
+                _number(challenger[key]),
+            ]
+        )
+        for key, label in LIVE_FIGURES
+    ]
+    daily = [
+        _row(
+            [
+                escape(d["day"]),
+                f"{d['labelled_rows']:,}",
+                f"{d['labelled_frauds']:,}",
+                _number(d["champion_card_precision_at_k"]),
+                _number(d["challenger_card_precision_at_k"]),
+            ]
+        )
+        for d in live["daily"]
+    ]
+    css = "ok" if live["verdict"] == "challenger better" else ""
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in live["reasons"])
+    return (
+        "<h2>Champion vs challenger</h2>"
+        f"<p>champion v{escape(live['champion_version'])} and challenger "
+        f"v{escape(live['challenger_version'])} both scored {live['rows']:,} logged transactions; "
+        f"{live['labelled_rows']:,} labelled ({live['labelled_frauds']:,} frauds) over "
+        f"{live['days']} days.</p>"
+        f'<p class="verdict {css}">live verdict: <b>{escape(live["verdict"])}</b></p>'
+        + (f"<ul>{reasons}</ul>" if reasons else "")
+        + "<p>Average precision difference (challenger − champion) "
+        f"{_number(live['ap_difference'])}, {live['confidence']:.0%} paired bootstrap interval "
+        f"[{_number(live['ap_difference_low'])}, {_number(live['ap_difference_high'])}] "
+        f"({live['bootstrap_samples']:,} resamples). Decisions agree on "
+        f"{_number(live['agreement_rate'], 3)} of the transactions; the day's top-{live['k']} "
+        f"cards overlap {_number(live['top_k_overlap'], 3)}; score PSI (challenger against "
+        f"champion) {_number(live['score_psi'], 3)}.</p>"
+        + _table(["figure", "champion", "challenger"], rows)
+        + _table(
+            ["day", "labelled", "frauds", "champion card precision", "challenger card precision"],
+            daily,
+        )
+    )
+
+
 def render(summary: dict[str, Any]) -> str:
     """HTML of a monitor summary (the JSON the monitor writes next to it)."""
     verdict = summary["verdict"]
@@ -122,6 +185,7 @@ against {summary['rows']['reference']:,} reference rows.</p>
 {_table(["feature", "drifted", "score", "method", "threshold"], _drift_rows(drift["columns"]))}
 <h2>Performance on late labels</h2>
 {_performance_section(summary["performance"], files)}
+{_live_section(summary.get("live"))}
 {retrain_line}
 </body></html>
 """

@@ -243,14 +243,26 @@ def _score_spark(args: argparse.Namespace, settings: Settings, uri: str) -> dict
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Reads: the registry (and, with --auto, recent labelled data). Produces: a stage change,
-    the champion alias and a promotion record."""
+    """Reads: the registry (and, with --auto, recent labelled data; with
+    promotion.live_evidence.required, the prediction log and late labels too). Produces: a
+    stage change, the champion alias and a promotion record; with --challenger, the challenger
+    alias on --version and its record."""
     from pipelines.mlflow import promotion
 
     if args.history:
         history = promotion.promotion_history(settings)
         print(history.to_string(index=False) if not history.empty else "no promotion yet")
         return {"history": history.to_dict(orient="records")}
+    if args.challenger:
+        if args.version is None or args.stage is not None or args.auto:
+            raise UsageError("promote --challenger needs --version N (and no --stage or --auto)")
+        reason = args.reason or "challenger by hand"
+        decision = promotion.set_challenger(settings, args.version, reason, args.actor)
+        print(
+            f"{settings.mlflow.model_name} v{decision.version} is the challenger "
+            f"(@{settings.mlflow.challenger_alias}): {decision.reason}"
+        )
+        return decision.as_dict()
     if args.auto:
         _, transactions = _load(args, settings, require_labels=True)
         decision = promotion.promote_if_better(settings, transactions, args.actor)
@@ -452,6 +464,7 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         f"retrained on {result.rows['training_data_rows']:,} transactions "
         f"({result.rows['new_production_rows']:,} from production): challenger "
         f"{settings.mlflow.model_name} v{result.version} -> {result.decision.stage}"
+        + (f", @{settings.mlflow.challenger_alias}" if result.challenger else "")
     )
     print(f"  {result.decision.reason}")
     return result.as_dict()
@@ -630,7 +643,17 @@ def build_parser() -> Parser:
     p.add_argument("--stage", choices=["Production", "Staging"])
     p.add_argument("--reason")
     p.add_argument("--actor", help="who decides (default: the OS user)")
-    p.add_argument("--auto", action="store_true", help="newest vs champion, gated")
+    p.add_argument(
+        "--auto",
+        action="store_true",
+        help="newest vs champion, gated (the challenger, on live evidence, when "
+        "promotion.live_evidence.required)",
+    )
+    p.add_argument(
+        "--challenger",
+        action="store_true",
+        help="make --version the challenger (scored beside the champion)",
+    )
     p.add_argument("--history", action="store_true", help="print the promotion history")
     p = add("serve", cmd_serve, "run the scoring API (gunicorn)", summary=False)
     p.add_argument("--bind", help="host:port (default: serving.host:serving.port)")

@@ -1,9 +1,11 @@
 """`fraudflow demo`: the whole loop on the embedded store, in this process.
 
 The training half simulates (unless data exists), trains, registers, auto-promotes and prints a
-summary. The serving half starts the API (gunicorn, the only other process), replays traffic
-and labels, hot-swaps a second version, sends a drifted slice, runs the monitor with
-retraining while the API serves, and stops the API.
+summary. The serving half trains a second version and sets it as the challenger, starts the
+API (gunicorn, the only other process), replays the last days' traffic and labels with the
+challenger in shadow, compares the two on that live record (the monitor's report and
+`promote --auto` on live evidence), hot-swaps the second version in, sends a drifted slice,
+runs the monitor with retraining while the API serves, and stops the API.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from pipelines.files import write_json_atomic
 from pipelines.log.reader import log_files
 from pipelines.log.record import log_folder
 from pipelines.mlflow import store
-from pipelines.mlflow.promotion import promote_if_better, set_stage
+from pipelines.mlflow.promotion import (
+    PromotionDecision,
+    live_comparison,
+    promote_if_better,
+    set_challenger,
+    set_stage,
+)
 from pipelines.mlflow.registry import champion_version, served_version
 from pipelines.mlflow.store import MlflowClient
 from pipelines.monitor_summary import Verdict
@@ -52,21 +60,21 @@ def run_training_half(
     """Run the training side end to end on the configured (by default embedded) store."""
     path = Path(data) if data else settings.data_path
     if data is None and (fresh or not _has_data(path)):
-        print(f"[1/11] simulating transactions into {path}")
+        print(f"[1/12] simulating transactions into {path}")
         simulated = simulate_transactions(settings.simulation, progress=True)
         write_daily_parquet(simulated, path, progress=True, overwrite=True)
         print(f"      {fraud_summary(simulated)}")
     else:
-        print(f"[1/11] using transactions in {path}")
+        print(f"[1/12] using transactions in {path}")
     transactions = load_transactions(path, settings.data.columns, require_labels=True)
 
-    print(f"[2/11] training on {len(transactions):,} transactions (features, LightGBM)")
+    print(f"[2/12] training on {len(transactions):,} transactions (features, LightGBM)")
     result = train_model(transactions, settings)
     description = record.data_description(path, transactions)
-    print("[3/11] logging the run and registering the model in MLflow")
+    print("[3/12] logging the run and registering the model in MLflow")
     run_id, version = record.log_training_run(result, settings, description)
 
-    print("[4/11] gated promotion: newest version against the champion")
+    print("[4/12] gated promotion: newest version against the champion")
     decision = promote_if_better(settings, transactions)
     client = store.client(settings)
     champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)
@@ -147,7 +155,8 @@ def print_ui_promotion(settings: Settings, client: MlflowClient, config: str | N
     )
 
 
-REPLAYED = 2000
+# the days replayed with the challenger in shadow: the live record it is judged on
+SHADOW_DAYS = 3
 DRIFTED = 1000
 BATCH = 50
 
@@ -249,20 +258,51 @@ def _print_replay(scored: pd.DataFrame) -> None:
         )
 
 
-def _swap(url: str, settings: Settings, transactions: pd.DataFrame, probe: pd.DataFrame) -> None:
-    end = transactions["tx_datetime"].max().floor("D") - pd.Timedelta(days=6)
+def _challenger(settings: Settings, transactions: pd.DataFrame, before: pd.Timestamp) -> str:
+    """A second version trained on the data before the shadow period, set as the challenger:
+    the API scores it beside the champion from its first request."""
     earlier = settings.model_copy(
-        update={"training": settings.training.model_copy(update={"end_date": end.date()})}
+        update={"training": settings.training.model_copy(update={"end_date": before.date()})}
     )
-    print(f"[7/11] training a second version on data up to {end.date()} and promoting it")
+    print(f"[5/12] training a second version on data up to {before.date()}; it becomes @challenger")
     result = train_model(transactions, earlier)
-    _, version = record.log_training_run(result, earlier, {"data_path": "demo: one week earlier"})
+    _, version = record.log_training_run(result, earlier, {"data_path": "demo: before the shadow"})
+    set_challenger(settings, str(version.version), "demo: scored in shadow first", "demo")
+    metrics = result.test_metrics
+    print(
+        f"      v{version.version}: test average precision {metrics['average_precision']:.3f}, "
+        f"ROC-AUC {metrics['roc_auc']:.3f}"
+    )
+    return str(version.version)
+
+
+def _shadow_verdict(settings: Settings, champion: str, challenger: str) -> None:
+    """The two models on the shadow period's record (the prediction log, labels as fed)."""
+    comparison = live_comparison(settings, champion, challenger)
+    print(
+        f"      shadow: {comparison.rows:,} transactions scored by both, decisions agreed on "
+        f"{comparison.agreement_rate:.1%}, top-{comparison.k} overlap "
+        f"{comparison.top_k_overlap:.1%}, score PSI {comparison.score_psi:.3f}"
+    )
+    print(f"      {comparison.summary_line()}")
+    for reason in comparison.reasons:
+        print(f"        {reason}")
+
+
+def _swap(url: str, settings: Settings, version: str, reason: str, probe: pd.DataFrame) -> None:
+    """Promote `version` by hand and time how long the API takes to answer with it."""
     _, before = call(f"{url}/model")
     promoted_at = time.monotonic()
-    set_stage(settings, str(version.version), "Production", "demo: show the hot swap", "demo")
-    requests_sent, failures, current = 0, 0, before["version"]
+    set_stage(settings, version, "Production", reason, "demo")
+    _wait_swap(url, before["version"], version, promoted_at, probe)
+
+
+def _wait_swap(
+    url: str, before: str, version: str, promoted_at: float, probe: pd.DataFrame
+) -> None:
+    requests_sent, failures, current = 0, 0, before
     body = _raw(probe.head(1))[0]
-    while current != str(version.version) and time.monotonic() - promoted_at < 60:
+    while current != version and time.monotonic() - promoted_at < 60:
         body["transaction_id"] = f"swap-probe-{requests_sent}"
         status, answer = call(f"{url}/predict", body)
         requests_sent += 1
@@ -272,10 +312,28 @@ def _swap(url: str, settings: Settings, transactions: pd.DataFrame, probe: pd.Da
             current = answer["model"]["version"]
         time.sleep(0.05)
     print(
-        f"      the API switched from v{before['version']} to v{current} "
+        f"      the API switched from v{before} to v{current} "
         f"{time.monotonic() - promoted_at:.1f}s after the promotion; {requests_sent} requests "
         f"meanwhile, {failures} failed"
     )
+
+
+def _promote_on_evidence(
+    url: str, settings: Settings, transactions: pd.DataFrame, challenger: str, probe: pd.DataFrame
+) -> None:
+    """`promote --auto` on live evidence; the hot swap either way (by hand when it holds)."""
+    print("[8/12] promote --auto on live evidence: the challenger's record beside the champion")
+    _, before = call(f"{url}/model")
+    started = time.monotonic()
+    decision: PromotionDecision = promote_if_better(
+        settings, transactions, actor="demo", live_evidence=True
+    )
+    print(f"      {'promoted' if decision.promoted else 'held'}: {decision.reason}")
+    if decision.promoted:
+        _wait_swap(url, before["version"], challenger, started, probe)
+        return
+    print(f"      promoting v{challenger} by hand anyway, to show the hot swap")
+    _swap(url, settings, challenger, "demo: show the hot swap", probe)
 
 
 def drifted_slice(transactions: pd.DataFrame, rows: int, factor: float) -> pd.DataFrame:
@@ -296,8 +354,8 @@ def _score_only(url: str, frame: pd.DataFrame) -> None:
             raise RuntimeError(f"/predict answered {status}: {body}")
 
 
-def _monitor(url: str, settings: Settings, data: str | None) -> None:
-    """`fraudflow monitor --retrain` on the last day while the API runs: the API picks up a
+def _monitor(url: str, settings: Settings, data: str | None, retrain: bool = True) -> None:
+    """`fraudflow monitor [--retrain]` on the last day while the API runs: the API picks up a
     promotion by itself. The monitor's log goes to a file beside the demo's store."""
     output = settings.workdir / "demo-monitor.json"
     output.unlink(missing_ok=True)
@@ -310,7 +368,7 @@ def _monitor(url: str, settings: Settings, data: str | None) -> None:
                 settings,
                 window,
                 [],
-                retrain=True,
+                retrain=retrain,
                 data=Path(data) if data else None,
                 say=lambda line: print(f"      {line}", flush=True),
             )
@@ -339,20 +397,35 @@ def _monitor(url: str, settings: Settings, data: str | None) -> None:
 
 
 def run_serving_half(settings: Settings, config: str | None, data: str | None = None) -> int:
-    """Serve the champion and drive traffic, a hot swap, drift and the monitor through it."""
+    """Serve the champion with a challenger in shadow, drive traffic, the live comparison, a
+    hot swap, drift and the monitor through it."""
     client = store.client(settings)
     champion = champion_version(client, settings.mlflow.model_name, settings.mlflow.champion_alias)
     if champion is None:
         print("no champion to serve: the newest model was held by the gates (see above)")
         return 1
     transactions = load_transactions(data or settings.data_path, settings.data.columns, True)
-    replay = transactions.iloc[-REPLAYED:]
-    start = replay["tx_datetime"].iloc[0]
+    start = transactions["tx_datetime"].max().floor("D") - pd.Timedelta(days=SHADOW_DAYS - 1)
+    replay = transactions[transactions["tx_datetime"] >= start]
     history = transactions[
         (transactions["tx_datetime"] >= start - pd.Timedelta(days=40))
         & (transactions["tx_datetime"] < start)
     ]
-    print(f"[5/11] starting the API (gunicorn, 2 workers) on champion v{champion.version}")
+    challenger = _challenger(settings, transactions, start)
+    evidence = settings.promotion.live_evidence
+    if evidence.min_days > SHADOW_DAYS:
+        print(
+            f"      (the demo's shadow period is {SHADOW_DAYS} days: live evidence asks for "
+            f"{SHADOW_DAYS} days here, promotion.live_evidence.min_days is {evidence.min_days})"
+        )
+        evidence = evidence.model_copy(update={"min_days": SHADOW_DAYS})
+        settings = settings.model_copy(
+            update={"promotion": settings.promotion.model_copy(update={"live_evidence": evidence})}
+        )
+    print(
+        f"[6/12] starting the API (gunicorn, 2 workers) on champion v{champion.version}, "
+        f"challenger v{challenger} in shadow"
+    )
     _reset_state(settings, history)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -365,20 +438,27 @@ def run_serving_half(settings: Settings, config: str | None, data: str | None = 
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_ready(url, process)
+        _wait_challenger(url, challenger)
         print(f"      {url} ready (log: {log_path})")
-        print(f"[6/11] replaying the last {len(replay):,} transactions through /predict, /feedback")
+        print(
+            f"[7/12] shadow period: the last {SHADOW_DAYS} days, {len(replay):,} transactions, "
+            "through /predict and /feedback; the champion answers, the challenger is logged"
+        )
         _print_replay(_replay(url, replay))
-        _swap(url, settings, transactions, replay)
+        _shadow_verdict(settings, str(champion.version), challenger)
+        print("      the monitor's report on the shadow period (drift, champion vs challenger):")
+        _monitor(url, settings, data, retrain=False)
+        _promote_on_evidence(url, settings, transactions, challenger, replay)
         drifted = drifted_slice(transactions, DRIFTED, 3.0)
         print(
-            f"[8/11] sending {len(drifted):,} transactions of the next day with amounts x3 "
+            f"[9/12] sending {len(drifted):,} transactions of the next day with amounts x3 "
             "(a drifted slice, labels not known yet)"
         )
         _score_only(url, drifted)
-        print("[9/11] monitor: the day's prediction log against the champion's training reference")
+        print("[10/12] monitor: the day's prediction log against the champion's training reference")
         _monitor(url, settings, data)
     finally:
-        print("[10/11] stopping the API")
+        print("[11/12] stopping the API")
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(30)
@@ -386,6 +466,19 @@ def run_serving_half(settings: Settings, config: str | None, data: str | None = 
             process.kill()
     print(f"      stopped (exit code {process.returncode})")
     reports = settings.under_workdir(settings.monitoring.reports_dir)
-    print(f"[11/11] reports in {reports}; open the newest index.html in a browser")
+    print(f"[12/12] reports in {reports}; open the newest index.html in a browser")
     print_ui_promotion(settings, client, config)
     return 0
+
+
+def _wait_challenger(url: str, version: str, timeout: float = 60) -> None:
+    """Until the API scores the challenger (each worker loads it in the background; the demo's
+    poll interval is 1 s, so both have it a poll later)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = call(f"{url}/model")
+        if status == 200 and body["challenger"].get("version") == version:
+            time.sleep(2 * 1.0)
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"the API did not load challenger v{version} within {timeout:.0f}s")

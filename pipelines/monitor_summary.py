@@ -40,7 +40,9 @@ def now_iso() -> str:
 class MonitorSummary:
     """One monitor run. An error run carries only the verdict, the time and the error; a
     checked window carries the model, the window, the drift and performance figures, the
-    report's files, and (set later) the run id, the retraining outcome."""
+    report's files, the champion against the challenger on the transactions both scored
+    (`live`, when the window holds any: `pipelines.live_evidence.LiveComparison.as_dict`), and
+    (set later) the run id, the retraining outcome."""
 
     verdict: Verdict
     checked_at: str = field(default_factory=now_iso)
@@ -52,6 +54,7 @@ class MonitorSummary:
     performance: dict[str, Any] | None = None
     thresholds: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
+    live: dict[str, Any] | None = None
     run_id: str | None = None
     report: str | None = None
     retrain: dict[str, Any] | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from flask import Flask
 
@@ -13,8 +13,9 @@ from pipelines.settings import CONFIG_ENV, Settings, load_settings
 from pipelines.state.factory import open_state
 from serving import access_log
 from serving.auth import listen_addresses, load_credentials, require_tokens_when_exposed
-from serving.metrics import create_metrics
-from serving.model_holder import ChallengerHolder, ModelHolder
+from serving.canary_guard import CanaryGuard
+from serving.metrics import ServiceMetrics, create_metrics
+from serving.model_holder import ChallengerHolder, ModelHolder, ServedModel
 from serving.predictor import Predictor
 from serving.routes import api
 from serving.service import EXTENSION, Service
@@ -52,10 +53,17 @@ def create_app(
         access_log.install(app)
     holder = ModelHolder(settings)
     holder.add_listener(metrics.listener(holder.role))
-    challenger = None
+    challenger, guard = None, None
     if settings.serving.challenger.mode != "off":
         challenger = ChallengerHolder(settings)
         challenger.add_listener(metrics.listener(challenger.role))
+    if challenger is not None and settings.serving.challenger.mode == "canary":
+        guard = CanaryGuard(settings.serving.challenger.rollback, state)
+        guard.add_listener(metrics.on_canary_event)
+        guard.add_listener(metrics.canary_share(settings.serving.challenger.canary_percent))
+        challenger.add_listener(
+            _watched_by(guard, metrics, settings.serving.challenger.canary_percent)
+        )
     app.extensions[EXTENSION] = Service(
         settings=settings,
         holder=holder,
@@ -65,6 +73,7 @@ def create_app(
         metrics=metrics,
         credentials=credentials,
         challenger=challenger,
+        guard=guard,
     )
     app.register_blueprint(api)
     for each in (holder, challenger):
@@ -74,4 +83,25 @@ def create_app(
             each.start()
         else:
             each.refresh()
+    if guard is not None:
+        if start_polling:
+            guard.start()
+        else:
+            guard.check()
     return app
+
+
+def _watched_by(
+    guard: CanaryGuard, metrics: ServiceMetrics, percent: float
+) -> Callable[[str, ServedModel | None], None]:
+    """A challenger listener: the guard reads the ledger for each version loaded, so that its
+    canary opens at the next check (or stays closed if it was stopped anywhere); until then
+    this worker sends it no card."""
+
+    def listener(event: str, model: ServedModel | None) -> None:
+        if event in ("reload", "unloaded"):
+            metrics.canary_percent.set(0.0)
+        if event == "reload" and model is not None and guard.is_open(model.version):
+            metrics.canary_percent.set(percent)  # open already: no new "open" event comes
+
+    return listener

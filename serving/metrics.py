@@ -50,6 +50,8 @@ class ServiceMetrics:
     # canary's cards), and the challenger's failures to score
     shadow_decisions: Counter
     challenger_errors: Counter
+    canary_rolled_back: Gauge
+    canary_percent: Gauge
     # one child per decision and role, resolved once: `.labels()` on every prediction costs a
     # lock and a lookup
     by_decision: dict[tuple[str, str], Counter] = field(default_factory=dict)
@@ -101,6 +103,24 @@ class ServiceMetrics:
     def listener(self, role: str) -> Callable[[str, ServedModel | None], None]:
         """A holder's listener for its role."""
         return lambda event, model: self.on_model_event(event, model, role)
+
+    def on_canary_event(self, event: str, record: dict) -> None:
+        """CanaryGuard listener: 1 once this worker learns its challenger's canary stopped,
+        0 again when a canary (a new challenger version) opens."""
+        if event in ("canary_rolled_back", "canary_open"):
+            self.canary_rolled_back.set(1.0 if event == "canary_rolled_back" else 0.0)
+
+    def canary_share(self, percent: float) -> Callable[[str, dict], None]:
+        """A CanaryGuard listener: the share of cards this worker sends to the challenger,
+        `percent` once its canary opens, 0 once it stops."""
+
+        def listener(event: str, record: dict) -> None:
+            if event == "canary_open":
+                self.canary_percent.set(percent)
+            elif event == "canary_rolled_back":
+                self.canary_percent.set(0.0)
+
+        return listener
 
 
 class StartingWorkerTolerantCollector(MultiProcessCollector):
@@ -226,6 +246,20 @@ def create_metrics(
         challenger_errors=Counter(
             "fraudflow_challenger_errors_total",
             "Transactions the challenger failed to score (the champion answered them)",
+            registry=registry,
+        ),
+        canary_percent=Gauge(
+            "fraudflow_canary_percent",
+            "The share of cards (percent) this worker sends to the challenger: the canary's "
+            "percent while it is open, 0 in shadow, before it opens and once it stopped",
+            multiprocess_mode="liveall",
+            registry=registry,
+        ),
+        canary_rolled_back=Gauge(
+            "fraudflow_canary_rolled_back",
+            "1 while the canary of this worker's challenger version is stopped (it left the band "
+            "around the champion; /model's challenger section holds the stop record)",
+            multiprocess_mode="liveall",
             registry=registry,
         ),
     )

@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
 from pipelines.features import feature_names
 from pipelines.integrity import MODEL_SIGNATURE_TAG, check_model, read_key
 from pipelines.mlflow import models, store
 from pipelines.mlflow.markers import Markers, follow, read_markers
-from pipelines.mlflow.registry import served_uri, served_version
+from pipelines.mlflow.registry import alias_version, served_uri, served_version
 from pipelines.mlflow.store import MlflowClient, ModelVersion
 from pipelines.model import FraudScorer, check_model_files
 from pipelines.settings import Settings
@@ -409,14 +407,7 @@ class ChallengerHolder(ModelHolder):
 
     def _resolve(self) -> ModelVersion | None:
         mlflow = self.settings.mlflow
-        try:
-            return self.client.get_model_version_by_alias(
-                mlflow.model_name, mlflow.challenger_alias
-            )
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None  # no such alias (or no such model yet): no challenger
-            raise
+        return alias_version(self.client, mlflow.model_name, mlflow.challenger_alias)
 
     def start(self) -> None:
         """Poll in the background from the start: the champion serves meanwhile."""

@@ -13,7 +13,29 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pipelines.monitor_summary import Verdict, read_summary
+from pipelines.monitor_summary import MonitorSummary, Verdict, read_summary
+
+# per model (label model_role: champion | challenger): name, help, the comparison's key
+LIVE_PER_ROLE = (
+    ("average_precision", "Average precision on the labelled transactions both models scored"),
+    ("card_precision_at_k", "Card precision@k (mean of days) on the shared labelled transactions"),
+    (
+        "recall_at_alert_volume",
+        "Recall at the champion's alert volume on the shared labelled transactions",
+    ),
+)
+# one value each: name, help, the comparison's key
+LIVE_SHARED = (
+    ("ap_difference", "Average precision of the challenger minus the champion's", "ap_difference"),
+    ("ap_difference_low", "Lower end of the paired bootstrap interval", "ap_difference_low"),
+    ("ap_difference_high", "Upper end of the paired bootstrap interval", "ap_difference_high"),
+    ("agreement_rate", "Share of shared transactions both models decided alike", "agreement_rate"),
+    ("score_psi", "PSI of the challenger's scores against the champion's", "score_psi"),
+    ("top_k_overlap", "Share of the day's top-k cards both models name", "top_k_overlap"),
+    ("labelled_frauds", "Labelled frauds among the shared transactions", "labelled_frauds"),
+    ("days", "Days the shared labelled transactions cover", "days"),
+)
+LIVE_VERDICTS = ("challenger better", "champion holds", "insufficient evidence")
 
 
 class MonitorCollector(Collector):
@@ -50,3 +72,31 @@ class MonitorCollector(Collector):
                 "Drift score of the predicted fraud probability in the last monitor run",
                 value=summary.prediction_drift_score,
             )
+        yield from live_gauges(summary)
+
+
+def live_gauges(summary: MonitorSummary) -> Iterator[GaugeMetricFamily]:
+    """The last monitor run's champion-against-challenger figures (none when its window held
+    no transaction both scored): per model with the label `model_role`, the rest unlabelled."""
+    live = summary.live
+    if not live:
+        return
+    for name, help_text in LIVE_PER_ROLE:
+        gauge = GaugeMetricFamily(
+            f"fraudflow_live_{name}", f"{help_text} (last monitor run)", labels=["model_role"]
+        )
+        for role in ("champion", "challenger"):
+            gauge.add_metric([role], float(live[role][name]))
+        yield gauge
+    for name, help_text, key in LIVE_SHARED:
+        yield GaugeMetricFamily(
+            f"fraudflow_live_{name}", f"{help_text} (last monitor run)", value=float(live[key])
+        )
+    verdict = GaugeMetricFamily(
+        "fraudflow_live_verdict",
+        "The last monitor run's live comparison verdict (1 for the current one)",
+        labels=["verdict"],
+    )
+    for name in LIVE_VERDICTS:
+        verdict.add_metric([name.replace(" ", "_")], 1.0 if live["verdict"] == name else 0.0)
+    yield verdict

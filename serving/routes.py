@@ -192,6 +192,8 @@ def predict() -> Response:
         transactions, model, explain, challenger, svc.canary(challenger)
     )
     latency_ms = (time.perf_counter() - started) * 1000
+    if challenger is not None:
+        svc.count_canary(predictions, latency_ms)
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     records = []
     for tx, prediction in zip(transactions, predictions):

@@ -12,9 +12,10 @@ from pipelines.settings import Settings
 from pipelines.state.protocol import OnlineState
 from serving.auth import Credentials
 from serving.canary import in_canary
+from serving.canary_guard import CanaryGuard
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ChallengerHolder, ModelHolder, ServedModel
-from serving.predictor import Predictor
+from serving.predictor import Prediction, Predictor
 
 EXTENSION = "fraudflow"
 
@@ -30,6 +31,8 @@ class Service:
     credentials: Credentials
     # the @challenger's holder; None with serving.challenger.mode off
     challenger: ChallengerHolder | None = None
+    # stops the canary when the challenger leaves the band (serving.challenger.mode canary)
+    guard: CanaryGuard | None = None
 
     def challenger_model(self, champion: ServedModel) -> ServedModel | None:
         """The challenger to score beside `champion` now: loaded, and another version."""
@@ -43,7 +46,9 @@ class Service:
     def canary(self, challenger: ServedModel | None) -> Callable[[str], bool] | None:
         """Which cards the challenger decides for (canary mode, its canary not stopped)."""
         settings = self.settings.serving.challenger
-        if challenger is None or settings.mode != "canary":
+        if challenger is None or settings.mode != "canary" or self.guard is None:
+            return None
+        if not self.guard.is_open(challenger.version):
             return None
         percent = settings.canary_percent
         return lambda customer_id: in_canary(customer_id, percent)
@@ -73,7 +78,30 @@ class Service:
         )
         if settings.mode == "canary":
             body["canary_percent"] = settings.canary_percent
+            if self.guard is not None and model is not None:
+                body["canary"] = {
+                    "open": scored and self.guard.is_open(model.version),
+                    "stopped": self.guard.stop_record(model.version),
+                }
         return body
+
+    def count_canary(self, predictions: list[Prediction], latency_ms: float) -> None:
+        """Tell the canary guard what each role decided in this request (canary mode)."""
+        if self.guard is None or not predictions or predictions[0].challenger is None:
+            return
+        version = predictions[0].challenger.version
+        tried = [p for p in predictions if p.model_role == "challenger" or p.challenger_failed]
+        kept = [p for p in predictions if p.model_role == "champion" and not p.challenger_failed]
+        for role, share in (("champion", kept), ("challenger", tried)):
+            if share:
+                self.guard.observe(
+                    version,
+                    role,
+                    len(share),
+                    sum(p.challenger_failed for p in share),
+                    sum(p.decision == "decline" and p.model_role == role for p in share),
+                    latency_ms,
+                )
 
 
 def service() -> Service:

@@ -285,8 +285,12 @@ def test_prometheus_scrapes_every_target_and_reaches_alertmanager(stack, served)
 
 
 def test_every_dashboard_query_returns_data(stack, served) -> None:
+    """Every query, but the champion-against-challenger panels' while the monitor's last run
+    compared no challenger (their gauges exist only with one: serving/monitor_metrics.py)."""
     empty = []
     for expr in dashboard_expressions():
+        if "fraudflow_live_" in expr and "live" not in served:
+            continue
         result = prom_query(stack["prometheus"], expr, start=stack["started"])
         if not any(series["values"] for series in result):
             empty.append(expr)

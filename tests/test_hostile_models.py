@@ -10,21 +10,17 @@ tags are those of the good file (a file damaged after it was logged).
 
 from __future__ import annotations
 
-import json
-import re
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-
-import mlflow
 import pytest
 import requests
 
-from pipelines.mlflow import store
-from pipelines.mlflow.models import PYFUNC_CODE
 from pipelines.mlflow.promotion import set_stage
-from pipelines.model import BOOSTER_FILE, BOOSTER_SHA256_TAG, META_FILE, file_hashes, sha256_bytes
-from tests.support.models import train_and_register
+from tests.support.models import (
+    child_out_of_range,
+    cut_short,
+    one_token,
+    register_altered,
+    train_and_register,
+)
 from tests.support.processes import poll_until
 from tests.support.servers import gunicorn_api, worker_gauge
 from tests.support.settings import make_settings, write_config
@@ -37,73 +33,6 @@ NAME = "fraud-detector"
 
 def tx(i: int) -> dict:
     return api_transaction(i, "h")
-
-
-def one_token(text: str) -> str:
-    """The first split_feature value replaced by another number: one token, and the tree
-    sizes no longer agree with the trees (LightGBM aborts on it inside a parallel region)."""
-    return re.sub(r"split_feature=\d+", "split_feature=12345", text, count=1)
-
-
-def child_out_of_range(text: str) -> str:
-    """The first left child far past the tree, with tree_sizes made to agree (LightGBM reads
-    outside the tree when it scores)."""
-    return with_tree_sizes(re.sub(r"left_child=-?\d+", "left_child=1000000", text, count=1))
-
-
-def with_tree_sizes(text: str) -> str:
-    """`text` with its header's tree_sizes made to agree with its tree blocks."""
-    start, end = text.index("\nTree=") + 1, text.index("end of trees\n")
-    blocks = re.split(r"(?=^Tree=)", text[start:end], flags=re.M)
-    sizes = " ".join(str(len(block)) for block in blocks if block)
-    return (
-        re.sub(r"^tree_sizes=.*$", f"tree_sizes={sizes}", text[:start], flags=re.M) + text[start:]
-    )
-
-
-def cut_short(text: str) -> str:
-    """Cut in the middle of the last tree (LightGBM loads it as a model one tree smaller)."""
-    last = text.rindex("\nTree=")
-    return text[: last + (text.index("end of trees") - last) // 2]
-
-
-def register_altered(
-    settings, good: str, alter: Callable[[str], str], tags_from_good: bool = False
-) -> str:
-    """A version holding the good version's files with the booster altered, its meta.json and
-    hash tags made to match the altered file (or those of the good files)."""
-    store.use_store(settings)
-    folder = Path(tempfile.mkdtemp())
-    files = {
-        name: Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{NAME}/{good}/artifacts/{name}", dst_path=str(folder)
-            )
-        )
-        for name in (BOOSTER_FILE, META_FILE)
-    }
-    good_hashes = file_hashes(files[BOOSTER_FILE], files[META_FILE])
-    altered = alter(files[BOOSTER_FILE].read_text())
-    files[BOOSTER_FILE].write_text(altered)
-    if not tags_from_good:
-        meta = json.loads(files[META_FILE].read_text())
-        meta[BOOSTER_SHA256_TAG] = sha256_bytes(altered.encode())
-        files[META_FILE].write_text(json.dumps(meta))
-    client = store.client(settings)
-    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
-    with mlflow.start_run(experiment_id=experiment.experiment_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PYFUNC_CODE),
-            artifacts={"booster": str(files[BOOSTER_FILE]), "meta": str(files[META_FILE])},
-            registered_model_name=NAME,
-            pip_requirements=["mlflow"],
-        )
-    version = str(info.registered_model_version)
-    hashes = good_hashes if tags_from_good else file_hashes(files[BOOSTER_FILE], files[META_FILE])
-    for name, tag in (("booster.txt", "booster_sha256"), ("meta.json", "meta_sha256")):
-        client.set_model_version_tag(NAME, version, tag, hashes[name])
-    return version
 
 
 @pytest.fixture(scope="module")

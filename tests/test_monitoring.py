@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from drift.decision import decide
+from drift.monitor import scored_by_champion
 from drift.performance import Performance, assess_performance
 from drift.report import drift_report
 from drift.report_parse import ReportFormatError, is_drifted, parse
@@ -24,6 +25,7 @@ from pipelines.log.reader import MonitoringInputError, log_files, read_predictio
 from pipelines.log.record import log_folder
 from pipelines.log.traffic import attach_labels, labels_from_file
 from pipelines.mlflow import store
+from pipelines.mlflow.promotion import set_challenger
 from pipelines.monitor_summary import Verdict
 from pipelines.settings import load_settings
 from pipelines.state.factory import open_state
@@ -268,11 +270,14 @@ def test_traffic_like_training_gives_no_drift_and_no_retraining(world, tmp_path:
     assert summary["drift"]["drifted_share"] < settings.monitoring.drift_share
     assert not summary["drift"]["score"]["drifted"]
     assert "retrain" not in summary
+    assert "live" not in summary  # no challenger served: no comparison anywhere
+    assert "Champion vs challenger" not in Path(summary["report"]).read_text()
     client = store.client(settings)
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
     run = client.get_run(summary["run_id"])
     assert run.data.tags["verdict"] == "no_drift" and run.data.tags["model_version"] == version
     assert "retrain_run_id" not in run.data.tags
+    assert not [m for m in run.data.metrics if m.startswith("live_")]
     assert run.data.metrics["torn_log_records"] == 1
     latest = json.loads(settings.monitor_latest.read_text())
     assert latest["run_id"] == summary["run_id"]
@@ -285,6 +290,7 @@ def test_traffic_like_training_gives_no_drift_and_no_retraining(world, tmp_path:
     share = summary["drift"]["drifted_share"]
     assert f"fraudflow_drift_share {share}" in text
     assert "fraudflow_prediction_drift_score " in text
+    assert "fraudflow_live_" not in text
 
 
 def test_shifted_amounts_drift_and_trigger_a_linked_retraining(world, tmp_path: Path) -> None:
@@ -455,3 +461,89 @@ def test_retrain_by_hand_with_a_search_logs_nested_trials(world, tmp_path: Path)
     challenger = client.get_model_version(NAME, result["challenger_version"])
     assert challenger.run_id == result["training_run_id"]
     assert challenger.current_stage == ("Production" if result["promoted"] else "Staging")
+
+
+# --- champion and challenger on the same traffic --------------------------------------------
+
+
+def test_canary_rows_keep_the_champion_score_logged_beside_the_challenger(world) -> None:
+    """Rows the challenger answered carry the champion's own score: the monitor takes it
+    rather than re-scoring (these rows log no features: re-scoring them would fail)."""
+    _, _, _, champion, version, _ = world
+    logged = pd.DataFrame(
+        {
+            "model_version": ["7", version, "7"],
+            "fraud_probability": [0.9, 0.2, 0.8],
+            "champion_version": [version, version, version],
+            "champion_probability": [0.1, 0.2, 0.3],
+            "challenger_version": ["7", "7", "7"],
+            "challenger_probability": [0.9, 0.5, 0.8],
+        }
+    )
+    scored = scored_by_champion(logged, champion)
+    assert scored["fraud_probability"].tolist() == [0.1, 0.2, 0.3]
+    # after the challenger's promotion, its logged scores are the champion's
+    promoted = logged.assign(model_version="0", champion_version="0", challenger_version=version)
+    assert scored_by_champion(promoted, champion)["fraud_probability"].tolist() == [0.9, 0.5, 0.8]
+
+
+def test_a_window_scored_by_champion_and_challenger_is_compared_everywhere(
+    world, tmp_path: Path
+) -> None:
+    """Shadow and canary traffic (a fifth of the cards answered by the challenger, a small
+    real model): the summary, the report page, the monitoring run and /metrics carry the
+    champion-against-challenger figures, and performance is judged on the champion's scores."""
+    settings, history, traffic, champion, version, _ = world
+    small = make_settings(
+        settings.workdir, training={"max_rounds": 15, "lightgbm": {"num_leaves": 4}}
+    )
+    challenger, trained = train_and_register(history, small)
+    set_challenger(settings, challenger, "beside the champion", actor="test")
+    cards = sorted(traffic["customer_id"].astype(str).unique())[::5]
+    scored = log_traffic(
+        settings,
+        history,
+        traffic,
+        champion.scorer,
+        version,
+        challenger=(challenger, trained.scorer),
+        canary_cards=cards,
+    )
+    open_state(settings).add_labels(
+        [(t, int(y)) for t, y in scored[["transaction_id", "tx_fraud"]].itertuples(index=False)],
+        0,
+    )
+    code, summary = _monitor(settings, tmp_path)
+    assert code in (0, 1, 2)
+    live = summary["live"]
+    assert (live["champion_version"], live["challenger_version"]) == (version, challenger)
+    assert live["rows"] == live["labelled_rows"] == len(traffic)
+    assert live["labelled_frauds"] == int(traffic["tx_fraud"].sum()) and live["days"] == 1
+    assert live["verdict"] == "insufficient evidence"  # one day of a week asked for
+    assert "live evidence: 1 of 7 days" in live["reasons"]
+    assert live["ap_difference_low"] <= live["ap_difference"] <= live["ap_difference_high"]
+    assert 0 < live["agreement_rate"] <= 1 and live["score_psi"] >= 0
+    # performance on the champion's scores, though a fifth of the answers were the challenger's
+    production = summary["performance"]["production"]
+    assert production["average_precision"] == pytest.approx(live["champion"]["average_precision"])
+    page = Path(summary["report"]).read_text()
+    assert "Champion vs challenger" in page and f"challenger v{challenger}" in page
+    assert "insufficient evidence" in page and "src=" not in page and "<script" not in page
+    run = store.client(settings).get_run(summary["run_id"])
+    assert run.data.tags["live_challenger_version"] == challenger
+    assert run.data.tags["live_verdict"] == "insufficient evidence"
+    metrics = run.data.metrics
+    for role in ("champion", "challenger"):
+        assert metrics[f"live_{role}_average_precision"] == pytest.approx(
+            live[role]["average_precision"]
+        )
+    assert metrics["live_agreement_rate"] == pytest.approx(live["agreement_rate"])
+    assert run.data.metrics["live_ap_difference_low"] == pytest.approx(live["ap_difference_low"])
+    app = create_app(settings, start_polling=False)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    app.extensions["fraudflow"].holder.stop()
+    for role in ("champion", "challenger"):
+        value = live[role]["average_precision"]
+        assert f'fraudflow_live_average_precision{{model_role="{role}"}} {value}' in text
+    assert 'fraudflow_live_verdict{verdict="insufficient_evidence"} 1.0' in text
+    assert f"fraudflow_live_agreement_rate {live['agreement_rate']}" in text

@@ -27,13 +27,16 @@ import requests
 from pipelines.features import build_features, feature_names
 from pipelines.log.reader import read_predictions
 from pipelines.log.record import log_folder
+from pipelines.mlflow import store as registry
 from pipelines.mlflow.promotion import set_stage
 from pipelines.settings import Settings
+from serving.canary import in_canary
 from tests.support.models import train_and_register
 from tests.support.processes import BIN, clean_env, kill_group, poll_until, wait_for
 from tests.support.redis import RedisServer, redis_server
-from tests.support.servers import wait_every_worker
+from tests.support.servers import wait_every_worker, wait_every_worker_gauge
 from tests.support.settings import make_settings, write_config
+from tests.support.stack import prometheus_and_alertmanager
 
 pytestmark = [pytest.mark.multihost, pytest.mark.integration]
 WORKERS = 2
@@ -46,6 +49,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # /metrics on an exposed address needs its own token too
 METRICS_TOKEN = "multihost-metrics-token"
 SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+CANARY_PERCENT = 30.0
+NAME = "fraud-detector"
 
 
 @dataclass
@@ -150,6 +155,8 @@ class World:
     settings: Settings
     versions: tuple[str, str]
     network: str
+    # trained on inverted labels: it declines (nearly) every transaction
+    declines_all: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +168,8 @@ def world(tmp_path_factory, small_transactions) -> Iterator[World]:
     v2 = train_and_register(
         small_transactions, make_settings(store.workdir, training={"max_rounds": 40})
     )[0]
+    inverted = small_transactions.assign(tx_fraud=1 - small_transactions["tx_fraud"])
+    declines_all = train_and_register(inverted, store)[0]
     with ExitStack() as stack:
         hosts, network = stack.enter_context(network_hosts())
         also = tuple(sorted({h.redis_address for h in hosts} - {"127.0.0.1"}))
@@ -184,6 +193,21 @@ def world(tmp_path_factory, small_transactions) -> Iterator[World]:
                     ],
                     "metrics_token": {"sha256": hashlib.sha256(METRICS_TOKEN.encode()).hexdigest()},
                     "metrics_dir": str(work / "prom"),
+                    # no @challenger until the canary tests set one
+                    "challenger": {
+                        "mode": "canary",
+                        "canary_percent": CANARY_PERCENT,
+                        # judged on decisions and errors only: latency on a loaded machine
+                        # is no verdict a test can rely on
+                        "rollback": {
+                            "window_s": 60,
+                            "min_requests": 40,
+                            "decline_rate_band": 0.3,
+                            "p99_ratio": 1000,
+                            "p99_slack_ms": 600000,
+                            "check_interval_s": 0.5,
+                        },
+                    },
                 },
                 state={
                     "backend": "redis",
@@ -195,7 +219,7 @@ def world(tmp_path_factory, small_transactions) -> Iterator[World]:
             )
             config = write_config(root / f"host-{host.name}.yaml", host.settings)
             stack.enter_context(serve(host, config, v1))
-        yield World(hosts, redis, store, (v1, v2), network)
+        yield World(hosts, redis, store, (v1, v2), network, declines_all)
 
 
 def body(row) -> dict:
@@ -275,6 +299,128 @@ def test_a_promotion_is_picked_up_by_both_hosts(world) -> None:
     for host in world.hosts:
         wait_every_worker(host.url, WORKERS, v2, process=host.process, headers=SCRAPER)
         assert requests.get(f"{host.url}/model", timeout=30).json()["version"] == v2
+
+
+def set_challenger(world: World, version: str) -> None:
+    """@challenger on `version`; returns once every worker of both hosts has loaded it."""
+    registry.client(world.settings).set_registered_model_alias(NAME, "challenger", version)
+    for host in world.hosts:
+        wait_every_worker_gauge(
+            host.url,
+            "fraudflow_model_version",
+            WORKERS,
+            float(version),
+            process=host.process,
+            headers=SCRAPER,
+            role="challenger",
+        )
+
+
+def canary_stream(small_transactions: pd.DataFrame, prefix: str, cards: int) -> pd.DataFrame:
+    """The last 40 days of `cards` cards, with fresh transaction ids."""
+    end = small_transactions["tx_datetime"].max()
+    recent = small_transactions[small_transactions["tx_datetime"] > end - 40 * DAY]
+    chosen = recent["customer_id"].drop_duplicates().iloc[-cards:]
+    stream = recent[recent["customer_id"].isin(chosen)].reset_index(drop=True)
+    return stream.assign(transaction_id=prefix + stream["transaction_id"].astype(str))
+
+
+def test_a_canary_sends_every_transaction_of_a_card_to_one_model_on_both_hosts(
+    world, small_transactions
+) -> None:
+    """v1 (the former champion) as a canary challenger at 30 %: each card's transactions,
+    alternated between the hosts, are all answered by one model, the one its hash names."""
+    v1, v2 = world.versions
+    set_challenger(world, v1)
+    for host in world.hosts:
+        wait_every_worker_gauge(
+            host.url,
+            "fraudflow_canary_percent",
+            WORKERS,
+            CANARY_PERCENT,
+            process=host.process,
+            headers=SCRAPER,
+        )
+    stream = canary_stream(small_transactions, "can-", 60)
+    for i, row in enumerate(stream.itertuples()):
+        response = world.hosts[i % 2].predict(body(row))
+        assert response.status_code == 200, response.text
+        routed = in_canary(row.customer_id, CANARY_PERCENT)
+        assert response.json()["model"]["version"] == (v1 if routed else v2)
+    logged = pd.concat([host.logged() for host in world.hosts])
+    logged = logged[logged["transaction_id"].str.startswith("can-")]
+    assert len(logged) == len(stream)
+    assert (logged.groupby("customer_id")["model_version"].nunique() == 1).all()
+    assert set(logged["model_role"]) == {"champion", "challenger"}
+    for host in world.hosts:  # both hosts answered for canary cards
+        mine = host.logged()
+        assert (mine["model_role"] == "challenger").any()
+        assert requests.get(f"{host.url}/model", timeout=30).json()["challenger"]["canary"] == {
+            "open": True,
+            "stopped": None,
+        }
+
+
+def test_a_canary_that_declines_everything_rolls_back_by_itself_on_both_hosts(
+    world, small_transactions, tmp_path: Path
+) -> None:
+    """A challenger trained on inverted labels as the canary: once each role decided enough
+    transactions its decline rate leaves the band, the canary stops on every worker of both
+    hosts (one stop record in Redis), the champion decides for every card again, and the
+    alert fires in a real Prometheus scraping host A."""
+    a, _ = world.hosts
+    _, champion = world.versions
+    bad = world.declines_all
+    set_challenger(world, bad)
+    stream = canary_stream(small_transactions, "bad-", 200)
+    with prometheus_and_alertmanager(
+        tmp_path / "prometheus", f"{a.address}:{API_PORT}", METRICS_TOKEN
+    ) as (prometheus, _):
+
+        def stopped() -> tuple[bool, object]:
+            records = [
+                requests.get(f"{h.url}/model", timeout=30).json()["challenger"]["canary"]
+                for h in world.hosts
+            ]
+            return all(r["stopped"] for r in records), records
+
+        sent = 0
+        for start in range(0, len(stream), 20):
+            batch = [body(row) for row in stream.iloc[start : start + 20].itertuples()]
+            response = requests.post(
+                f"{world.hosts[sent % 2].url}/predict", json=batch, headers=AUTH, timeout=30
+            )
+            assert response.status_code == 200, response.text
+            sent += 1
+            if stopped()[0]:
+                break
+        poll_until(stopped, "the canary stopped on both hosts", 60)
+        records = [stopped()[1][0]["stopped"], stopped()[1][1]["stopped"]]
+        assert records[0] == records[1]  # one record, the first writer's
+        record = records[0]
+        assert record["version"] == bad and "decline rate" in record["reason"]
+        assert record["challenger"]["decline_rate"] > 0.9 > record["champion"]["decline_rate"]
+        for host in world.hosts:
+            for gauge, value in (
+                ("fraudflow_canary_rolled_back", 1.0),
+                ("fraudflow_canary_percent", 0.0),
+            ):
+                wait_every_worker_gauge(
+                    host.url, gauge, WORKERS, value, process=host.process, headers=SCRAPER
+                )
+        # back to shadow: the champion answers the canary's cards, the challenger is logged
+        after = canary_stream(small_transactions, "after-", 200)
+        routed = after[after["customer_id"].map(lambda c: in_canary(c, CANARY_PERCENT))]
+        for i, row in enumerate(routed.iloc[:40].itertuples()):
+            response = world.hosts[i % 2].predict(body(row))
+            assert response.json()["model"]["version"] == champion
+
+        def firing() -> tuple[bool, object]:
+            alerts = requests.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]
+            names = {x["labels"]["alertname"] for x in alerts["alerts"] if x["state"] == "firing"}
+            return "FraudflowCanaryRolledBack" in names, alerts
+
+        poll_until(firing, "FraudflowCanaryRolledBack firing", 90)
 
 
 def traffic(host: Host, prefix: str, stop: threading.Event, statuses: list) -> None:

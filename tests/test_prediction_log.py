@@ -12,13 +12,14 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.log import retention as log_retention
 from pipelines.log import writer as log_writer
 from pipelines.log.reader import MonitoringInputError, log_files, read_log
-from pipelines.log.record import log_file, record, writer_name
+from pipelines.log.record import RoleScore, log_file, record, writer_name
 from pipelines.log.retention import compact_closed, delete_older_than
 from pipelines.log.writer import PredictionLogError, PredictionLogWriter
 
@@ -217,6 +218,56 @@ def test_closed_days_are_compacted_to_parquet_and_read_the_same(tmp_path: Path) 
         assert not after.torn_files
         assert after.predictions.equals(frame), features
     assert compact_closed(tmp_path, now) == []  # nothing left to do
+
+
+def test_both_models_of_a_challenger_period_survive_compaction(tmp_path: Path) -> None:
+    """Records of a shadow or canary period carry both models; records before it do not. The
+    reader gives both kinds in one frame, from JSON lines and from their Parquet copy alike."""
+    old = datetime(2026, 11, 26, 9, tzinfo=timezone.utc)
+    plain = _records("p", 3, old)
+    paired = []
+    for i in range(4):
+        routed = i % 2 == 1
+        champion = RoleScore("3", 0.1 * i, "approve")
+        challenger = RoleScore("4", None, None) if i == 3 else RoleScore("4", 0.9, "decline")
+        answer = challenger if routed and challenger.probability is not None else champion
+        paired.append(
+            {
+                **_record(f"s{i}", old),
+                **record(
+                    logged_at=old.isoformat(timespec="milliseconds"),
+                    transaction_id=f"s{i}",
+                    tx_datetime=datetime(2018, 6, 1, 12),
+                    customer_id="c1",
+                    terminal_id="m1",
+                    tx_amount=12.0,
+                    feature_names=FEATURES,
+                    feature_values=[2.0, 0.5, 12.0],
+                    fraud_probability=answer.probability,
+                    decision=answer.decision,
+                    model_name="fraud-detector",
+                    model_version=answer.version,
+                    latency_ms=1.5,
+                    resent=False,
+                    model_role="challenger" if answer is challenger else "champion",
+                    champion=champion,
+                    challenger=challenger,
+                ),
+            }
+        )
+    _write_day(tmp_path, "2026-11-26", "h-1", plain + paired)
+    window = (old - timedelta(days=1), old + timedelta(days=1))
+    before = read_log(tmp_path, *window).predictions
+    assert before["challenger_version"].isna().sum() == 3
+    rows = before.set_index("transaction_id")
+    assert rows.loc["s1", "model_role"] == "challenger" and rows.loc["s1", "model_version"] == "4"
+    assert rows.loc["s1", "champion_probability"] == 0.1
+    assert pd.isna(rows.loc["s3", "challenger_probability"])
+    assert rows.loc["s3", "model_role"] == "champion"  # the challenger failed: champion answered
+    compact_closed(tmp_path, datetime(2026, 11, 28, 3, tzinfo=timezone.utc))
+    assert list(tmp_path.glob("*.parquet")) and not list(tmp_path.glob("*.jsonl"))
+    after = read_log(tmp_path, *window).predictions
+    pd.testing.assert_frame_equal(after, before)
 
 
 def test_a_day_is_closed_only_after_its_grace(tmp_path: Path) -> None:

@@ -180,6 +180,7 @@ def read_log(
     since: datetime | None = None,
     until: datetime | None = None,
     features: Sequence[str] | None = None,
+    roles: bool = False,
 ) -> LogRead:
     """Logged predictions of [since, until) by logging time (all without a range), one row
     per transaction (a re-sent transaction keeps its first scoring), features as plain
@@ -188,9 +189,10 @@ def read_log(
     naming the file.
 
     `features`: the feature names to read (none: only the raw fields and the score); by
-    default every field of the records, as found.
+    default every field of the records, as found. `roles`: with named features, also the
+    champion's and challenger's fields (null in records written without a challenger).
     """
-    schema = None if features is None else log_schema(features)
+    schema = None if features is None else log_schema(features, roles)
     tables, torn = [], []
     for path in log_files(folder, since, until):
         if not path.stat().st_size:
@@ -234,6 +236,7 @@ def read_predictions(
     since: datetime | None = None,
     until: datetime | None = None,
     features: Sequence[str] | None = None,
+    roles: bool = False,
 ) -> pd.DataFrame:
     """`read_log`'s predictions (see there)."""
-    return read_log(folder, since, until, features).predictions
+    return read_log(folder, since, until, features, roles).predictions

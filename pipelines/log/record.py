@@ -155,8 +155,11 @@ ROLE_FIELDS = (
 )
 
 
-def log_schema(features: Sequence[str]) -> pa.Schema:
-    fields = [pa.field(name, kind) for name, kind in LOG_FIELDS]
+def log_schema(features: Sequence[str], roles: bool = False) -> pa.Schema:
+    """The fields a reader asks for: the known ones, the named features and, with `roles`,
+    the champion's and challenger's fields."""
+    known = LOG_FIELDS + ROLE_FIELDS if roles else LOG_FIELDS
+    fields = [pa.field(name, kind) for name, kind in known]
     if features:
         fields.append(pa.field("features", pa.struct([(f, pa.float64()) for f in features])))
     return pa.schema(fields)

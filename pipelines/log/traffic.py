@@ -4,10 +4,12 @@ online state, and from labelled files) joined with the prediction log."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
+from pipelines.live_evidence import shared_rows
 from pipelines.log.reader import MonitoringInputError, read_predictions
 from pipelines.log.record import log_folder
 from pipelines.settings import RAW_COLUMNS, Settings
@@ -72,3 +74,24 @@ def production_transactions(
     labelled = attach_labels(logged, label_sources(settings, extra_label_files))
     labelled = labelled.loc[labelled["tx_fraud"].notna().to_numpy(), [*RAW_COLUMNS, "tx_fraud"]]
     return labelled.astype({"tx_fraud": int})
+
+
+def live_traffic(
+    settings: Settings,
+    since: datetime,
+    until: datetime,
+    champion_version: str,
+    challenger_version: str,
+    extra_label_files: Sequence[Path] = (),
+) -> pd.DataFrame:
+    """The transactions logged in [since, until) that the champion version and the challenger
+    version both scored (shadow or canary), late labels joined (NaN where none arrived yet):
+    the input of `pipelines.live_evidence.compare_live`."""
+    logged = read_predictions(log_folder(settings), since, until, features=(), roles=True)
+    shared = shared_rows(logged, champion_version, challenger_version)
+    if shared.empty:
+        return shared
+    labelled = attach_labels(
+        shared.drop(columns="tx_fraud"), label_sources(settings, extra_label_files)
+    )
+    return labelled[shared.columns]

@@ -7,6 +7,11 @@ labelled period. Aliases keep no history, so every decision is also recorded as 
 promotion experiment (who, what, when, why, the metrics it was decided on) and as version tags.
 With `integrity.model_key`, a version is signed (its booster and meta, as stored) before it is
 placed in Production: an API holding the key serves no version promoted any other way.
+
+With `promotion.live_evidence.required`, `promote_if_better` judges the challenger (the
+`mlflow.challenger_alias` version, scored beside the champion on live traffic) and asks, besides
+the gates, that its live record beat the champion's (`pipelines.live_evidence`); the decision
+cites that record. A challenger is placed by `set_challenger` (signed like a champion).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import getpass
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +29,13 @@ from mlflow.tracking import MlflowClient
 from pipelines.evaluate import evaluate_scores, known_compromised
 from pipelines.features import build_features
 from pipelines.integrity import MODEL_SIGNATURE_TAG, read_key, sign_model
+from pipelines.live_evidence import LiveComparison, compare_live, flat_metrics
+from pipelines.log.traffic import live_traffic
 from pipelines.mlflow import models, runs, store
 from pipelines.mlflow.registry import (
     PromotionError,
     append_description,
+    challenger_version,
     champion_version,
     get_version,
     newest_version,
@@ -60,6 +68,10 @@ class PromotionDecision:
     # the promotion gates' verdict on the version's test metrics, where the gates did not
     # decide (a gesture outside fraudflow): "passed", or "failed: ..." for a human override
     gates: str | None = None
+    # passes every gate it was judged by (promoted, or waiting for a person or live evidence)
+    qualified: bool = False
+    # the live comparison with the champion it was judged on (`LiveComparison.as_dict`)
+    live_evidence: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -100,7 +112,41 @@ def apply_decision(
     holder = champion_version(client, name, alias)
     holds_alias = holder is not None and str(holder.version) == decision.version
     place(client, settings, decision.version, decision.stage, holds_alias)
+    if decision.stage == "Production":
+        challenger = challenger_version(client, settings)
+        if challenger is not None and str(challenger.version) == decision.version:
+            # the challenger is the champion now: nothing is scored beside it until a new one
+            client.delete_registered_model_alias(name, settings.mlflow.challenger_alias)
     record_promotion(client, settings, decision, actor)
+
+
+def set_challenger(
+    settings: Settings, version: str, reason: str, actor: str | None = None, gesture: str = "cli"
+) -> PromotionDecision:
+    """Place a version as the challenger (`mlflow.challenger_alias`): the API scores it beside
+    the champion (shadow or canary) until live evidence decides. Signed first when a model key
+    is configured, as a champion is, since a canary challenger answers. Recorded like a
+    promotion, with the stage "Challenger"."""
+    client = store.client(settings)
+    name = settings.mlflow.model_name
+    target = get_version(client, name, version)
+    champion = served_version(client, settings)
+    if champion is not None and str(champion.version) == str(target.version):
+        raise PromotionError(
+            f"{name} v{target.version} is the champion: a challenger must be another version"
+        )
+    sign_version(client, settings, str(target.version))
+    client.set_registered_model_alias(name, settings.mlflow.challenger_alias, str(target.version))
+    decision = PromotionDecision(
+        version=str(target.version),
+        stage="Challenger",
+        promoted=False,
+        reason=reason,
+        champion_before=str(champion.version) if champion else None,
+        gesture=gesture,
+    )
+    record_promotion(client, settings, decision, actor)
+    return decision
 
 
 def sign_version(client: MlflowClient, settings: Settings, version: str) -> str | None:
@@ -143,6 +189,8 @@ def record_promotion(
     )
     metrics = {f"candidate_{k}": v for k, v in decision.candidate_metrics.items()}
     metrics.update({f"champion_{k}": v for k, v in decision.champion_metrics.items()})
+    if decision.live_evidence:
+        metrics.update(flat_metrics(decision.live_evidence))
     run_id = runs.log_promotion(
         settings,
         decision.version,
@@ -156,6 +204,7 @@ def record_promotion(
             "champion_before": decision.champion_before or "",
             "gesture": decision.gesture,
             "gates": decision.gates or "",
+            "live_verdict": decision.live_evidence.get("verdict", ""),
         },
         metrics,
         decision.as_dict(),
@@ -269,6 +318,49 @@ def training_gate_failures(test_metrics: dict[str, float], gates: dict[str, floa
     return gate_failures(test_metrics, gates)
 
 
+def live_comparison(
+    settings: Settings, champion: str, challenger: str, until: datetime | None = None
+) -> LiveComparison:
+    """The two versions' record on the prediction log of the last `window_days` days (to
+    `until`, default now), labels as they have arrived."""
+    evidence = settings.promotion.live_evidence
+    until = until or datetime.now(timezone.utc)
+    since = until - timedelta(days=evidence.window_days)
+    shared = live_traffic(settings, since, until, champion, challenger)
+    return compare_live(shared, champion, challenger, settings.training.card_precision_k, evidence)
+
+
+def _candidate(client: MlflowClient, settings: Settings, version: str | None, live: bool):
+    """The version judged: the one asked for; else the challenger on live evidence, the
+    newest version otherwise."""
+    name = settings.mlflow.model_name
+    if version is not None:
+        return get_version(client, name, version)
+    if not live:
+        return newest_version(client, name)
+    found = challenger_version(client, settings)
+    if found is None:
+        raise PromotionError(
+            f"live evidence is required and no version of {name!r} is the challenger "
+            f"(@{settings.mlflow.challenger_alias}): set one with `fraudflow promote --version N "
+            "--challenger`, or let `fraudflow retrain` set it"
+        )
+    return found
+
+
+def _waiting(settings: Settings, version: str) -> str:
+    """What a qualified candidate that is not promoted now waits for."""
+    if settings.promotion.live_evidence.required:
+        return (
+            f"; live evidence is required: waits as @{settings.mlflow.challenger_alias}, scored "
+            "beside the champion, until `fraudflow promote --auto` finds its live record better"
+        )
+    return (
+        "; automatic promotion is off: waits in Staging for a person to promote it "
+        f"(MLflow UI, or fraudflow promote --version {version} --stage Production)"
+    )
+
+
 def promote_if_better(
     settings: Settings,
     transactions: pd.DataFrame,
@@ -276,16 +368,17 @@ def promote_if_better(
     candidate_version: str | None = None,
     auto_promote: bool = True,
     features: pd.DataFrame | None = None,
+    live_evidence: bool | None = None,
 ) -> PromotionDecision:
-    """Promote a candidate (default: the newest version) only if it passes the gates and beats
-    the version in service on the same recent labelled period. With `auto_promote` off, a
-    candidate that qualifies waits in Staging for a person to promote it."""
+    """Promote a candidate only if it passes the gates and beats the version in service on
+    the same recent labelled period; with `live_evidence` (default:
+    `promotion.live_evidence.required`), the candidate is the challenger (unless named) and its
+    live record beside the champion must beat the champion's too. With `auto_promote` off, a
+    candidate that qualifies waits in Staging."""
     client = store.client(settings)
     name = settings.mlflow.model_name
-    if candidate_version is None:
-        candidate = newest_version(client, name)
-    else:
-        candidate = get_version(client, name, candidate_version)
+    live = settings.promotion.live_evidence.required if live_evidence is None else live_evidence
+    candidate = _candidate(client, settings, candidate_version, live)
     champion = served_version(client, settings)
     if champion is not None and str(champion.version) == str(candidate.version):
         return PromotionDecision(
@@ -302,6 +395,7 @@ def promote_if_better(
     failures = gate_failures(candidate_metrics, settings.promotion.gates)
     champion_metrics: dict[str, float] = {}
     metric, margin = settings.promotion.compare_metric, settings.promotion.min_improvement
+    evidence: LiveComparison | None = None
     if champion is not None:
         champion_metrics = evaluate_on(f"models:/{name}/{champion.version}", period, settings)
         if not candidate_metrics[metric] >= champion_metrics[metric] + margin:
@@ -309,6 +403,9 @@ def promote_if_better(
                 f"{metric} {candidate_metrics[metric]:.4f} does not beat champion "
                 f"v{champion.version} ({champion_metrics[metric]:.4f}) by {margin:.4f}"
             )
+        if live:
+            evidence = live_comparison(settings, str(champion.version), str(candidate.version))
+            failures += list(evidence.reasons)
     promoted = not failures and auto_promote
     if not failures:
         against = f"champion v{champion.version}" if champion else "no champion"
@@ -316,14 +413,14 @@ def promote_if_better(
             f"auto: passes gates and {metric} {candidate_metrics[metric]:.4f} vs {against} "
             f"on {window['eval_start']}..{window['eval_end']}"
         )
+        if live and champion is None:
+            reason += "; no champion to compare with on live traffic"
         if not auto_promote:
-            reason += (
-                "; automatic promotion is off: waits in Staging for a person to promote it "
-                f"(MLflow UI, or fraudflow promote --version {candidate.version} "
-                "--stage Production)"
-            )
+            reason += _waiting(settings, str(candidate.version))
     else:
         reason = "auto: held in Staging: " + "; ".join(failures)
+    if evidence is not None:
+        reason += f" ({evidence.summary_line()})"
     decision = PromotionDecision(
         version=str(candidate.version),
         stage="Production" if promoted else "Staging",
@@ -334,6 +431,8 @@ def promote_if_better(
         champion_metrics=champion_metrics,
         eval_window=window,
         gesture="auto",
+        qualified=not failures,
+        live_evidence=evidence.as_dict() if evidence is not None else {},
     )
     apply_decision(client, settings, decision, actor)
     return decision

@@ -54,6 +54,23 @@ def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersio
         return None
 
 
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version an alias names; None when the alias (or the model) does not exist. Other
+    failures (a registry outage) raise: a reader keeps what it has."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def challenger_version(client: MlflowClient, settings: Settings) -> ModelVersion | None:
+    """The version `mlflow.challenger_alias` points to (scored beside the champion), or None.
+    A registry outage raises."""
+    return alias_version(client, settings.mlflow.model_name, settings.mlflow.challenger_alias)
+
+
 def served_version(client: MlflowClient, settings: Settings) -> ModelVersion | None:
     """The version in service, as `mlflow.model_source` says: the Production stage, the
     champion alias, or (`markers`) whichever of the two names a version, the alias when they

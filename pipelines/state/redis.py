@@ -13,7 +13,11 @@ Keys (under `key_prefix`), each expiring `retention` after its last write:
   `<seq, 16 digits>|<ts_ms>|<amount>` / `<seq>|<ts_ms>|<transaction id>`, so that members of
   one millisecond sort by arrival; rows older than the retention (in transaction time) are
   trimmed on each write;
-- `label:<id>`: a received label, "0" or "1" (it may arrive before its transaction).
+- `label:<id>`: a received label, "0" or "1" (it may arrive before its transaction);
+- `canary:<version>:<bucket start s>`: the canary guard's counters of a challenger version in
+  a time bucket, a hash of `<role>|<counter>` added to by every worker (HINCRBY), expiring
+  `keep_s` after the bucket's last write; `canary-stop:<version>`: the version's stop record
+  (JSON, SET NX: the first writer wins; no expiry, it is one small key per version).
 
 The script derives label and transaction keys from what it reads, so it needs one Redis server
 (or a primary with replicas / Sentinel), not Redis Cluster.
@@ -21,9 +25,11 @@ The script derives label and transaction keys from what it reads, so it needs on
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +39,15 @@ from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
 from redis.retry import Retry
 
 from pipelines.settings import Settings
-from pipelines.state.protocol import DAY_MS, LABEL_COLUMNS, History, StateUnavailable
+from pipelines.state.protocol import (
+    DAY_MS,
+    LABEL_COLUMNS,
+    CanaryWindow,
+    History,
+    RoleCounts,
+    StateUnavailable,
+    stop_record_from_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +298,51 @@ class RedisOnlineState:
             if value is not None:  # expired between SCAN and MGET
                 ids.append(key[skip:].decode())
                 values.append(int(value))
+
+    def add_canary_counts(
+        self, version: str, bucket_s: int, counts: Mapping[str, RoleCounts], keep_s: int
+    ) -> None:
+        """Add a worker's counts to a bucket (one hash) and let the bucket expire `keep_s`
+        after this write: one round trip (MULTI/EXEC)."""
+        key = f"{self.prefix}canary:{version}:{int(bucket_s)}"
+        with _redis_errors("add_canary_counts"):
+            pipe = self.client.pipeline(transaction=True)
+            for role, figures in counts.items():
+                for counter, count in figures.counters().items():
+                    pipe.hincrby(key, f"{role}|{counter}", count)
+            pipe.expire(key, max(1, int(keep_s)))
+            pipe.execute()
+
+    def canary_window(self, version: str, bucket_starts: Sequence[int]) -> CanaryWindow:
+        """Each role's counts summed over the given buckets, and the version's stop record:
+        one round trip (a pipeline of HGETALLs and a GET)."""
+        with _redis_errors("canary_window"):
+            pipe = self.client.pipeline(transaction=False)
+            for start in bucket_starts:
+                pipe.hgetall(f"{self.prefix}canary:{version}:{int(start)}")
+            pipe.get(f"{self.prefix}canary-stop:{version}")
+            *buckets, stop = pipe.execute()
+        counters: dict[str, dict[str, int]] = {}
+        for bucket in buckets:
+            for name, count in bucket.items():
+                role, _, counter = name.decode().partition("|")
+                role_counters = counters.setdefault(role, {})
+                role_counters[counter] = role_counters.get(counter, 0) + int(count)
+        return CanaryWindow(
+            {role: RoleCounts.from_counters(values) for role, values in counters.items()},
+            None if stop is None else stop_record_from_text(version, stop),
+        )
+
+    def record_canary_stop(self, version: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Write the version's stop record unless one is there (SET NX) and read the one that
+        stands: one round trip (MULTI/EXEC)."""
+        key = f"{self.prefix}canary-stop:{version}"
+        with _redis_errors("record_canary_stop"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(key, json.dumps(dict(record), sort_keys=True), nx=True)
+            pipe.get(key)
+            _, standing = pipe.execute()
+        return stop_record_from_text(version, standing)
 
     def check(self) -> None:
         """Raise StateUnavailable unless Redis answers and is not loading."""

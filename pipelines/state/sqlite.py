@@ -3,17 +3,27 @@ restarts): the embedded default, for one host. Its schema and the migration of o
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipelines.settings import Settings
-from pipelines.state.protocol import DAY_MS, LABEL_COLUMNS, History
+from pipelines.state.protocol import (
+    DAY_MS,
+    LABEL_COLUMNS,
+    CanaryWindow,
+    History,
+    RoleCounts,
+    stop_record_from_text,
+)
 
 SCHEMA = (
     # seq is the arrival order: rows are never deleted, so a plain INTEGER PRIMARY KEY only grows
@@ -32,6 +42,21 @@ SCHEMA = (
         transaction_id TEXT PRIMARY KEY,
         label INTEGER NOT NULL CHECK (label IN (0, 1)),
         received_ms INTEGER NOT NULL
+    )""",
+    # the canary guard's counters: one row per counter of a role in a time bucket, added to by
+    # every worker of the host; buckets older than the window go as counts are added
+    """CREATE TABLE IF NOT EXISTS canary_counts (
+        bucket_s INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        role TEXT NOT NULL,
+        counter TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (bucket_s, version, role, counter)
+    ) WITHOUT ROWID""",
+    # a challenger version's canary stop: written once, the first writer wins
+    """CREATE TABLE IF NOT EXISTS canary_stops (
+        version TEXT PRIMARY KEY,
+        record TEXT NOT NULL
     )""",
 )
 
@@ -253,6 +278,65 @@ class SqliteOnlineState:
     def labels(self) -> pd.DataFrame:
         """Every label received (`transaction_id`, `tx_fraud`)."""
         return read_sqlite_labels(self.path, self.timeout_s)
+
+    def add_canary_counts(
+        self, version: str, bucket_s: int, counts: Mapping[str, RoleCounts], keep_s: int
+    ) -> None:
+        """Add a worker's counts to a bucket and drop the buckets older than `keep_s` before
+        it, in one write transaction."""
+        rows = [
+            (bucket_s, version, role, counter, count)
+            for role, figures in counts.items()
+            for counter, count in figures.counters().items()
+        ]
+        db = self.connection
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO canary_counts (bucket_s, version, role, counter, count) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (bucket_s, version, role, counter) "
+                "DO UPDATE SET count = count + excluded.count",
+                rows,
+            )
+            db.execute("DELETE FROM canary_counts WHERE bucket_s < ?", (bucket_s - keep_s,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def canary_window(self, version: str, bucket_starts: Sequence[int]) -> CanaryWindow:
+        """Each role's counts summed over the given buckets, and the version's stop record."""
+        db = self.connection
+        starts = [int(start) for start in bucket_starts]
+        counters: dict[str, dict[str, int]] = {}
+        if starts:
+            rows = db.execute(
+                "SELECT role, counter, SUM(count) FROM canary_counts WHERE version = ? "
+                f"AND bucket_s IN ({','.join('?' * len(starts))}) GROUP BY role, counter",
+                [version, *starts],
+            ).fetchall()
+            for role, counter, total in rows:
+                counters.setdefault(role, {})[counter] = int(total)
+        stop = db.execute(
+            "SELECT record FROM canary_stops WHERE version = ?", (version,)
+        ).fetchone()
+        return CanaryWindow(
+            {role: RoleCounts.from_counters(values) for role, values in counters.items()},
+            None if stop is None else stop_record_from_text(version, stop[0]),
+        )
+
+    def record_canary_stop(self, version: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Write the version's stop record unless one is there; returns the one that stands."""
+        db = self.connection
+        db.execute(
+            "INSERT INTO canary_stops (version, record) VALUES (?, ?) "
+            "ON CONFLICT (version) DO NOTHING",
+            (version, json.dumps(dict(record), sort_keys=True)),
+        )
+        (text,) = db.execute(
+            "SELECT record FROM canary_stops WHERE version = ?", (version,)
+        ).fetchone()
+        return stop_record_from_text(version, text)
 
     def check(self) -> None:
         """A local file: nothing to reach."""

@@ -47,6 +47,7 @@ def evaluation_figures(
     ConfusionMatrixDisplay.from_predictions(
         labels.astype(int),
         (scores >= scorer.threshold).astype(int),
+        labels=[0, 1],  # both rows and columns even when the model flags all or nothing
         display_labels=["genuine", "fraud"],
         ax=ax,
         colorbar=False,

@@ -4,6 +4,11 @@ compared with the champion on the same most recent labelled period.
 Runs: a parent `retrain` run (tagged with what triggered it) holding the nested training run
 that registers the challenger (and, with `retraining.search`, one nested run per tried
 configuration). The gated decision is recorded in the promotion experiment as usual.
+
+A new version that passes the offline gates but is not promoted (automatic promotion off, or
+live evidence required: then retraining never promotes) becomes the challenger
+(`mlflow.challenger_alias`), scored beside the champion until a person or its live record
+decides.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import pandas as pd
 
 from pipelines.features import build_features
 from pipelines.mlflow import runs, store
-from pipelines.mlflow.promotion import PromotionDecision, promote_if_better
+from pipelines.mlflow.promotion import PromotionDecision, promote_if_better, set_challenger
 from pipelines.mlflow.registry import place, served_version
 from pipelines.settings import RAW_COLUMNS, Settings
 from pipelines.training import record
@@ -32,6 +37,8 @@ class RetrainResult:
     trigger: dict[str, str]
     rows: dict[str, int]
     trials: list[dict[str, Any]] = field(default_factory=list)
+    # the new version was made the challenger (scored beside the champion)
+    challenger: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +55,7 @@ class RetrainResult:
             "trigger": self.trigger,
             "rows": self.rows,
             "trials": self.trials,
+            "challenger": self.challenger,
         }
 
 
@@ -114,7 +122,9 @@ def retrain(
     data_path: str = "",
 ) -> RetrainResult:
     """Retrain on history + labelled production data, register the challenger (Staging), and
-    promote it only if it passes the gates and beats the champion by the configured margin."""
+    promote it only if it passes the gates and beats the champion by the configured margin;
+    with live evidence required, or automatic promotion off, a version that qualifies becomes
+    the challenger instead."""
     data = assemble(history, production)
     base, champion = champion_configuration(settings)
     rows = {
@@ -135,20 +145,32 @@ def retrain(
             result, chosen, description, version_tags
         )
     place(store.client(settings), settings, str(version.version), "Staging", False)
+    live_required = settings.promotion.live_evidence.required
     decision = promote_if_better(
         settings,
         data,
         actor="fraudflow retrain",
         candidate_version=str(version.version),
-        auto_promote=settings.retraining.auto_promote,
+        auto_promote=settings.retraining.auto_promote and not live_required,
         features=features,
+        live_evidence=False,  # a version just trained has no live record yet
     )
+    challenger = decision.qualified and not decision.promoted
+    if challenger:
+        set_challenger(
+            settings,
+            str(version.version),
+            f"retrained and passes the offline gates: {decision.reason}",
+            actor="fraudflow retrain",
+            gesture="auto",
+        )
     runs.tag_run(
         settings,
         run_id,
         {
             "challenger_version": str(version.version),
             "promoted": str(decision.promoted).lower(),
+            "challenger": str(challenger).lower(),
             "decision": decision.reason[:4000],
         },
     )
@@ -160,4 +182,5 @@ def retrain(
         trigger=trigger,
         rows=rows,
         trials=trials,
+        challenger=challenger,
     )

@@ -3,16 +3,24 @@ and copies of a store that share nothing with the original."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sqlite3
+import tempfile
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 
 from pipelines.backup.artifacts import relocate_files
 from pipelines.backup.sqlite_files import backup_sqlite, replace_text
+from pipelines.mlflow import store
+from pipelines.mlflow.models import PYFUNC_CODE
 from pipelines.mlflow.promotion import set_stage
+from pipelines.model import BOOSTER_FILE, BOOSTER_SHA256_TAG, META_FILE, file_hashes, sha256_bytes
 from pipelines.settings import Settings
 from pipelines.training.record import data_description, log_training_run
 from pipelines.training.train import TrainingResult, train_model
@@ -64,3 +72,71 @@ def copy_store(source: Path, target: Path) -> None:
             ).fetchone()[0]
         ]
     assert not left, f"the copied store still points at {old}: {left}"
+
+
+def one_token(text: str) -> str:
+    """The first split_feature value replaced by another number: one token, and the tree
+    sizes no longer agree with the trees (LightGBM aborts on it inside a parallel region)."""
+    return re.sub(r"split_feature=\d+", "split_feature=12345", text, count=1)
+
+
+def child_out_of_range(text: str) -> str:
+    """The first left child far past the tree, with tree_sizes made to agree (LightGBM reads
+    outside the tree when it scores)."""
+    return with_tree_sizes(re.sub(r"left_child=-?\d+", "left_child=1000000", text, count=1))
+
+
+def with_tree_sizes(text: str) -> str:
+    """`text` with its header's tree_sizes made to agree with its tree blocks."""
+    start, end = text.index("\nTree=") + 1, text.index("end of trees\n")
+    blocks = re.split(r"(?=^Tree=)", text[start:end], flags=re.M)
+    sizes = " ".join(str(len(block)) for block in blocks if block)
+    return (
+        re.sub(r"^tree_sizes=.*$", f"tree_sizes={sizes}", text[:start], flags=re.M) + text[start:]
+    )
+
+
+def cut_short(text: str) -> str:
+    """Cut in the middle of the last tree (LightGBM loads it as a model one tree smaller)."""
+    last = text.rindex("\nTree=")
+    return text[: last + (text.index("end of trees") - last) // 2]
+
+
+def register_altered(
+    settings, good: str, alter: Callable[[str], str], tags_from_good: bool = False
+) -> str:
+    """A version holding the good version's files with the booster altered, its meta.json and
+    hash tags made to match the altered file (or those of the good files)."""
+    name = settings.mlflow.model_name
+    store.use_store(settings)
+    folder = Path(tempfile.mkdtemp())
+    files = {
+        file: Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{good}/artifacts/{file}", dst_path=str(folder)
+            )
+        )
+        for file in (BOOSTER_FILE, META_FILE)
+    }
+    good_hashes = file_hashes(files[BOOSTER_FILE], files[META_FILE])
+    altered = alter(files[BOOSTER_FILE].read_text())
+    files[BOOSTER_FILE].write_text(altered)
+    if not tags_from_good:
+        meta = json.loads(files[META_FILE].read_text())
+        meta[BOOSTER_SHA256_TAG] = sha256_bytes(altered.encode())
+        files[META_FILE].write_text(json.dumps(meta))
+    client = store.client(settings)
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"booster": str(files[BOOSTER_FILE]), "meta": str(files[META_FILE])},
+            registered_model_name=name,
+            pip_requirements=["mlflow"],
+        )
+    version = str(info.registered_model_version)
+    hashes = good_hashes if tags_from_good else file_hashes(files[BOOSTER_FILE], files[META_FILE])
+    for file, tag in (("booster.txt", "booster_sha256"), ("meta.json", "meta_sha256")):
+        client.set_model_version_tag(name, version, tag, hashes[file])
+    return version

@@ -50,12 +50,14 @@ def wait_every_worker_gauge(
     timeout: float = 180.0,
     process=None,
     headers: dict[str, str] | None = None,
+    role: str = "champion",
 ) -> None:
-    """Until exactly `workers` live workers export gauge NAME, each equal to `value`: an answer
-    from one worker says nothing of the others (each polls the registry on its own)."""
+    """Until exactly `workers` live workers export gauge NAME (of `role`, for a gauge with a
+    `model_role` label), each equal to `value`: an answer from one worker says nothing of the
+    others (each polls the registry on its own)."""
 
     def check() -> tuple[bool, object]:
-        values = worker_gauge(url, name, headers)
+        values = worker_gauge(url, name, headers, role)
         return len(values) == workers and set(values.values()) == {value}, values
 
     poll_until(check, f"{name} = {value} on all {workers} workers", timeout, process)

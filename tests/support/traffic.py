@@ -4,12 +4,14 @@ equal to the online one in test_serving_gunicorn)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from pipelines.features import build_features
-from pipelines.log.record import log_folder, record
+from pipelines.log.record import RoleScore, log_folder, record
 from pipelines.log.writer import PredictionLogWriter
 from pipelines.model import FraudScorer
 from pipelines.settings import RAW_COLUMNS, Settings
@@ -36,6 +38,10 @@ def api_transaction(i: int, prefix: str) -> dict:
     }
 
 
+def _decision(probability: float, scorer: FraudScorer) -> str:
+    return "review" if probability >= scorer.threshold else "approve"
+
+
 def log_traffic(
     settings: Settings,
     history: pd.DataFrame,
@@ -43,39 +49,62 @@ def log_traffic(
     scorer: FraudScorer,
     model_version: str,
     logged_at: datetime | None = None,
+    challenger: tuple[str, FraudScorer] | None = None,
+    canary_cards: Collection[str] = (),
 ) -> pd.DataFrame:
     """Score `traffic` after `history` and append it to the prediction log; returns the
-    traffic with its features and probabilities."""
+    traffic with its features and probabilities. With `challenger` (its version and scorer),
+    both models score every transaction, as the API does beside a challenger: the challenger
+    answers for the cards in `canary_cards` (canary), the champion (`scorer`) for the rest."""
     combined = pd.concat([history, traffic], ignore_index=True)
     features = build_features(combined, settings.features).iloc[len(history) :]
     features.index = traffic.index
+    features = features[list(scorer.features)]
     probabilities = scorer.predict_proba(features)
+    other = None if challenger is None else challenger[1].predict_proba(features)
+    canary = traffic["customer_id"].astype(str).isin(set(canary_cards)).to_numpy()
+    answers = probabilities if other is None else np.where(canary, other, probabilities)
     when = (logged_at or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
-    records = [
-        record(
-            logged_at=when,
-            transaction_id=str(tx["transaction_id"]),
-            tx_datetime=tx["tx_datetime"].to_pydatetime(),
-            customer_id=str(tx["customer_id"]),
-            terminal_id=str(tx["terminal_id"]),
-            tx_amount=float(tx["tx_amount"]),
-            feature_names=list(row.index),
-            feature_values=row.astype(float).tolist(),
-            fraud_probability=float(probability),
-            decision="review" if probability >= scorer.threshold else "approve",
-            model_name=settings.mlflow.model_name,
-            model_version=model_version,
-            latency_ms=1.0,
-            resent=False,
+    records = []
+    for i, ((_, tx), (_, row)) in enumerate(zip(traffic.iterrows(), features.iterrows())):
+        roles = {}
+        answer_scorer, answer_version = scorer, model_version
+        if challenger is not None:
+            roles = {
+                "model_role": "challenger" if canary[i] else "champion",
+                "champion": RoleScore(
+                    model_version, float(probabilities[i]), _decision(probabilities[i], scorer)
+                ),
+                "challenger": RoleScore(
+                    challenger[0], float(other[i]), _decision(other[i], challenger[1])
+                ),
+            }
+            if canary[i]:
+                answer_version, answer_scorer = challenger
+        records.append(
+            record(
+                logged_at=when,
+                transaction_id=str(tx["transaction_id"]),
+                tx_datetime=tx["tx_datetime"].to_pydatetime(),
+                customer_id=str(tx["customer_id"]),
+                terminal_id=str(tx["terminal_id"]),
+                tx_amount=float(tx["tx_amount"]),
+                feature_names=list(row.index),
+                feature_values=row.astype(float).tolist(),
+                fraud_probability=float(answers[i]),
+                decision=_decision(answers[i], answer_scorer),
+                model_name=settings.mlflow.model_name,
+                model_version=answer_version,
+                latency_ms=1.0,
+                resent=False,
+                **roles,
+            )
         )
-        for (_, tx), (_, row), probability in zip(
-            traffic.iterrows(), features[list(scorer.features)].iterrows(), probabilities
-        )
-    ]
     log = PredictionLogWriter(log_folder(settings))
     log.write(records)
     log.close()
-    return traffic.assign(fraud_probability=probabilities)
+    scored = traffic.assign(fraud_probability=probabilities)
+    return scored if other is None else scored.assign(challenger_probability=other)
 
 
 def split_days(transactions: pd.DataFrame, days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
