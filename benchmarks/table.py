@@ -20,6 +20,7 @@ from benchmarks.wrk import wrk_version
 TARGETS_INV_RATIO = 10.0  # our /invocations ÷ mlflow serve throughput
 TARGETS_MLSERVER_RATIO = 3.0  # our /invocations ÷ MLServer throughput
 TARGETS_FLOOR_SHARE = 0.5  # our /predict ÷ hello throughput
+TARGETS_SHADOW_CPU = 1.25  # /predict server CPU per request, shadow on ÷ off (at most)
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -100,14 +101,16 @@ def render(
             f"{sum(r['valid'] for r in t.runs)}/{len(t.runs)} | {per_run} |"
         )
     by = {t.key: t for t in items}
-    inv = ratio(median_of(by["ours_inv"].runs, "rps"), median_of(by["mlflow_inv"].runs, "rps"))
-    floor = ratio(median_of(by["predict"].runs, "rps"), median_of(by["hello"].runs, "rps"))
-    seldon = ratio(median_of(by["ours_inv"].runs, "rps"), median_of(by["mlserver_inv"].runs, "rps"))
-    seldon_cpu = ratio(
-        median_of(by["mlserver_inv"].runs, "cpu_us"), median_of(by["ours_inv"].runs, "cpu_us")
-    )
-    p99_ours = median_of(by["ours_inv"].runs, "p99_us")
-    p99_theirs = median_of(by["mlflow_inv"].runs, "p99_us")
+
+    def med(key: str, field: str) -> float | None:
+        return median_of(by[key].runs, field) if key in by else None
+
+    inv = ratio(med("ours_inv", "rps"), med("mlflow_inv", "rps"))
+    floor = ratio(med("predict", "rps"), med("hello", "rps"))
+    seldon = ratio(med("ours_inv", "rps"), med("mlserver_inv", "rps"))
+    seldon_cpu = ratio(med("mlserver_inv", "cpu_us"), med("ours_inv", "cpu_us"))
+    p99_ours = med("ours_inv", "p99_us")
+    p99_theirs = med("mlflow_inv", "p99_us")
     p99_ok = p99_ours is not None and p99_theirs is not None and p99_ours < p99_theirs
 
     def verdict(value: float | None, goal: float, extra: bool = True) -> str:
@@ -119,16 +122,35 @@ def render(
     seldon_text = "—" if seldon is None else f"{seldon:.1f}×"
     seldon_cpu_text = "—" if seldon_cpu is None else f"{seldon_cpu:.1f}×"
     floor_text = "—" if floor is None else f"{floor:.0%}"
-    cpu = ratio(median_of(by["predict"].runs, "cpu_us"), median_of(by["hello"].runs, "cpu_us"))
+    cpu = ratio(med("predict", "cpu_us"), med("hello", "cpu_us"))
     cpu_text = "—" if cpu is None else f"{cpu:.1f}×"
-    floor_redis = ratio(
-        median_of(by["predict_redis"].runs, "rps"), median_of(by["hello"].runs, "rps")
-    )
+    floor_redis = ratio(med("predict_redis", "rps"), med("hello", "rps"))
     floor_redis_text = "—" if floor_redis is None else f"{floor_redis:.0%}"
-    cpu_redis = ratio(
-        median_of(by["predict_redis"].runs, "cpu_us"), median_of(by["hello"].runs, "cpu_us")
-    )
+    cpu_redis = ratio(med("predict_redis", "cpu_us"), med("hello", "cpu_us"))
     cpu_redis_text = "—" if cpu_redis is None else f"{cpu_redis:.1f}×"
+    headline = []
+    if "ours_inv" in by and "mlflow_inv" in by:
+        headline.append(
+            f"- our /invocations ÷ mlflow serve throughput: **{inv_text}** (target ≥ "
+            f"{TARGETS_INV_RATIO:.0f}×, with a lower p99: {ms(p99_ours)} vs {ms(p99_theirs)} "
+            f"ms) — {verdict(inv, TARGETS_INV_RATIO, p99_ok)}"
+        )
+    if "ours_inv" in by and "mlserver_inv" in by:
+        headline.append(
+            f"- our /invocations ÷ MLServer throughput: **{seldon_text}** (target ≥ "
+            f"{TARGETS_MLSERVER_RATIO:.0f}×; MLServer's CPU per request is {seldon_cpu_text} "
+            f"ours) — {verdict(seldon, TARGETS_MLSERVER_RATIO)}"
+        )
+    if "hello" in by and ("predict" in by or "predict_redis" in by):
+        headline += [
+            f"- our /predict ÷ hello floor throughput: **{floor_text}** on SQLite, "
+            f"**{floor_redis_text}** on Redis (target ≥ {TARGETS_FLOOR_SHARE:.0%}) — "
+            f"{verdict(floor, TARGETS_FLOOR_SHARE)} / {verdict(floor_redis, TARGETS_FLOOR_SHARE)}",
+            f"- server CPU per request (all processes of the server, wrk excluded), /predict ÷ "
+            f"hello: **{cpu_text}** on SQLite, **{cpu_redis_text}** on Redis (the Redis "
+            "server's CPU included) — what throughput ratios measure on an idle machine, but "
+            "unaffected by other jobs competing for the cores",
+        ]
     warm_rows = [
         "| online state | warm: rows | seconds | rows/s | state after it, MB | MB per million "
         "transactions |",
@@ -141,9 +163,11 @@ def render(
             f"{figures['rows_per_s']:,.0f} | {figures['bytes'] / 1e6:.1f} | {per_million:.0f} |"
         )
     invalid = [
-        f"- {t.label}, run {i + 1}: {r['errors']} of {r['requests']} requests"
+        f"- {t.label}, {kind}run {i + 1}: {r['errors']} of {r['requests']} requests"
+        + (f", generator lag p99 {r['lag_p99_us'] / 1000:.1f} ms" if r.get("stalled") else "")
         for t in items
-        for i, r in enumerate(t.runs)
+        for kind, runs in (("", t.runs), ("fixed-rate ", t.paced))
+        for i, r in enumerate(runs)
         if not r["valid"]
     ]
     lines = [
@@ -163,30 +187,24 @@ def render(
         f"{args.mlserver_workers}` (its LightGBM runtime, the same booster file). Each target: "
         f"`wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency --timeout "
         f"{args.timeout}s`, one "
-        f"{args.warmup} s warm-up, then {args.repeats} runs round-robin over the five targets "
+        f"{args.warmup} s warm-up, then {args.repeats} runs round-robin over the {len(items)} "
+        "targets "
         "(medians below; ✗ marks a run with socket errors or non-2xx answers, left out). "
         "hello gets a transaction-shaped JSON body; "
         f"/predict sends one raw transaction per request, every `transaction_id` new, "
         f"customer/terminal pairs drawn from the last 30 days of the {notes['history']} "
         f"warmed transactions, `tx_datetime` moving forward; both /invocations get the same "
-        f"one-row `dataframe_split` body and MLServer the same row as a V2 request (answers "
-        f"checked equal: p = {notes['probability']}).",
+        f"one-row `dataframe_split` body and MLServer the same row as a V2 request"
+        + (
+            f" (answers checked equal: p = {notes['probability']})."
+            if notes["probability"]
+            else "."
+        ),
         "",
         *rows,
         "",
-        f"- our /invocations ÷ mlflow serve throughput: **{inv_text}** (target ≥ "
-        f"{TARGETS_INV_RATIO:.0f}×, with a lower p99: {ms(p99_ours)} vs {ms(p99_theirs)} ms) — "
-        f"{verdict(inv, TARGETS_INV_RATIO, p99_ok)}",
-        f"- our /invocations ÷ MLServer throughput: **{seldon_text}** (target ≥ "
-        f"{TARGETS_MLSERVER_RATIO:.0f}×; MLServer's CPU per request is {seldon_cpu_text} ours) — "
-        f"{verdict(seldon, TARGETS_MLSERVER_RATIO)}",
-        f"- our /predict ÷ hello floor throughput: **{floor_text}** on SQLite, "
-        f"**{floor_redis_text}** on Redis (target ≥ {TARGETS_FLOOR_SHARE:.0%}) — "
-        f"{verdict(floor, TARGETS_FLOOR_SHARE)} / {verdict(floor_redis, TARGETS_FLOOR_SHARE)}",
-        f"- server CPU per request (all processes of the server, wrk excluded), /predict ÷ hello: "
-        f"**{cpu_text}** on SQLite, **{cpu_redis_text}** on Redis (the Redis server's CPU "
-        "included) — what throughput ratios measure on an idle machine, but unaffected "
-        "by other jobs competing for the cores",
+        *headline,
+        *challenger_section(items, notes, args),
         "",
         "`fraudflow warm` of the same history into each backend (its own timing, process "
         "start-up apart), and the state's size after it (SQLite: the database files; Redis: "
@@ -197,3 +215,147 @@ def render(
     if invalid:
         lines += ["", "Runs with errors (not measurements):", *invalid]
     return "\n".join(lines) + "\n"
+
+
+def round_ratios(
+    runs: list[dict[str, Any]], reference: list[dict[str, Any]], key: str
+) -> list[float | None]:
+    """KEY of each run ÷ KEY of the reference's run of the same round (None where either run
+    is not valid): ratios of runs measured a few seconds apart, one per round."""
+    return [
+        run[key] / ref[key] if run["valid"] and ref["valid"] and ref[key] else None
+        for run, ref in zip(runs, reference)
+    ]
+
+
+def challenger_section(
+    items: list[Target], notes: dict[str, Any], args: argparse.Namespace
+) -> list[str]:
+    """The lines on /predict with the challenger off, in shadow and in canary: the maximum runs
+    with their CPU ratios to the challenger-off figure, and the fixed-rate runs."""
+    by = {t.key: t for t in items}
+    keys = [k for k in ("predict", "predict_shadow", "predict_canary") if k in by]
+    if "predict" not in by or len(keys) < 2:
+        return []
+
+    def ms(micros: float | None) -> str:
+        return "—" if micros is None else f"{micros / 1000:.2f}"
+
+    def times(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}×"
+
+    def per_round(values: list[float | None]) -> str:
+        return ", ".join("✗" if v is None else f"{v:.2f}" for v in values)
+
+    off = by["predict"]
+    models = notes["challenger"]
+    champion, challenger = models["champion"], models["challenger"]
+    lines = [
+        "",
+        f"Champion and challenger (issue 21): the same /predict with `serving.challenger.mode` "
+        f"off, shadow and canary ({args.canary_percent:g} % of cards), each API on its own copy "
+        f"of the warmed SQLite state. Champion v{champion['version']} ({champion['trees']} "
+        f"trees, {champion['train_days']}-day training window), challenger "
+        f"v{challenger['version']} ({challenger['trees']} trees, {challenger['train_days']}-day "
+        "window, another seed).",
+        "",
+        "| /predict (SQLite), at full load | requests/s | p50 ms | p99 ms | server CPU ms per "
+        "request | CPU per request ÷ challenger off | ÷ off, per round |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    cpu_ratio: dict[str, float | None] = {}
+    for key in keys:
+        t = by[key]
+        rps = median_of(t.runs, "rps")
+        cpu_ratio[key] = ratio(median_of(t.runs, "cpu_us"), median_of(off.runs, "cpu_us"))
+        lines.append(
+            f"| {t.label} | {'—' if rps is None else f'{rps:,.0f}'} | "
+            f"{ms(median_of(t.runs, 'p50_us'))} | {ms(median_of(t.runs, 'p99_us'))} | "
+            f"{ms(median_of(t.runs, 'cpu_us'))} | {times(cpu_ratio[key])} | "
+            f"{per_round(round_ratios(t.runs, off.runs, 'cpu_us'))} |"
+        )
+    lines.append("")
+    if "predict_shadow" in by:
+        shadow = cpu_ratio["predict_shadow"]
+        met = (
+            "not measured (no valid run)"
+            if shadow is None
+            else ("met" if shadow <= TARGETS_SHADOW_CPU else "**missed**")
+        )
+        lines.append(
+            f"- server CPU per /predict, shadow on ÷ off: **{times(shadow)}** (goal ≤ "
+            f"{TARGETS_SHADOW_CPU:.2f}×) — {met}"
+        )
+    if "predict_canary" in by:
+        lines.append(
+            f"- server CPU per /predict, canary ÷ off: **{times(cpu_ratio['predict_canary'])}**"
+        )
+    lines += role_lines(notes.get("roles", {}))
+    rate = notes.get("fixed_rate")
+    if rate is None:
+        return lines
+    lines += [
+        "",
+        f"At a fixed rate of {rate:,.0f} requests/s ({args.fixed_rate:.0%} of the challenger-off "
+        "/predict's median maximum above): an open-loop generator (benchmarks/paced.py, one new "
+        "connection per request as under wrk) sends each request when it is due whatever the "
+        "earlier ones did, and each latency runs from that due time, so a stall is not hidden "
+        f"(no coordinated omission); {args.repeats} runs of {args.duration} s round-robin, "
+        "medians of the valid runs. Generator lag: how late the generator itself started "
+        f"requests; ✗: a run whose generator lag p99 exceeded {args.max_lag_ms:g} ms (the "
+        "machine stalled the generator, so the tail is not the server's) or with errors, left "
+        "out.",
+        "",
+        "| /predict (SQLite), at a fixed rate | requests/s | p50 ms | p90 ms | p99 ms | "
+        "p99 ÷ challenger off | server CPU ms per request | CPU ÷ challenger off | generator "
+        "lag p99 ms | valid runs | p99 ms per run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for key in keys:
+        t = by[key]
+        rps = median_of(t.paced, "rps")
+        p99 = ratio(median_of(t.paced, "p99_us"), median_of(off.paced, "p99_us"))
+        cpu = ratio(median_of(t.paced, "cpu_us"), median_of(off.paced, "cpu_us"))
+        lines.append(
+            f"| {t.label} | {'—' if rps is None else f'{rps:,.0f}'} | "
+            f"{ms(median_of(t.paced, 'p50_us'))} | {ms(median_of(t.paced, 'p90_us'))} | "
+            f"{ms(median_of(t.paced, 'p99_us'))} | {times(p99)} | "
+            f"{ms(median_of(t.paced, 'cpu_us'))} | {times(cpu)} | "
+            f"{ms(median_of(t.paced, 'lag_p99_us'))} | "
+            f"{sum(r['valid'] for r in t.paced)}/{len(t.paced)} | "
+            + ", ".join(f"{r['p99_us'] / 1000:.1f}" + ("" if r["valid"] else " ✗") for r in t.paced)
+            + " |"
+        )
+    return lines
+
+
+def role_lines(roles: dict[str, dict[str, float]]) -> list[str]:
+    """What the shadow and canary servers' metrics counted over the whole run (warm-ups and
+    fixed-rate runs included): proof that the challenger really scored."""
+    lines = []
+    shadow = roles.get("api_shadow")
+    if shadow is not None:
+        lines.append(
+            f"- shadow: the challenger scored {shadow['shadow']:,.0f} of the "
+            f"{shadow['champion'] + shadow['challenger']:,.0f} transactions the champion "
+            f"answered ({shadow['errors']:,.0f} failures)"
+        )
+    canary = roles.get("api_canary")
+    if canary is not None:
+        total = canary["champion"] + canary["challenger"]
+        share = canary["challenger"] / total if total else 0.0
+        lines.append(
+            f"- canary: the challenger answered {canary['challenger']:,.0f} of {total:,.0f} "
+            f"transactions ({share:.1%}; the champion scored them in shadow), "
+            f"{canary['errors']:,.0f} failures"
+            + (
+                ""
+                if "canary_open" not in canary
+                else (
+                    "; the canary was still open at the end"
+                    if canary["canary_open"]
+                    else "; **the canary guard had stopped the canary** by the end"
+                )
+            )
+        )
+    return lines

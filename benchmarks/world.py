@@ -1,7 +1,9 @@
 """The throw-away world the load benchmark serves: store, promoted model, warm state, payloads.
 
 Built fresh on every run so that each measurement starts from the same state, whatever earlier
-runs stored; nothing here is timed.
+runs stored; nothing here is timed. Beside the champion (in Production) the registry holds a
+second version under the challenger alias, trained on another window with another seed, so that
+an API with `serving.challenger.mode` shadow or canary really scores a second booster.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ import pandas as pd
 
 from benchmarks.env import BIN, ROOT, clean_env
 
+# the API servers on the SQLite state and the challenger mode each runs with; every one has its
+# own copy of the warmed state, prediction log and metrics folder
+CHALLENGER_MODES = {"api": "off", "api_shadow": "shadow", "api_canary": "canary"}
+# the challenger: a longer training window than the champion's, and another seed
+CHALLENGER_TRAIN_DAYS = 42
+CHALLENGER_SEED = 7
+
 
 @dataclass
 class World:
@@ -24,13 +33,20 @@ class World:
 
     root: Path
     config: Path
-    redis_config: Path
+    redis_config: Path | None
+    # per API server name (CHALLENGER_MODES, and api_redis when built): its --config file
+    configs: dict[str, Path]
     tracking_uri: str
     model_name: str
     version: str
+    challenger_version: str
+    # per role (champion, challenger): its version, the booster's trees, its training days
+    models: dict[str, dict[str, int]]
     invocation_body: str
     booster: Path
     sample: Path
+    # the same customer/terminal/amount picks as `sample`, for the paced generator
+    sample_rows: list[tuple[str, str, float]]
     start_s: float
     step_s: float
     history_rows: int
@@ -60,25 +76,41 @@ def warm_state(config: Path, data: Path) -> dict[str, float]:
     return {"seconds": float(found[1]), "rows_per_s": float(found[2].replace(",", ""))}
 
 
-def build_world(root: Path, redis_url: str) -> World:
-    """Simulate, train, register and promote; warm the online state on both backends (SQLite,
-    and the Redis server at REDIS_URL); write the payloads.
+def build_world(root: Path, redis_url: str | None, canary_percent: float = 10.0) -> World:
+    """Simulate, train, register and promote a champion, register a challenger (alias) beside
+    it; warm the online state on SQLite (one copy per challenger mode) and, with REDIS_URL, on
+    that Redis server; write the payloads.
 
     /predict must see real customer/terminal pairs and time moving past the warmed history, and
     both /invocations the same finite feature row, or the targets would not be comparable."""
+    from pipelines.backup.sqlite_files import backup_sqlite
     from pipelines.data import load_transactions
+    from pipelines.mlflow import store
     from pipelines.model import BOOSTER_FILE
+    from pipelines.settings import Settings
     from pipelines.state.factory import open_state
     from pipelines.training.simulate import simulate_transactions, write_daily_parquet
     from tests.support.models import train_and_register
-    from tests.support.settings import make_settings, write_config
+    from tests.support.settings import FAST_TRAINING, make_settings, write_config
 
-    settings = make_settings(
-        root / "work",
-        serving={"metrics_dir": str(root / "prom-api")},
-        state={"sqlite_path": str(root / "state.sqlite")},
-        prediction_log={"dir": str(root / "predictions")},
-    )
+    def api_settings(name: str, state: dict[str, str]) -> Settings:
+        mode = CHALLENGER_MODES.get(name, "off")
+        return make_settings(
+            root / "work",
+            serving={
+                "metrics_dir": str(root / f"prom-{name}"),
+                "challenger": {"mode": mode, "canary_percent": canary_percent},
+            },
+            state=state,
+            prediction_log={"dir": str(root / f"predictions-{name}")},
+            # no registry sync beside each API: a process of the server's tree that works every
+            # few seconds, whatever the load, so its CPU per request would fall as throughput
+            # rose; the benchmark's store sees no promotion for it to follow
+            registry_sync={"with_api": False},
+        )
+
+    # warmed once, then copied for each SQLite API: the same file for every challenger mode
+    settings = api_settings("api", {"sqlite_path": str(root / "state-warm.sqlite")})
     data = root / "data"
     write_daily_parquet(simulate_transactions(settings.simulation), data)
     transactions = load_transactions(data, require_labels=True)
@@ -89,19 +121,48 @@ def build_world(root: Path, redis_url: str) -> World:
         data={"data_path": str(data)},
         actor="benchmarks.load",
     )
-    config = write_config(root / "serve.yaml", settings)
+    training = {
+        **FAST_TRAINING,
+        "train_days": CHALLENGER_TRAIN_DAYS,
+        "lightgbm": {**FAST_TRAINING["lightgbm"], "seed": CHALLENGER_SEED},
+    }
+    challenger_settings = make_settings(root / "work", training=training)
+    challenger_version, challenger = train_and_register(
+        transactions, challenger_settings, data={"data_path": str(data)}
+    )
+    store.client(settings).set_registered_model_alias(
+        settings.mlflow.model_name, settings.mlflow.challenger_alias, challenger_version
+    )
+    models = {
+        "champion": {
+            "version": int(version),
+            "trees": result.scorer.booster.num_trees(),
+            "train_days": settings.training.train_days,
+        },
+        "challenger": {
+            "version": int(challenger_version),
+            "trees": challenger.scorer.booster.num_trees(),
+            "train_days": CHALLENGER_TRAIN_DAYS,
+        },
+    }
     model_files = root / "model"
     result.scorer.save(model_files)  # the booster file as logged, for MLServer
-    redis_settings = make_settings(
-        root / "work",
-        serving={"metrics_dir": str(root / "prom-api-redis")},
-        state={"backend": "redis", "url": redis_url},
-        prediction_log={"dir": str(root / "predictions-redis")},
-    )
-    redis_config = write_config(root / "serve-redis.yaml", redis_settings)
-    warm = {"sqlite": warm_state(config, data), "redis": warm_state(redis_config, data)}
+    warm = {"sqlite": warm_state(write_config(root / "serve-warm.yaml", settings), data)}
     warm["sqlite"]["bytes"] = open_state(settings).size_bytes() or 0.0
-    warm["redis"]["bytes"] = open_state(redis_settings).size_bytes() or 0.0
+    configs: dict[str, Path] = {}
+    for name in CHALLENGER_MODES:
+        copy = backup_sqlite(Path(settings.state.sqlite_path), root / f"state-{name}.sqlite")
+        configs[name] = write_config(
+            root / f"serve-{name}.yaml", api_settings(name, {"sqlite_path": str(copy)})
+        )
+    config = configs["api"]
+    redis_config = None
+    if redis_url is not None:
+        redis_settings = api_settings("api_redis", {"backend": "redis", "url": redis_url})
+        redis_config = write_config(root / "serve-api_redis.yaml", redis_settings)
+        configs["api_redis"] = redis_config
+        warm["redis"] = warm_state(redis_config, data)
+        warm["redis"]["bytes"] = open_state(redis_settings).size_bytes() or 0.0
 
     columns = list(result.scorer.features)
     test_rows = result.test.features.loc[:, columns]
@@ -115,15 +176,16 @@ def build_world(root: Path, redis_url: str) -> World:
     step_s = (last - times.min()).total_seconds() / max(len(transactions) - 1, 1)
     recent = transactions[times > last - pd.Timedelta(days=30)]
     picked = recent.sample(n=min(5000, len(recent)), random_state=0)
-    sample = root / "sample.lua"
-    lines = [
-        f'{{"{c}","{t}",{a:.2f}}},'
+    rows = [
+        (c, t, round(a, 2))
         for c, t, a in zip(
             picked["customer_id"].astype(str),
             picked["terminal_id"].astype(str),
             picked["tx_amount"].astype(float),
         )
     ]
+    sample = root / "sample.lua"
+    lines = [f'{{"{c}","{t}",{a:.2f}}},' for c, t, a in rows]
     sample.write_text("return {\n" + "\n".join(lines) + "\n}\n")
     start = last.tz_localize(None) if last.tzinfo else last
     start_s = (start - pd.Timestamp("1970-01-01")).total_seconds() + 60
@@ -131,12 +193,16 @@ def build_world(root: Path, redis_url: str) -> World:
         root=root,
         config=config,
         redis_config=redis_config,
+        configs=configs,
         tracking_uri=settings.tracking_uri,
         model_name=settings.mlflow.model_name,
         version=version,
+        challenger_version=challenger_version,
+        models=models,
         invocation_body=body,
         booster=model_files / BOOSTER_FILE,
         sample=sample,
+        sample_rows=rows,
         start_s=start_s,
         step_s=step_s,
         history_rows=len(transactions),

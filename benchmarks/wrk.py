@@ -81,4 +81,6 @@ def describe(run: dict[str, Any]) -> str:
         text += f"  server CPU {run['cpu_us'] / 1000:5.2f} ms/request"
     if run["errors"]:
         text += f"  INVALID: {run['errors']} of {run['requests']} requests"
+    if run.get("stalled"):
+        text += f"  INVALID: generator lag p99 {run['lag_p99_us'] / 1000:.1f} ms"
     return text
