@@ -244,7 +244,7 @@ def test_the_api_runs_as_its_user_on_a_read_only_root_and_serves(
     assert 0 <= scored.json()["fraud_probability"] <= 1 and scored.json()["model"]["version"] == "1"
     assert requests.get(f"{api.url}/metrics", timeout=30).status_code == 401
     metrics = requests.get(f"{api.url}/metrics", headers=auth(METRICS), timeout=30).text
-    assert 'fraudflow_predictions_total{decision="approve"}' in metrics
+    assert 'fraudflow_predictions_total{decision="approve",model_role="champion"}' in metrics
     # what it scored is in the prediction log on the volume, written by the container's user
     logged = [p for p in (store / "predictions").rglob("*") if p.is_file()]
     assert logged and all(p.stat().st_uid == UID for p in logged)
