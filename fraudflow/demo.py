@@ -438,7 +438,7 @@ def run_serving_half(settings: Settings, config: str | None, data: str | None = 
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_ready(url, process)
-        _wait_challenger(url, challenger)
+        _wait_challenger(url, challenger, settings.serving.workers)
         print(f"      {url} ready (log: {log_path})")
         print(
             f"[7/12] shadow period: the last {SHADOW_DAYS} days, {len(replay):,} transactions, "
@@ -471,14 +471,17 @@ def run_serving_half(settings: Settings, config: str | None, data: str | None = 
     return 0
 
 
-def _wait_challenger(url: str, version: str, timeout: float = 60) -> None:
-    """Until the API scores the challenger (each worker loads it in the background; the demo's
-    poll interval is 1 s, so both have it a poll later)."""
+def _wait_challenger(url: str, version: str, workers: int, timeout: float = 60) -> None:
+    """Until every worker scores the challenger: each loads it in the background at its own
+    poll, so one worker's /model says nothing of the others; the version gauge is exported by
+    every live worker (labelled with its pid)."""
     deadline = time.monotonic() + timeout
+    prefix = 'fraudflow_model_version{model_role="challenger",pid="'
     while time.monotonic() < deadline:
-        status, body = call(f"{url}/model")
-        if status == 200 and body["challenger"].get("version") == version:
-            time.sleep(2 * 1.0)
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(prefix)]
+        if len(values) == workers and all(float(v) == float(version) for v in values):
             return
         time.sleep(0.3)
-    raise TimeoutError(f"the API did not load challenger v{version} within {timeout:.0f}s")
+    raise TimeoutError(f"not every worker loaded challenger v{version} within {timeout:.0f}s")

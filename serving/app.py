@@ -52,11 +52,11 @@ def create_app(
     if settings.serving.access_log == "json":
         access_log.install(app)
     holder = ModelHolder(settings)
-    holder.add_listener(metrics.listener(holder.role))
+    holder.add_listener(metrics.on_model_event)
     challenger, guard = None, None
     if settings.serving.challenger.mode != "off":
         challenger = ChallengerHolder(settings)
-        challenger.add_listener(metrics.listener(challenger.role))
+        challenger.add_listener(metrics.on_challenger_event)
     if challenger is not None and settings.serving.challenger.mode == "canary":
         guard = CanaryGuard(settings.serving.challenger.rollback, state)
         guard.add_listener(metrics.on_canary_event)

@@ -50,6 +50,7 @@ class ServiceMetrics:
     # canary's cards), and the challenger's failures to score
     shadow_decisions: Counter
     challenger_errors: Counter
+    challenger_load_failures: Counter
     canary_rolled_back: Gauge
     canary_percent: Gauge
     # one child per decision and role, resolved once: `.labels()` on every prediction costs a
@@ -75,16 +76,12 @@ class ServiceMetrics:
             return
         self.shadow_by_decision[score.decision, silent].inc()
 
-    def on_model_event(self, event: str, model: ServedModel | None, role: str = "champion") -> None:
-        """ModelHolder listener: reloads, failures, registry health and whether the registry's
-        two markers (alias and stage) name different versions. The version gauge carries the
-        holder's role; a challenger's gauge is 0 while none is loaded."""
-        version = self.model_version.labels(model_role=role)
+    def on_model_event(self, event: str, model: ServedModel | None) -> None:
+        """The champion's ModelHolder listener: reloads, failures, registry health and whether
+        the registry's two markers (alias and stage) name different versions."""
+        version = self.model_version.labels(model_role="champion")
         if event in ("markers_agree", "markers_disagree"):
             self.markers_disagree.set(1.0 if event == "markers_disagree" else 0.0)
-            return
-        if event == "unloaded":
-            version.set(0.0)
             return
         if event == "cache_load" and model is not None:  # the registry stays down
             version.set(float(model.version))
@@ -93,16 +90,21 @@ class ServiceMetrics:
         if event == "reload" and model is not None:
             self.reloads.inc()
             version.set(float(model.version))
-            if role == "champion":
-                self.model_loaded_at.set(time.time())
+            self.model_loaded_at.set(time.time())
         elif event == "reload_failure":
             self.reload_failures.inc()
-        if role == "champion":
-            self.registry_up.set(0.0 if event == "registry_error" else 1.0)
+        self.registry_up.set(0.0 if event == "registry_error" else 1.0)
 
-    def listener(self, role: str) -> Callable[[str, ServedModel | None], None]:
-        """A holder's listener for its role."""
-        return lambda event, model: self.on_model_event(event, model, role)
+    def on_challenger_event(self, event: str, model: ServedModel | None) -> None:
+        """The challenger's holder listener: its version gauge (0 while none is loaded) and its
+        load failures; the champion's reload figures and registry health are not its to move."""
+        version = self.model_version.labels(model_role="challenger")
+        if event == "reload" and model is not None:
+            version.set(float(model.version))
+        elif event == "unloaded":
+            version.set(0.0)
+        elif event == "reload_failure":
+            self.challenger_load_failures.inc()
 
     def on_canary_event(self, event: str, record: dict) -> None:
         """CanaryGuard listener: 1 once this worker learns its challenger's canary stopped,
@@ -246,6 +248,11 @@ def create_metrics(
         challenger_errors=Counter(
             "fraudflow_challenger_errors_total",
             "Transactions the challenger failed to score (the champion answered them)",
+            registry=registry,
+        ),
+        challenger_load_failures=Counter(
+            "fraudflow_challenger_load_failures_total",
+            "Failed loads of the challenger version (the champion is not affected)",
             registry=registry,
         ),
         canary_percent=Gauge(

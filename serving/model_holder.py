@@ -110,8 +110,6 @@ class ModelHolder:
     """Resolves the served version (both markers, or the one `mlflow.model_source` names),
     loads it in the background, swaps it in."""
 
-    # which model this holder keeps: the champion decides; a challenger is scored beside it
-    role = "champion"
     # a champion is kept in the replica's model cache and served from it while the registry
     # cannot be read; a challenger is not (it never answers alone)
     caches = True
@@ -398,7 +396,6 @@ class ChallengerHolder(ModelHolder):
     probed and swapped exactly as the champion is, but never cached and never served alone:
     when the alias goes away, the challenger is dropped. A registry outage keeps it."""
 
-    role = "challenger"
     caches = False
 
     @property

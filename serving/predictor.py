@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -13,12 +12,21 @@ import numpy as np
 
 from pipelines.features import epoch_ms, features_from_history
 from pipelines.log.record import RoleScore
-from pipelines.settings import Settings
+from pipelines.settings import ServingSettings, Settings
 from pipelines.state.protocol import OnlineState
 from serving.model_holder import ServedModel
 from serving.schemas import TransactionIn
 
 log = logging.getLogger(__name__)
+
+
+def decision(probability: float, threshold: float, serving: ServingSettings) -> str:
+    """The API's decision on a probability: decline from `serving.decline_threshold`, review
+    from the model's own `threshold` (or `serving.review_threshold`), approve below."""
+    review = threshold if serving.review_threshold is None else serving.review_threshold
+    if probability >= serving.decline_threshold:
+        return "decline"
+    return "review" if probability >= review else "approve"
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,7 @@ class Predictor:
         self.state = state
 
     def decide(self, probability: float, model: ServedModel) -> str:
-        serving = self.settings.serving
-        review = serving.review_threshold
-        review = model.scorer.threshold if review is None else review
-        if probability >= serving.decline_threshold:
-            return "decline"
-        return "review" if probability >= review else "approve"
+        return decision(probability, model.scorer.threshold, self.settings.serving)
 
     def reasons(
         self, model: ServedModel, row: list[float], contributions: list[float]
@@ -141,45 +144,33 @@ class Predictor:
         probabilities = model.online.probabilities(rows)
         decisions = [self.decide(p, model) for p in probabilities]
         if challenger is None:
+            deciders = [model] * len(transactions)
             return self._predictions(
-                transactions, rows, seen, lookups, model, explain, probabilities, decisions
+                transactions, rows, seen, lookups, explain, deciders, probabilities, decisions
             )
         scored = self._challenger_scores(rows, challenger)
-        wanted = [canary is not None and canary(tx.customer_id) for tx in transactions]
-        role = ["challenger" if want and scored is not None else "champion" for want in wanted]
-        answered = [
-            (
-                (challenger, scored[0][i], scored[1][i])
-                if role[i] == "challenger" and scored
-                else (model, probabilities[i], decisions[i])
+        deciders, roles = [], []
+        for i, tx in enumerate(transactions):
+            wanted = canary is not None and canary(tx.customer_id)
+            answers = wanted and scored is not None
+            deciders.append(challenger if answers else model)
+            roles.append(
+                {
+                    "model_role": "challenger" if answers else "champion",
+                    "champion": RoleScore(model.version, probabilities[i], decisions[i]),
+                    "challenger": RoleScore(
+                        challenger.version,
+                        scored[0][i] if scored else None,
+                        scored[1][i] if scored else None,
+                    ),
+                    "challenger_failed": wanted and scored is None,
+                }
             )
-            for i in range(len(transactions))
-        ]
-        predictions = self._predictions(
-            transactions,
-            rows,
-            seen,
-            lookups,
-            model,
-            explain,
-            [a[1] for a in answered],
-            [a[2] for a in answered],
-            [a[0] for a in answered],
+            if answers:
+                probabilities[i], decisions[i] = scored[0][i], scored[1][i]
+        return self._predictions(
+            transactions, rows, seen, lookups, explain, deciders, probabilities, decisions, roles
         )
-        return [
-            dataclasses.replace(
-                prediction,
-                model_role=role[i],
-                champion=RoleScore(model.version, probabilities[i], decisions[i]),
-                challenger=RoleScore(
-                    challenger.version,
-                    scored[0][i] if scored else None,
-                    scored[1][i] if scored else None,
-                ),
-                challenger_failed=wanted[i] and scored is None,
-            )
-            for i, prediction in enumerate(predictions)
-        ]
 
     def _predictions(
         self,
@@ -187,15 +178,14 @@ class Predictor:
         rows: list[np.ndarray],
         seen: list[bool],
         lookups: list[float],
-        model: ServedModel,
         explain: bool,
+        deciders: list[ServedModel],
         probabilities: list[float],
         decisions: list[str],
-        deciders: list[ServedModel] | None = None,
+        roles: list[dict] | None = None,
     ) -> list[Prediction]:
-        """The answers, each with the reasons of the model that gave it (`deciders`; the
-        champion for all by default)."""
-        deciders = deciders or [model] * len(transactions)
+        """The answers, each with the reasons of the model that gave it (`deciders`) and, beside
+        a challenger, what each role said (`roles`)."""
         explained = [
             i
             for i, decision in enumerate(decisions)
@@ -205,24 +195,22 @@ class Predictor:
         for decider in {id(d): d for d in (deciders[i] for i in explained)}.values():
             mine = [i for i in explained if deciders[i] is decider]
             contributions.update(zip(mine, decider.online.contributions([rows[i] for i in mine])))
-        predictions = []
-        for i, tx in enumerate(transactions):
-            reasons = (
-                self.reasons(deciders[i], rows[i].tolist(), contributions[i])
-                if i in contributions
-                else []
+        return [
+            Prediction(
+                transaction_id=tx.transaction_id,
+                fraud_probability=probabilities[i],
+                decision=decisions[i],
+                reasons=(
+                    self.reasons(deciders[i], rows[i].tolist(), contributions[i])
+                    if i in contributions
+                    else []
+                ),
+                model_name=deciders[i].name,
+                model_version=deciders[i].version,
+                features=rows[i],
+                already_seen=seen[i],
+                lookup_seconds=lookups[i],
+                **(roles[i] if roles else {}),
             )
-            predictions.append(
-                Prediction(
-                    transaction_id=tx.transaction_id,
-                    fraud_probability=probabilities[i],
-                    decision=decisions[i],
-                    reasons=reasons,
-                    model_name=deciders[i].name,
-                    model_version=deciders[i].version,
-                    features=rows[i],
-                    already_seen=seen[i],
-                    lookup_seconds=lookups[i],
-                )
-            )
-        return predictions
+            for i, tx in enumerate(transactions)
+        ]

@@ -144,6 +144,9 @@ def test_a_challenger_that_cannot_load_changes_nothing(registry, tmp_path: Path)
         described = app.test_client().get("/model").json["challenger"]
         assert described["failed_version"] == broken and described["version"] is None
         assert described["load_error"] and described["scored"] is False
+        metrics = app.test_client().get("/metrics").get_data(as_text=True)
+        assert "fraudflow_challenger_load_failures_total 1.0" in metrics
+        assert "fraudflow_model_reload_failures_total 0.0" in metrics  # the champion's
         health = app.test_client().get("/health")
         assert health.status_code == 200 and health.json["challenger"]["failed_version"] == broken
     finally:
@@ -176,6 +179,8 @@ def test_canary_answers_every_transaction_of_a_card_with_one_model(
     assert (by_card == 1).all()
     routed = logged["customer_id"].map(lambda card: in_canary(card, 30.0))
     assert (logged.loc[routed, "model_role"] == "challenger").all()
+    assert (logged.loc[routed, "model_version"] == challenger).all()
+    assert (logged.loc[~routed, "model_version"] == champion).all()
     assert (logged.loc[~routed, "model_role"] == "champion").all()
     assert 0 < routed.sum() < len(logged)
     # the champion scored the canary's cards too, in shadow: both numbers are in every record

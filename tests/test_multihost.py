@@ -351,6 +351,9 @@ def test_a_canary_sends_every_transaction_of_a_card_to_one_model_on_both_hosts(
     logged = logged[logged["transaction_id"].str.startswith("can-")]
     assert len(logged) == len(stream)
     assert (logged.groupby("customer_id")["model_version"].nunique() == 1).all()
+    routed = logged["customer_id"].map(lambda card: in_canary(card, CANARY_PERCENT))
+    assert (logged.loc[routed, "model_version"] == v1).all() and routed.any()
+    assert (logged.loc[~routed, "model_version"] == v2).all() and (~routed).any()
     assert set(logged["model_role"]) == {"champion", "challenger"}
     for host in world.hosts:  # both hosts answered for canary cards
         mine = host.logged()

@@ -15,6 +15,7 @@ from pipelines.log.record import RoleScore, log_folder, record
 from pipelines.log.writer import PredictionLogWriter
 from pipelines.model import FraudScorer
 from pipelines.settings import RAW_COLUMNS, Settings
+from serving.predictor import decision
 
 # one request body for /predict (a card's purchase on a June day of the small world)
 ONE_TRANSACTION = {
@@ -36,10 +37,6 @@ def api_transaction(i: int, prefix: str) -> dict:
         "terminal_id": f"m{i % 11}",
         "tx_amount": float(5 + (i * 37) % 250),
     }
-
-
-def _decision(probability: float, scorer: FraudScorer) -> str:
-    return "review" if probability >= scorer.threshold else "approve"
 
 
 def log_traffic(
@@ -73,10 +70,14 @@ def log_traffic(
             roles = {
                 "model_role": "challenger" if canary[i] else "champion",
                 "champion": RoleScore(
-                    model_version, float(probabilities[i]), _decision(probabilities[i], scorer)
+                    model_version,
+                    float(probabilities[i]),
+                    decision(probabilities[i], scorer.threshold, settings.serving),
                 ),
                 "challenger": RoleScore(
-                    challenger[0], float(other[i]), _decision(other[i], challenger[1])
+                    challenger[0],
+                    float(other[i]),
+                    decision(other[i], challenger[1].threshold, settings.serving),
                 ),
             }
             if canary[i]:
@@ -92,7 +93,7 @@ def log_traffic(
                 feature_names=list(row.index),
                 feature_values=row.astype(float).tolist(),
                 fraud_probability=float(answers[i]),
-                decision=_decision(answers[i], answer_scorer),
+                decision=decision(answers[i], answer_scorer.threshold, settings.serving),
                 model_name=settings.mlflow.model_name,
                 model_version=answer_version,
                 latency_ms=1.0,
