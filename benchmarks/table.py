@@ -74,6 +74,24 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def why_invalid(run: dict[str, Any]) -> str:
+    """Why a run is not a measurement: its errors (a count from wrk, counts by kind from the
+    paced generator) and, for a paced run, a generator the machine stalled."""
+    errors = run["errors"]
+    count = sum(errors.values()) if isinstance(errors, dict) else errors
+    reasons = []
+    if count:
+        kinds = (
+            f" ({', '.join(f'{k} {v}' for k, v in errors.items())})"
+            if isinstance(errors, dict)
+            else ""
+        )
+        reasons.append(f"{count} errors of {run['requests']} requests{kinds}")
+    if run.get("stalled"):
+        reasons.append(f"generator stalled, lag p99 {run['lag_p99_us'] / 1000:.1f} ms")
+    return "; ".join(reasons) or f"no answer among {run['requests']} requests"
+
+
 def render(
     items: list[Target],
     args: argparse.Namespace,
@@ -163,8 +181,7 @@ def render(
             f"{figures['rows_per_s']:,.0f} | {figures['bytes'] / 1e6:.1f} | {per_million:.0f} |"
         )
     invalid = [
-        f"- {t.label}, {kind}run {i + 1}: {r['errors']} of {r['requests']} requests"
-        + (f", generator lag p99 {r['lag_p99_us'] / 1000:.1f} ms" if r.get("stalled") else "")
+        f"- {t.label}, {kind}run {i + 1}: {why_invalid(r)}"
         for t in items
         for kind, runs in (("", t.runs), ("fixed-rate ", t.paced))
         for i, r in enumerate(runs)

@@ -62,7 +62,9 @@ CHALLENGER = _object(
         "failed_version": NULLABLE_STRING,
         "load_error": NULLABLE_STRING,
         "canary_percent": {"type": "number", "minimum": 0, "maximum": 100},
-        "canary": {"type": "object"},
+        # canary mode: whether this worker sends cards to it now, and the stop record if the
+        # canary guard stopped it
+        "canary": _object({"open": {"type": "boolean"}, "stopped": {"type": ["object", "null"]}}),
     },
     optional=(
         "alias",

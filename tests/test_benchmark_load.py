@@ -22,7 +22,7 @@ from benchmarks.paced import (
     run_paced,
     summarize,
 )
-from benchmarks.table import challenger_section, role_lines, round_ratios
+from benchmarks.table import challenger_section, role_lines, round_ratios, why_invalid
 from benchmarks.targets import (
     CHALLENGER_KEYS,
     SERVER_OF,
@@ -207,3 +207,16 @@ def test_the_role_counts_say_the_challenger_really_scored() -> None:
     assert "challenger scored 900 of the 900 transactions" in shadow
     assert "challenger answered 90 of 900 transactions (10.0%" in canary
     assert role_lines({}) == []
+
+
+def test_an_invalid_run_says_why_in_words() -> None:
+    """wrk's error count, the paced generator's errors by kind, and a stalled generator."""
+    assert why_invalid({"errors": 3, "requests": 900}) == "3 errors of 900 requests"
+    assert (
+        why_invalid({"errors": {"status": 2}, "requests": 50, "stalled": False})
+        == "2 errors of 50 requests (status 2)"
+    )
+    assert (
+        why_invalid({"errors": {}, "requests": 7438, "stalled": True, "lag_p99_us": 222_400})
+        == "generator stalled, lag p99 222.4 ms"
+    )

@@ -67,10 +67,11 @@ def pages(
     tmp_path_factory: pytest.TempPathFactory, small_transactions: pd.DataFrame
 ) -> Iterator[Pages]:
     """One store for the module, behind a real `mlflow server`: a champion trained on all but
-    the last simulated day (while the server starts), logged and promoted through it; that
-    day's traffic with every amount x2.5, scored by the champion and logged as the API logs
-    it, with its labels; the monitor's report on it (drift, and performance assessed on the
-    labels: every page has something to show)."""
+    the last simulated day (while the server starts), logged and promoted through it, and a
+    challenger beside it in shadow; that day's traffic with every amount x2.5, scored by both
+    and logged as the API logs it, with its labels; the monitor's report on it (drift,
+    performance assessed on the labels, champion vs challenger: every page has something to
+    show)."""
     root = tmp_path_factory.mktemp("pages")
     history, traffic = split_days(small_transactions, 1)
     with ThreadPoolExecutor(1) as pool:
@@ -81,9 +82,23 @@ def pages(
             version, _ = train_and_register(
                 history, settings, result=training.result(), production="the champion monitored"
             )
+            other = make_settings(
+                root / "work",
+                mlflow={"tracking_uri": tracking},
+                training={"lightgbm": {"seed": 7, "num_leaves": 7}},
+            )
+            challenger, trained = train_and_register(history, other)
+            store.client(settings).set_registered_model_alias(NAME, "challenger", challenger)
             champion = load_champion(settings)
             shifted = traffic.assign(tx_amount=traffic["tx_amount"] * 2.5)
-            scored = log_traffic(settings, history, shifted, champion.scorer, version)
+            scored = log_traffic(
+                settings,
+                history,
+                shifted,
+                champion.scorer,
+                version,
+                challenger=(challenger, trained.scorer),
+            )
             labels = root / "labels.csv"
             scored[["transaction_id", "tx_fraud"]].to_csv(labels, index=False)
             result = run_monitor(settings, Window.last_hours(24), [labels])
@@ -143,6 +158,34 @@ def test_the_report_front_page_shows_the_verdict_and_every_feature_as_the_summar
         row = browser.find_element(By.XPATH, f"//tr[td[1][.='{metric}']]")
         assert row.find_elements(By.TAG_NAME, "td")[-1].text == "degraded"
 
+    assert console_errors(browser, since=mark) == []
+    assert fetched_from_elsewhere(browser) == []
+
+
+def test_the_report_shows_champion_vs_challenger_as_the_summary_says(
+    browser: WebDriver, pages: Pages
+) -> None:
+    live = pages.summary["live"]
+    mark = console_mark(browser)
+    browser.get(pages.report.as_uri())
+    wait_for_text(browser, "Champion vs challenger")
+
+    heading = "//h2[.='Champion vs challenger']"
+    verdict = browser.find_element(By.XPATH, f"{heading}/following-sibling::p[@class][1]")
+    assert verdict.text == f"live verdict: {live['verdict']}"
+    table = browser.find_element(By.XPATH, f"{heading}/following-sibling::table[1]")
+    shown = [
+        [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+        for row in table.find_elements(By.XPATH, ".//tr[td]")
+    ]
+    assert shown[0] == [
+        "average precision",
+        f"{live['champion']['average_precision']:.4f}",
+        f"{live['challenger']['average_precision']:.4f}",
+    ]
+    assert len(shown) == 3
+    assert live["rows"] == pages.summary["rows"]["current"]  # shadow: both scored every one
+    wait_for_text(browser, f"both scored {live['rows']:,} logged transactions")
     assert console_errors(browser, since=mark) == []
     assert fetched_from_elsewhere(browser) == []
 

@@ -270,6 +270,22 @@ def test_both_models_of_a_challenger_period_survive_compaction(tmp_path: Path) -
     pd.testing.assert_frame_equal(after, before)
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [("challenger_probability", "high"), ("champion_probability", {"p": 1}), ("model_role", [1])],
+)
+def test_a_crafted_role_field_is_an_error_naming_the_file(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    """A record whose challenger fields are of the wrong type (a hand-edited or foreign log) is
+    refused by name when the role fields are read, as any malformed record is."""
+    when = datetime(2026, 11, 26, 9, tzinfo=timezone.utc)
+    crafted = {**_record("x", when), field: value}
+    path = _write_day(tmp_path, "2026-11-26", "h-1", [crafted])
+    with pytest.raises(MonitoringInputError, match=path.name):
+        read_log(tmp_path, *_day("2026-11-26"), FEATURES, roles=True)
+
+
 def test_a_day_is_closed_only_after_its_grace(tmp_path: Path) -> None:
     path = _write_day(tmp_path, "2026-11-27", "h-1", _records("a", 2))
     assert compact_closed(tmp_path, datetime(2026, 11, 28, 0, 5, tzinfo=timezone.utc)) == []
