@@ -158,6 +158,49 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return summary
 
 
+def cmd_ablate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: the simulator settings and the reference configuration (conf/model-reference.yaml
+    over the same layers). Produces: an `ablation` MLflow run (a nested run per variant, under
+    it one per seed), the table (--markdown) and the JSON summary (--output)."""
+    from pipelines.mlflow.ablation_runs import log_ablation
+    from pipelines.settings import REFERENCE_MODEL_CONFIG, read_overlay
+    from pipelines.training import ablation
+
+    reference_file = Path(args.reference) if args.reference else REFERENCE_MODEL_CONFIG
+    try:
+        reference = ablation.reference_settings(
+            load_settings(args.config), read_overlay(reference_file)
+        )
+    except ValueError as exc:
+        raise SettingsError(f"{reference_file}: {exc}") from exc
+    known = [v.name for v in ablation.variants(settings, reference)]
+    unknown = sorted(set(args.variant or ()) - set(known))
+    if unknown:
+        raise UsageError(f"unknown variant {unknown[0]!r}; known: {', '.join(known)}")
+    seeds = args.seeds or list(settings.ablation.seeds)
+    if settings.simulation.seed in seeds:
+        raise SettingsError(
+            f"seed {settings.simulation.seed} is the simulator's default (the data the "
+            "configuration was developed on): the ablation judges on other seeds"
+        )
+    results = ablation.run_ablation(
+        settings, reference, seeds, args.variant, progress=lambda step: log.info("%s", step)
+    )
+    summary = ablation.report(results, seeds)
+    table = ablation.markdown(summary)
+    summary["run_id"] = log_ablation(
+        settings,
+        {"seeds": ",".join(map(str, seeds)), "reference": str(reference_file)},
+        summary,
+        {r.variant.name: r.folds for r in results},
+        table,
+    )
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    print(table, end="")
+    return summary
+
+
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: labelled transactions. Produces: a parent MLflow run with one nested run per fold."""
     from pipelines.training.backtest import run_backtest
@@ -629,6 +672,11 @@ def build_parser() -> Parser:
     add("train", cmd_train, "train, log and register a model", data=True)
     p = add("backtest", cmd_backtest, "prequential evaluation over weekly folds", data=True)
     p.add_argument("--folds", type=_whole)
+    p = add("ablate", cmd_ablate, "which features and training choices earn their place")
+    p.add_argument("--seeds", type=_whole, nargs="+", help="simulator seeds (ablation.seeds)")
+    p.add_argument("--reference", help="today's model configuration (conf/model-reference.yaml)")
+    p.add_argument("--variant", action="append", help="run only this variant (repeatable)")
+    p.add_argument("--markdown", help="also write the table here")
     p = add("score", cmd_score, "batch-score raw transactions", data=True, summary=False)
     p.add_argument("--model-uri", help="default: the model in service (stage or alias)")
     p.add_argument(

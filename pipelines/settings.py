@@ -28,6 +28,8 @@ from pydantic import (
 from pipelines.booster_check import BoosterLimits
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+# the model configuration before issue 22 (features, training): what the ablation calls today
+REFERENCE_MODEL_CONFIG = DEFAULT_CONFIG.parent / "model-reference.yaml"
 ENV_PREFIX = "FRAUDFLOW__"
 # the overlay file the API and every command read when no --config is given
 CONFIG_ENV = "FRAUDFLOW_CONFIG"
@@ -213,6 +215,9 @@ class TrainingSettings(_Frozen):
     threshold: ThresholdSettings
     card_precision_k: int = Field(gt=0)
     reference_sample_rows: int = Field(ge=0)
+    # the test period leaves out cards with a fraud label matured from this many days before
+    # the test period's start on; null: from the training window's start
+    known_cards_days: int | None = Field(default=None, gt=0)
 
     @field_validator("lightgbm")
     @classmethod
@@ -228,9 +233,26 @@ class TrainingSettings(_Frozen):
 
 class BacktestSettings(_Frozen):
     folds: int = Field(gt=0)
-    train_days: int = Field(gt=0)
+    # each fold's training window; null: training.train_days, as `fraudflow train` trains
+    train_days: int | None = Field(default=None, gt=0)
     test_days: int = Field(gt=0)
     fold_step_days: int = Field(gt=0)
+    # the protocol's known cards: a test card is left out once a fraud of it from this many
+    # days before the test week on has matured (null: from the fold's training window start)
+    known_cards_days: int | None = Field(default=None, gt=0)
+
+
+class AblationSettings(_Frozen):
+    # simulator seeds the ablation judges on: never simulation.seed, the data the model
+    # configuration was developed on
+    seeds: tuple[int, ...] = (1, 2, 3)
+
+    @field_validator("seeds")
+    @classmethod
+    def _some(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("ablation.seeds must be a non-empty list of distinct seeds")
+        return value
 
 
 class MlflowSettings(_Frozen):
@@ -569,6 +591,7 @@ class Settings(_Frozen):
     features: FeatureSettings
     training: TrainingSettings
     backtest: BacktestSettings
+    ablation: AblationSettings = AblationSettings()
     mlflow: MlflowSettings
     model: ModelSettings = ModelSettings()
     promotion: PromotionSettings
@@ -694,6 +717,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise SettingsError(f"config file {path} must hold a mapping at the top level")
     return content
+
+
+def read_overlay(path: Path) -> dict[str, Any]:
+    """A YAML overlay file as a mapping (SettingsError when missing, malformed or not one)."""
+    return _read_yaml(path)
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from redis.exceptions import BusyLoadingError, ConnectionError, ResponseError
@@ -11,6 +12,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fraudflow.cli import main
 from pipelines.data import load_transactions
+from pipelines.features import build_features, feature_names, features_from_history
 from pipelines.state.factory import received_labels
 from pipelines.state.protocol import OnlineState, StateUnavailable
 from pipelines.state.redis import RedisOnlineState, unavailable_reason
@@ -227,3 +229,50 @@ def test_an_unreachable_redis_reports_no_size(tmp_path) -> None:
         assert state.size_bytes() > 0
         server.stop()
         assert state.size_bytes() is None
+
+
+def test_a_label_counts_online_and_offline_only_once_it_has_matured(opener) -> None:
+    """A fraud on terminal m1 and card c1 at day 1, labelled at once through /feedback's path;
+    the next transactions on m1 come a millisecond before and at the moment its label matures
+    (day 8). Online (this backend) and offline (`build_features`) agree on every feature, and
+    neither counts the label before it matured."""
+    settings = make_settings(Path("unused")).features
+    state = opener()
+    rows = [
+        ("f", "c1", "m1", DAY_MS + 36_000_000, 80.0, 1),
+        ("g", "c2", "m1", DAY_MS + 40_000_000, 20.0, 0),
+        ("before", "c1", "m1", 8 * DAY_MS + 36_000_000 - 1, 30.0, 0),
+        ("at", "c1", "m1", 8 * DAY_MS + 36_000_000, 30.0, 0),
+    ]
+    online = []
+    for i, (tid, card, term, ts, amount, label) in enumerate(rows):
+        history = state.observe(tid, card, term, ts, amount)
+        stamp = pd.Timestamp(ts, unit="ms").to_pydatetime()
+        online.append(
+            features_from_history(
+                stamp,
+                amount,
+                history.customer_times_ms,
+                history.customer_amounts,
+                history.terminal_times_ms,
+                history.terminal_labels,
+                settings,
+            )
+        )
+        if i < 2:  # the first two are labelled as soon as they are seen
+            assert state.add_labels([(tid, label)], received_ms=ts + 1) == 1
+    frame = pd.DataFrame(
+        rows,
+        columns=["transaction_id", "customer_id", "terminal_id", "ts", "tx_amount", "tx_fraud"],
+    )
+    frame["tx_datetime"] = pd.to_datetime(frame.pop("ts"), unit="ms")
+    offline = build_features(frame, settings)
+    names = feature_names(settings)
+    np.testing.assert_allclose(np.vstack(online), offline[names].to_numpy(), rtol=0, atol=1e-9)
+    risk = offline["terminal_risk_1d"]
+    assert risk.iloc[2] == 0.0  # a millisecond before: the fraud is not known yet
+    assert risk.iloc[3] == 1.0  # at maturity: it is, on its own in the last day behind the delay
+    # g, four seconds younger, has not matured at that moment: it is neither seen nor counted
+    assert (
+        offline["terminal_nb_tx_7d"].iloc[3] == 1.0 and offline["terminal_risk_7d"].iloc[3] == 1.0
+    )

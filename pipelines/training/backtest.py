@@ -30,8 +30,9 @@ def fold_settings(settings: Settings, fold_end: pd.Timestamp) -> Settings:
         update={
             "end_date": fold_end.date(),
             "train_start": None,
-            "train_days": settings.backtest.train_days,
+            "train_days": settings.backtest.train_days or settings.training.train_days,
             "test_days": settings.backtest.test_days,
+            "known_cards_days": settings.backtest.known_cards_days,
         }
     )
     return settings.model_copy(update={"training": training})
@@ -65,16 +66,15 @@ def _headline(result: TrainingResult, k: int) -> dict[str, float]:
     return {key: float(result.test_metrics[key]) for key in keys}
 
 
-def run_backtest(
+def backtest_folds(
     transactions: pd.DataFrame,
     settings: Settings,
-    log_to_mlflow: bool = True,
+    features: pd.DataFrame,
     progress: bool = False,
-) -> dict[str, object]:
-    """Train and test every fold; log a parent run with one nested run per fold. With
-    `progress`, a bar of folds on a terminal (none when stderr is not one)."""
+) -> tuple[list[FoldResult], list[int]]:
+    """Train and test every fold on `features` (their columns are the model's inputs); each
+    fold's result and its model's best iteration."""
     k = settings.training.card_precision_k
-    features = featurize(transactions, settings.features)
     folds: list[FoldResult] = []
     iterations: list[int] = []
     ends = fold_ends(transactions, settings)
@@ -85,6 +85,20 @@ def run_backtest(
             FoldResult(index, result.windows.as_dict(), _headline(result, k), result.row_counts)
         )
         iterations.append(result.best_iteration)
+    return folds, iterations
+
+
+def run_backtest(
+    transactions: pd.DataFrame,
+    settings: Settings,
+    log_to_mlflow: bool = True,
+    progress: bool = False,
+) -> dict[str, object]:
+    """Train and test every fold; log a parent run with one nested run per fold. With
+    `progress`, a bar of folds on a terminal (none when stderr is not one)."""
+    k = settings.training.card_precision_k
+    features = featurize(transactions, settings.features)
+    folds, iterations = backtest_folds(transactions, settings, features, progress)
     summary = summarize(folds, k)
     report: dict[str, object] = {
         "folds": [f.__dict__ for f in folds],

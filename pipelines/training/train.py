@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.evaluate import choose_threshold, evaluate_scores, known_compromised
-from pipelines.features import build_features, feature_names
+from pipelines.features import build_features
 from pipelines.model import FraudScorer
 from pipelines.settings import (
     FeatureSettings,
@@ -101,11 +101,20 @@ def fit_booster(
 
 
 def held_out_test_period(
-    raw: pd.DataFrame, features: pd.DataFrame, windows: TrainingWindows, delay_days: int
+    raw: pd.DataFrame,
+    features: pd.DataFrame,
+    windows: TrainingWindows,
+    delay_days: int,
+    known_cards_days: int | None = None,
 ) -> LabelledPeriod:
-    """The test period without cards already known to be compromised (the handbook protocol)."""
+    """The test period without cards already known to be compromised (the handbook protocol):
+    a fraud from the training window's start on (or from `known_cards_days` before the test
+    period) whose label had matured by the test day."""
     test = select_period(raw, features, windows.test)
-    history = raw.loc[(raw["tx_datetime"] >= windows.train.start).to_numpy()]
+    since = windows.train.start
+    if known_cards_days is not None:
+        since = windows.test.start - pd.Timedelta(days=known_cards_days)
+    history = raw.loc[(raw["tx_datetime"] >= since).to_numpy()]
     known = known_compromised(test.raw["customer_id"], test.raw["tx_datetime"], history, delay_days)
     return LabelledPeriod(test.raw.loc[~known], test.features.loc[~known])
 
@@ -117,6 +126,7 @@ def train_model(
 
     `features` may be given precomputed for all of `transactions` (the backtest does, once for
     every fold): being point-in-time, a row's features do not depend on the rows after it.
+    Their columns are the model's inputs (the ablation gives other sets than the configured).
     """
     delay = settings.features.label_delay_days
     windows = layout_windows(
@@ -133,14 +143,16 @@ def train_model(
         features = features.loc[in_scope]
     train = select_period(history, features, windows.train)
     validation = select_period(history, features, windows.validation)
-    test = held_out_test_period(history, features, windows, delay)
+    test = held_out_test_period(
+        history, features, windows, delay, settings.training.known_cards_days
+    )
     for name, period in (("train", train), ("validation", validation), ("test", test)):
         if len(period.raw) == 0:
             raise ValueError(f"the {name} period {getattr(windows, name)} holds no transaction")
 
     booster = fit_booster(train, validation, settings.training)
     threads = settings.batch.resolved_threads
-    scorer = FraudScorer(booster, tuple(feature_names(settings.features)), 0.5)
+    scorer = FraudScorer(booster, tuple(train.features.columns), 0.5)
     validation_scores = scorer.predict_proba(validation.features, threads)
     threshold = choose_threshold(validation.labels, validation_scores, settings.training.threshold)
     scorer = FraudScorer(booster, scorer.features, threshold)

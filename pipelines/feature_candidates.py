@@ -1,0 +1,192 @@
+"""Features under study: offline definitions the ablation (`pipelines/training/ablation.py`)
+tries beside the model's own (`pipelines/features.py`).
+
+The same rules as the model's features: a transaction's value depends only on the rows before
+it (time order, ties in input order) and on labels that had matured by then, a label being
+known `label_delay_days` after its transaction; windows are half-open (start, end] at
+millisecond resolution. A candidate the ablation earns moves into `pipelines/features.py` with
+its online, batch and Spark forms and their parity tests; the others stay here, offline only,
+so that the ablation that judged them can be run again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipelines.features import (
+    DAY_MS,
+    MIN_PRIOR_SPEND,
+    _EntityTimeline,
+    _to_epoch_ms,
+    _unsort_columns,
+)
+from pipelines.settings import FeatureSettings
+
+# candidate groups: what the ablation adds or removes together
+GROUPS: dict[str, tuple[str, ...]] = {
+    "card_amount_median": ("amount_to_customer_median",),
+    "card_amount_upper": ("amount_to_customer_p90", "amount_to_customer_max"),
+    "card_amount_genuine": ("amount_to_customer_genuine_avg",),
+    "card_time_since_previous": ("customer_hours_since_previous",),
+    "card_terminal_first_seen": ("customer_terminal_first_seen",),
+    "terminal_matured_frauds": ("terminal_nb_frauds",),
+    "terminal_time_since_fraud": ("terminal_days_since_fraud",),
+    "terminal_decayed_risk": ("terminal_risk_decayed",),
+}
+# the terminal's decayed risk: a matured label's weight halves every this many days of age
+DECAY_HALF_LIFE_DAYS = 7.0
+# rows of the (row x window) matrices built at once
+_BLOCK_ROWS = 100_000
+
+
+def candidate_names() -> list[str]:
+    return [name for group in GROUPS.values() for name in group]
+
+
+def build_candidates(transactions: pd.DataFrame, settings: FeatureSettings) -> pd.DataFrame:
+    """Every candidate feature for every row of a raw-schema frame (index kept).
+
+    `tx_fraud`, where present, may be NaN (not known): such rows count as neither fraud nor
+    genuine.
+    """
+    times_ms = _to_epoch_ms(transactions["tx_datetime"])
+    amounts = transactions["tx_amount"].to_numpy(dtype=np.float64)
+    if "tx_fraud" in transactions:
+        labels = pd.to_numeric(transactions["tx_fraud"], errors="coerce").to_numpy(np.float64)
+    else:
+        labels = np.full(len(transactions), np.nan)
+    columns: dict[str, np.ndarray] = {}
+    if len(transactions):
+        columns.update(_card(transactions["customer_id"], times_ms, amounts, labels, settings))
+        columns.update(_card_terminal(transactions, times_ms, settings))
+        columns.update(_terminal(transactions["terminal_id"], times_ms, labels, settings))
+    else:
+        columns = {name: np.empty(0) for name in candidate_names()}
+    return pd.DataFrame(columns, index=transactions.index)[candidate_names()]
+
+
+def _window_rows(values: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Rows of values[lower[i]:upper[i]], NaN-padded to the widest window."""
+    width = max(int((upper - lower).max(initial=0)), 1)
+    index = lower[:, None] + np.arange(width)[None, :]
+    inside = index < upper[:, None]
+    return np.where(inside, values[np.minimum(index, len(values) - 1)], np.nan)
+
+
+def _quantile(rows: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
+    """The q-quantile (linear interpolation, as numpy's default) of each row's first `count`
+    values, rows sorted ascending."""
+    position = q * (count - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, count - 1)
+    picked = np.arange(len(rows))
+    low, high = rows[picked, below], rows[picked, above]
+    return low + (high - low) * (position - below)
+
+
+def _ratio(amounts: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(reference > MIN_PRIOR_SPEND, amounts / reference, np.nan)
+
+
+def _card(
+    customer: pd.Series,
+    times_ms: np.ndarray,
+    amounts: np.ndarray,
+    labels: np.ndarray,
+    settings: FeatureSettings,
+) -> dict[str, np.ndarray]:
+    longest = max(settings.customer_windows_days) * DAY_MS
+    delay = settings.label_delay_days * DAY_MS
+    timeline = _EntityTimeline(customer, times_ms, longest + delay)
+    sorted_amounts = amounts[timeline.order]
+    sorted_times = times_ms[timeline.order]
+    n = len(sorted_amounts)
+    lower = timeline.bound(longest)
+    upper = timeline.position  # earlier rows only
+    median, p90, largest = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    for start in range(0, n, _BLOCK_ROWS):
+        stop = min(n, start + _BLOCK_ROWS)
+        rows = np.sort(_window_rows(sorted_amounts, lower[start:stop], upper[start:stop]), axis=1)
+        count = upper[start:stop] - lower[start:stop]
+        some = count > 0
+        median[start:stop][some] = _quantile(rows[some], count[some], 0.5)
+        p90[start:stop][some] = _quantile(rows[some], count[some], 0.9)
+        largest[start:stop][some] = rows[some, count[some] - 1]
+    same_card = np.r_[False, timeline.codes[1:] == timeline.codes[:-1]]
+    gap = sorted_times - np.r_[0, sorted_times[:-1]]
+    previous = same_card & (gap < longest)
+    # matured genuine amounts: the card's rows in (t - delay - longest, t - delay], label 0
+    sorted_labels = labels[timeline.order]
+    genuine = (sorted_labels == 0).astype(np.float64)
+    matured_upper = timeline.bound(delay)
+    matured_lower = timeline.bound(delay + longest)
+    genuine_n = timeline.window_sum(genuine, matured_lower, matured_upper)
+    genuine_sum = timeline.window_sum(genuine * sorted_amounts, matured_lower, matured_upper)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        genuine_avg = np.where(genuine_n > 0, genuine_sum / genuine_n, np.nan)
+    out = {
+        "amount_to_customer_median": _ratio(sorted_amounts, median),
+        "amount_to_customer_p90": _ratio(sorted_amounts, p90),
+        "amount_to_customer_max": _ratio(sorted_amounts, largest),
+        "amount_to_customer_genuine_avg": _ratio(sorted_amounts, genuine_avg),
+        "customer_hours_since_previous": np.where(previous, gap / 3_600_000.0, np.nan),
+    }
+    return _unsort_columns(timeline.order, out)
+
+
+def _card_terminal(
+    transactions: pd.DataFrame, times_ms: np.ndarray, settings: FeatureSettings
+) -> dict[str, np.ndarray]:
+    """1.0 when the card has no earlier transaction at this terminal in its longest window."""
+    longest = max(settings.customer_windows_days) * DAY_MS
+    card, _ = pd.factorize(transactions["customer_id"], sort=False)
+    terminal, terminals = pd.factorize(transactions["terminal_id"], sort=False)
+    pair = card.astype(np.int64) * max(len(terminals), 1) + terminal
+    timeline = _EntityTimeline(pd.Series(pair), times_ms, longest)
+    sorted_times = times_ms[timeline.order]
+    same = np.r_[False, timeline.codes[1:] == timeline.codes[:-1]]
+    seen = same & (sorted_times - np.r_[0, sorted_times[:-1]] < longest)
+    return _unsort_columns(
+        timeline.order, {"customer_terminal_first_seen": (~seen).astype(np.float64)}
+    )
+
+
+def _terminal(
+    terminal: pd.Series, times_ms: np.ndarray, labels: np.ndarray, settings: FeatureSettings
+) -> dict[str, np.ndarray]:
+    """Matured labels of the terminal's rows in (t - delay - longest, t - delay]."""
+    delay = settings.label_delay_days * DAY_MS
+    longest = max(settings.terminal_windows_days) * DAY_MS
+    timeline = _EntityTimeline(terminal, times_ms, longest + delay)
+    sorted_labels = labels[timeline.order]
+    sorted_times = times_ms[timeline.order].astype(np.float64)
+    n = len(sorted_labels)
+    upper = timeline.bound(delay)
+    lower = timeline.bound(delay + longest)
+    fraud = np.nan_to_num(sorted_labels, nan=0.0)
+    frauds = timeline.window_sum(fraud, lower, upper)
+    last_fraud = np.maximum.accumulate(np.where(fraud > 0, np.arange(n), -1))
+    latest = last_fraud[np.maximum(upper - 1, 0)]
+    found = (upper > lower) & (latest >= lower)
+    since = np.where(found, (sorted_times - sorted_times[np.maximum(latest, 0)]) / DAY_MS, np.nan)
+    decayed = np.zeros(n)
+    half_life = DECAY_HALF_LIFE_DAYS * DAY_MS
+    for start in range(0, n, _BLOCK_ROWS):
+        stop = min(n, start + _BLOCK_ROWS)
+        block_times = _window_rows(sorted_times, lower[start:stop], upper[start:stop])
+        block_labels = _window_rows(sorted_labels, lower[start:stop], upper[start:stop])
+        age = sorted_times[start:stop, None] - block_times
+        weight = np.where(np.isnan(block_labels), 0.0, np.exp2(-np.nan_to_num(age) / half_life))
+        total = weight.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            decayed[start:stop] = np.where(
+                total > 0, (weight * np.nan_to_num(block_labels)).sum(axis=1) / total, 0.0
+            )
+    out = {
+        "terminal_nb_frauds": frauds,
+        "terminal_days_since_fraud": since,
+        "terminal_risk_decayed": decayed,
+    }
+    return _unsort_columns(timeline.order, out)
