@@ -184,7 +184,12 @@ def cmd_ablate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "configuration was developed on): the ablation judges on other seeds"
         )
     results = ablation.run_ablation(
-        settings, reference, seeds, args.variant, progress=lambda step: log.info("%s", step)
+        settings,
+        reference,
+        seeds,
+        args.variant,
+        progress=lambda step: log.info("%s", step),
+        jobs=args.jobs or settings.ablation.jobs,
     )
     summary = ablation.report(results, seeds)
     table = ablation.markdown(summary)
@@ -677,6 +682,7 @@ def build_parser() -> Parser:
     p.add_argument("--reference", help="today's model configuration (conf/model-reference.yaml)")
     p.add_argument("--variant", action="append", help="run only this variant (repeatable)")
     p.add_argument("--markdown", help="also write the table here")
+    p.add_argument("--jobs", type=_whole, help="seeds run at once (ablation.jobs)")
     p = add("score", cmd_score, "batch-score raw transactions", data=True, summary=False)
     p.add_argument("--model-uri", help="default: the model in service (stage or alias)")
     p.add_argument(

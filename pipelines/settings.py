@@ -246,6 +246,8 @@ class AblationSettings(_Frozen):
     # simulator seeds the ablation judges on: never simulation.seed, the data the model
     # configuration was developed on
     seeds: tuple[int, ...] = (1, 2, 3)
+    # seeds run at once, each in its own process on one LightGBM thread
+    jobs: int = Field(default=1, gt=0)
 
     @field_validator("seeds")
     @classmethod

@@ -12,6 +12,7 @@ seeds of the mean over folds, with the standard deviation over seeds.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,15 +162,40 @@ def simulated(settings: Settings, seed: int) -> pd.DataFrame:
     return simulate_transactions(settings.simulation.model_copy(update={"seed": seed}))
 
 
+def _one_thread(settings: Settings) -> Settings:
+    return _with_lightgbm(settings, {**settings.training.lightgbm, "num_threads": 1})
+
+
+def seed_run(
+    settings: Settings, reference: Settings, seed: int, chosen: Sequence[Variant]
+) -> dict[str, list[dict[str, float]]]:
+    """Every chosen variant's fold metrics on one seed's simulated data, by variant name."""
+    transactions = simulated(settings, seed)
+    features = seed_features(transactions, settings, reference)
+    out = {}
+    for variant in chosen:
+        folds, _ = backtest_folds(
+            transactions, variant.settings, features.loc[:, list(variant.columns)]
+        )
+        out[variant.name] = [dict(fold.metrics) for fold in folds]
+    return out
+
+
 def run_ablation(
     settings: Settings,
     reference: Settings,
     seeds: Sequence[int],
     chosen: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    jobs: int = 1,
 ) -> list[VariantResult]:
-    """Backtest every variant (or those named in `chosen`) on every seed's simulated data."""
-    all_variants = variants(settings, reference)
+    """Backtest every variant (or those named in `chosen`) on every seed's simulated data.
+
+    Every model trains on one LightGBM thread, so that the figures do not depend on how many
+    seeds run at once (`jobs` processes, one seed each): LightGBM's sums, and with them its
+    splits, can differ with the thread count.
+    """
+    all_variants = variants(_one_thread(settings), _one_thread(reference))
     if chosen:
         unknown = sorted(set(chosen) - {v.name for v in all_variants})
         if unknown:
@@ -179,17 +205,23 @@ def run_ablation(
         all_variants = [v for v in all_variants if v.name in chosen]
     results = [VariantResult(v) for v in all_variants]
     k = settings.training.card_precision_k
-    for seed in seeds:
-        transactions = simulated(settings, seed)
-        features = seed_features(transactions, settings, reference)
-        for result in results:
-            variant = result.variant
+    one, other = _one_thread(settings), _one_thread(reference)
+    if jobs > 1 and len(seeds) > 1:
+        if progress:
+            progress(f"seeds {list(seeds)}: {len(all_variants)} variants, {jobs} at once")
+        n = len(seeds)
+        with ProcessPoolExecutor(min(jobs, n)) as pool:
+            found = pool.map(seed_run, [one] * n, [other] * n, seeds, [all_variants] * n)
+            runs = dict(zip(seeds, found))
+    else:
+        runs = {}
+        for seed in seeds:
             if progress:
-                progress(f"seed {seed}: {variant.name}")
-            folds, _ = backtest_folds(
-                transactions, variant.settings, features.loc[:, list(variant.columns)]
-            )
-            metrics = [fold.metrics for fold in folds]
+                progress(f"seed {seed}: {len(all_variants)} variants")
+            runs[seed] = seed_run(one, other, seed, all_variants)
+    for seed, by_variant in runs.items():
+        for result in results:
+            metrics = by_variant[result.variant.name]
             result.folds[seed] = metrics
             result.per_seed[seed] = {
                 short: float(np.mean([m[key.format(k=k)] for m in metrics]))
