@@ -181,6 +181,44 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     return report
 
 
+def cmd_tune(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: labelled transactions (--data, once or more: e.g. several simulated worlds),
+    their validation periods only. Produces: a `tune` MLflow run with one nested run per trial,
+    the best parameters and the resolved training configuration (tuning/config.yaml, a
+    --config overlay for `train`)."""
+    from pipelines.training.tune import tune
+
+    overrides = {
+        key: value
+        for key, value in {
+            "trials": args.trials,
+            "timeout_s": args.timeout,
+            "sampler": args.sampler,
+        }.items()
+        if value is not None
+    }
+    if overrides:
+        settings = load_settings(
+            args.config or os.environ.get(CONFIG_ENV) or None, overrides={"tuning": overrides}
+        )
+    paths = [Path(p) for p in (args.data or []) if p] or [settings.data_path]
+    datasets = []
+    for path in paths:
+        log.info("reading transactions from %s", path)
+        transactions = load_transactions(path, settings.data.columns, require_labels=True)
+        datasets.append((str(path), transactions))
+    result = tune(datasets, settings)
+    print(
+        f"tuned over {len(result.trials)} trials ({result.sampler}, stopped by "
+        f"{result.stopped_by}, {result.seconds:.0f} s; run {result.run_id}): best "
+        f"validation AP {result.best.value:.4f} (trial {result.best.number}), configured "
+        f"{result.baseline.value:.4f}"
+    )
+    for name, value in result.best.params.items():
+        print(f"  {name}: {value:.6g}")
+    return result.as_dict()
+
+
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows,
     streamed in chunks of batch.chunk_rows on batch.threads threads (see README, Batch
@@ -577,6 +615,16 @@ def _whole(text: str) -> int:
     return int(value)
 
 
+def _blank_or(convert):
+    """`convert`, with the empty string MLproject passes for an unset parameter as None."""
+
+    def parse(text: str):
+        return None if text == "" else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse names the type in its error
+    return parse
+
+
 class Parser(argparse.ArgumentParser):
     """Refuses a bad command line with its command's usage exit code: 2, or the monitor's error
     verdict (3), since a scheduler reads the monitor's 2 as "degraded"."""
@@ -629,6 +677,19 @@ def build_parser() -> Parser:
     add("train", cmd_train, "train, log and register a model", data=True)
     p = add("backtest", cmd_backtest, "prequential evaluation over weekly folds", data=True)
     p.add_argument("--folds", type=_whole)
+    p = add("tune", cmd_tune, "parameter search on validation periods (MLflow runs)")
+    p.add_argument(
+        "--data",
+        action="append",
+        help="CSV/Parquet file or folder; repeat for several datasets (default: data.path)",
+    )
+    p.add_argument("--trials", type=_blank_or(_whole), help="trial budget (tuning.trials)")
+    p.add_argument(
+        "--timeout",
+        type=_blank_or(float),
+        help="time budget in seconds: no trial starts after it (tuning.timeout_s)",
+    )
+    p.add_argument("--sampler", choices=["tpe", "random", ""], help="tuning.sampler")
     p = add("score", cmd_score, "batch-score raw transactions", data=True, summary=False)
     p.add_argument("--model-uri", help="default: the model in service (stage or alias)")
     p.add_argument(
@@ -766,6 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "until",
         "only",
         "master",
+        "sampler",
     ):
         if getattr(args, name, None) == "":
             setattr(args, name, None)  # MLproject passes unset optional parameters as ""
