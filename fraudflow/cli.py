@@ -615,16 +615,6 @@ def _whole(text: str) -> int:
     return int(value)
 
 
-def _blank_or(convert):
-    """`convert`, with the empty string MLproject passes for an unset parameter as None."""
-
-    def parse(text: str):
-        return None if text == "" else convert(text)
-
-    parse.__name__ = convert.__name__  # argparse names the type in its error
-    return parse
-
-
 class Parser(argparse.ArgumentParser):
     """Refuses a bad command line with its command's usage exit code: 2, or the monitor's error
     verdict (3), since a scheduler reads the monitor's 2 as "degraded"."""
@@ -683,13 +673,13 @@ def build_parser() -> Parser:
         action="append",
         help="CSV/Parquet file or folder; repeat for several datasets (default: data.path)",
     )
-    p.add_argument("--trials", type=_blank_or(_whole), help="trial budget (tuning.trials)")
+    p.add_argument("--trials", type=_whole, help="trial budget (tuning.trials)")
     p.add_argument(
         "--timeout",
-        type=_blank_or(float),
+        type=float,
         help="time budget in seconds: no trial starts after it (tuning.timeout_s)",
     )
-    p.add_argument("--sampler", choices=["tpe", "random", ""], help="tuning.sampler")
+    p.add_argument("--sampler", choices=["tpe", "random"], help="tuning.sampler")
     p = add("score", cmd_score, "batch-score raw transactions", data=True, summary=False)
     p.add_argument("--model-uri", help="default: the model in service (stage or alias)")
     p.add_argument(
@@ -827,7 +817,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "until",
         "only",
         "master",
-        "sampler",
     ):
         if getattr(args, name, None) == "":
             setattr(args, name, None)  # MLproject passes unset optional parameters as ""
