@@ -229,6 +229,44 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     return report
 
 
+def cmd_tune(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Reads: labelled transactions (--data, once or more: e.g. several simulated worlds),
+    their validation periods only. Produces: a `tune` MLflow run with one nested run per trial,
+    the best parameters and the resolved training configuration (tuning/config.yaml, a
+    --config overlay for `train`)."""
+    from pipelines.training.tune import tune
+
+    overrides = {
+        key: value
+        for key, value in {
+            "trials": args.trials,
+            "timeout_s": args.timeout,
+            "sampler": args.sampler,
+        }.items()
+        if value is not None
+    }
+    if overrides:
+        settings = load_settings(
+            args.config or os.environ.get(CONFIG_ENV) or None, overrides={"tuning": overrides}
+        )
+    paths = [Path(p) for p in (args.data or []) if p] or [settings.data_path]
+    datasets = []
+    for path in paths:
+        log.info("reading transactions from %s", path)
+        transactions = load_transactions(path, settings.data.columns, require_labels=True)
+        datasets.append((str(path), transactions))
+    result = tune(datasets, settings)
+    print(
+        f"tuned over {len(result.trials)} trials ({result.sampler}, stopped by "
+        f"{result.stopped_by}, {result.seconds:.0f} s; run {result.run_id}): best "
+        f"validation AP {result.best.value:.4f} (trial {result.best.number}), configured "
+        f"{result.baseline.value:.4f}"
+    )
+    for name, value in result.best.params.items():
+        print(f"  {name}: {value:.6g}")
+    return result.as_dict()
+
+
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: raw transactions and a model. Produces: transaction_id, fraud_probability rows,
     streamed in chunks of batch.chunk_rows on batch.threads threads (see README, Batch
@@ -683,6 +721,19 @@ def build_parser() -> Parser:
     p.add_argument("--variant", action="append", help="run only this variant (repeatable)")
     p.add_argument("--markdown", help="also write the table here")
     p.add_argument("--jobs", type=_whole, help="seeds run at once (ablation.jobs)")
+    p = add("tune", cmd_tune, "parameter search on validation periods (MLflow runs)")
+    p.add_argument(
+        "--data",
+        action="append",
+        help="CSV/Parquet file or folder; repeat for several datasets (default: data.path)",
+    )
+    p.add_argument("--trials", type=_whole, help="trial budget (tuning.trials)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="time budget in seconds: no trial starts after it (tuning.timeout_s)",
+    )
+    p.add_argument("--sampler", choices=["tpe", "random"], help="tuning.sampler")
     p = add("score", cmd_score, "batch-score raw transactions", data=True, summary=False)
     p.add_argument("--model-uri", help="default: the model in service (stage or alias)")
     p.add_argument(

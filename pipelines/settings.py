@@ -127,6 +127,12 @@ MOVED_KEYS: dict[str, tuple[str, str]] = {
         "serving.tokens",
         "a list of {name, scopes: [score, label], token | sha256}: README, Security",
     ),
+    "retraining.search": (
+        "retraining.params",
+        "the list of LightGBM overlays gave way to a parameter search: retraining.params: "
+        "search (within retraining.search_budget, over tuning.space) or last_search; "
+        "docs/model.md, Parameter search",
+    ),
 }
 
 
@@ -499,16 +505,111 @@ class MonitoringSettings(_Frozen):
         return value
 
 
+# the training settings a parameter search may set beside LightGBM's parameters
+SEARCHABLE_TRAINING = ("imbalance_power",)
+# LightGBM parameters that do not shape the model (threads, seeds, logging) or take a word: the
+# search leaves them as configured
+NOT_SEARCHABLE = frozenset(
+    {
+        "objective",
+        "boosting",
+        "num_threads",
+        "seed",
+        "bagging_seed",
+        "feature_fraction_seed",
+        "extra_seed",
+        "drop_seed",
+        "deterministic",
+        "force_row_wise",
+        "force_col_wise",
+        "verbosity",
+    }
+)
+
+
+class SearchRange(_Frozen):
+    """One dimension of the search space: a float or integer range, sampled uniformly or, with
+    `log`, uniformly on a log scale."""
+
+    type: Literal["float", "int"] = "float"
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _a_range(self) -> "SearchRange":
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ValueError("a range needs finite bounds with low below high")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low above 0")
+        if self.type == "int" and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError("an int range needs whole bounds")
+        return self
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+class SearchBudget(_Frozen):
+    """How long a parameter search may go on: at most `trials` trials, and no trial starts once
+    `timeout_s` seconds have passed (null: no time budget); whichever comes first."""
+
+    trials: int = Field(gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class TuningSettings(_Frozen):
+    """`fraudflow tune` (`pipelines/training/tune.py`): the search space, the sampler, the budget
+    and the validation folds the objective averages over (docs/model.md, Parameter search)."""
+
+    trials: int = Field(gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    sampler: Literal["tpe", "random"] = "tpe"
+    # the sampler's seed: with a trial budget, the same trials, parameters and best
+    seed: int = 0
+    # validation periods per dataset, each fold_step_days before the next (training's lengths)
+    folds: int = Field(default=2, gt=0)
+    fold_step_days: int = Field(default=7, gt=0)
+    # LightGBM threads of a trial (results do not depend on it: trials run deterministic)
+    num_threads: int = Field(default=1, gt=0)
+    space: dict[str, SearchRange] = Field(min_length=1)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _null_drops_a_range(cls, value: Any) -> Any:
+        """An overlay is deep-merged into the default space: `name: null` takes a range out."""
+        if isinstance(value, Mapping):
+            return {name: spec for name, spec in value.items() if spec is not None}
+        return value
+
+    @field_validator("space")
+    @classmethod
+    def _searchable(cls, value: dict[str, SearchRange]) -> dict[str, SearchRange]:
+        fixed = sorted(set(value) & NOT_SEARCHABLE)
+        if fixed:
+            raise ValueError(f"{fixed[0]!r} is not searched: it stays as training.lightgbm sets it")
+        # a name that is neither a training setting nor an allowed LightGBM parameter is refused
+        # as it is in training.lightgbm
+        check_lightgbm_parameters({name: 0 for name in value if name not in SEARCHABLE_TRAINING})
+        power = value.get("imbalance_power")
+        if power is not None and not (0 <= power.low and power.high <= 1):
+            raise ValueError("imbalance_power's range must lie within [0, 1]")
+        return value
+
+    @property
+    def budget(self) -> SearchBudget:
+        return SearchBudget(trials=self.trials, timeout_s=self.timeout_s)
+
+
 class RetrainingSettings(_Frozen):
     # False leaves a challenger that passes in Staging for a person to promote in the MLflow UI
     auto_promote: bool
-    # LightGBM parameter overlays tried as nested runs; the best on validation is registered
-    search: tuple[dict[str, Any], ...] = ()
-
-    @field_validator("search")
-    @classmethod
-    def _allowed_lightgbm(cls, value: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
-        return tuple(check_lightgbm_parameters(overlay) for overlay in value)
+    # the model configuration a retraining trains with: the champion's (what its run logged;
+    # the configured one when nothing is served), the newest finished `fraudflow tune` run's
+    # best (`last_search`; the champion's when there is none), or a search run now on the
+    # retraining's data within search_budget (`search`, from the champion's)
+    params: Literal["champion", "last_search", "search"] = "champion"
+    search_budget: SearchBudget = SearchBudget(trials=10, timeout_s=900)
 
 
 class BackupSettings(_Frozen):
@@ -602,6 +703,7 @@ class Settings(_Frozen):
     prediction_log: PredictionLogSettings = PredictionLogSettings()
     monitoring: MonitoringSettings
     retraining: RetrainingSettings
+    tuning: TuningSettings
     backup: BackupSettings = BackupSettings()
     batch: BatchSettings = BatchSettings()
     integrity: IntegritySettings = IntegritySettings()

@@ -80,3 +80,26 @@ def layout_windows(
 
 def _midnight(day: date) -> pd.Timestamp:
     return pd.Timestamp(day).floor("D")
+
+
+def layout_folds(
+    data_start: pd.Timestamp,
+    data_end: pd.Timestamp,
+    settings: TrainingSettings,
+    delay_days: int,
+    folds: int,
+    step_days: int,
+) -> list[TrainingWindows]:
+    """`folds` layouts of `layout_windows`, newest first, each `step_days` before the next
+    (the backtest's fold step), every one checked to fit the data."""
+    newest = layout_windows(data_start, data_end, settings, delay_days)
+    layouts = []
+    for fold in range(folds):
+        shift = pd.Timedelta(days=fold * step_days)
+        anchor = newest.test.end - shift
+        anchored = settings.model_copy(update={"end_date": anchor.date(), "train_start": None})
+        try:
+            layouts.append(layout_windows(data_start, data_end, anchored, delay_days))
+        except ValueError as exc:
+            raise ValueError(f"fold {fold} of {folds}, {step_days} days apart: {exc}") from None
+    return layouts

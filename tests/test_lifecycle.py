@@ -270,10 +270,10 @@ def test_retraining_refuses_a_champion_whose_logged_lightgbm_parameters_are_not_
 
 
 def test_a_configuration_with_an_unknown_lightgbm_parameter_is_refused(tmp_path) -> None:
-    """The allowlist guards configuration files and retraining searches the same way."""
+    """The allowlist guards configuration files and the search space the same way."""
     for sections, where in (
         ({"training": {"lightgbm": {"num_leaves": 7, "machines": "a:1"}}}, "training.lightgbm"),
-        ({"retraining": {"search": [{"output_model": "/tmp/m.txt"}]}}, "retraining.search"),
+        ({"tuning": {"space": {"output_model": {"low": 0, "high": 1}}}}, "tuning.space"),
     ):
         unknown = "machines" if "training" in sections else "output_model"
         with pytest.raises(SettingsError, match=f"unknown LightGBM parameter '{unknown}'") as bad:

@@ -27,7 +27,7 @@ from pipelines.log.traffic import attach_labels, labels_from_file
 from pipelines.mlflow import store
 from pipelines.mlflow.promotion import set_challenger
 from pipelines.monitor_summary import Verdict
-from pipelines.settings import load_settings
+from pipelines.settings import SearchBudget, load_settings
 from pipelines.state.factory import open_state
 from serving.app import create_app
 from tests.support.models import copy_store, train_and_register
@@ -427,13 +427,14 @@ def test_no_champion_and_too_little_traffic_are_errors_with_exit_code_3(
 
 
 def test_retrain_by_hand_with_a_search_logs_nested_trials(world, tmp_path: Path) -> None:
-    """`fraudflow retrain` (what the `retrain` entry point runs), with a configured search:
-    one nested run per tried configuration, the challenger registered and judged."""
+    """`fraudflow retrain` (what the `retrain` entry point runs) with `retraining.params:
+    search`: a nested `tune` run with one nested run per trial, the challenger registered with
+    its best and judged."""
     settings, _, _, _, version, data = world
     searching = settings.model_copy(
         update={
             "retraining": settings.retraining.model_copy(
-                update={"search": ({"num_leaves": 4, "min_child_samples": 200},)}
+                update={"params": "search", "search_budget": SearchBudget(trials=2)}
             )
         }
     )
@@ -446,18 +447,20 @@ def test_retrain_by_hand_with_a_search_logs_nested_trials(world, tmp_path: Path)
     assert code == 0
     result = json.loads(output.read_text())
     assert result["trigger"]["fraudflow.trigger"] == "manual"
-    assert [t["overlay"] for t in result["trials"]] == [
-        {},
-        {"num_leaves": 4, "min_child_samples": 200},
-    ]
+    assert [t["number"] for t in result["trials"]] == [0, 1]
+    assert result["params_source"] == "search"
     assert result["champion_before"] == version and result["challenger_metrics"]
     client = store.client(settings)
+    experiment_id = client.get_run(result["run_id"]).info.experiment_id
     children = client.search_runs(
-        [client.get_run(result["run_id"]).info.experiment_id],
-        f"tags.mlflow.parentRunId = '{result['run_id']}'",
+        [experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'"
     )
     steps = sorted(run.data.tags["fraudflow.step"] for run in children)
-    assert steps == ["retrain-trial", "retrain-trial", "train"]
+    assert steps == ["train", "tune"]
+    trials = client.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{result['tune_run_id']}'"
+    )
+    assert sorted(run.data.tags["fraudflow.step"] for run in trials) == ["tune-trial"] * 2
     challenger = client.get_model_version(NAME, result["challenger_version"])
     assert challenger.run_id == result["training_run_id"]
     assert challenger.current_stage == ("Production" if result["promoted"] else "Staging")

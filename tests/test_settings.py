@@ -23,6 +23,7 @@ OLD_KEYS = [
     ("serving.prediction_log_dir", "elsewhere", "prediction_log.dir"),
     ("monitoring.prediction_log_retention_days", "30", "prediction_log.retention_days"),
     ("serving.model_source", "alias", "mlflow.model_source"),
+    ("retraining.search", "[]", "retraining.params"),
 ]
 
 

@@ -143,23 +143,13 @@ def log_backtest(
 def retraining_run(
     settings: Settings, tags: dict[str, str], params: dict[str, Any]
 ) -> Iterator[str]:
-    """The parent `retrain` run: trials and the challenger's training run nest under it."""
+    """The parent `retrain` run: a search (`pipelines.mlflow.tuning`) and the challenger's
+    training run nest under it."""
     use_store(settings)
     experiment_id = experiment(settings, settings.mlflow.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name="retrain", tags=tags) as parent:
         mlflow.log_params(params)
         yield parent.info.run_id
-
-
-def log_trial(
-    settings: Settings, number: int, params: dict[str, Any], metrics: dict[str, float]
-) -> None:
-    """One tried configuration of a retraining search, nested under the retraining run."""
-    experiment_id = experiment(settings, settings.mlflow.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{number}", nested=True):
-        mlflow.set_tags({"fraudflow.step": "retrain-trial"})
-        mlflow.log_params({f"lgbm_{k}": v for k, v in params.items()})
-        mlflow.log_metrics(finite({f"validation_{k}": v for k, v in metrics.items()}))
 
 
 def log_promotion(

@@ -2,8 +2,10 @@
 compared with the champion on the same most recent labelled period.
 
 Runs: a parent `retrain` run (tagged with what triggered it) holding the nested training run
-that registers the challenger (and, with `retraining.search`, one nested run per tried
-configuration). The gated decision is recorded in the promotion experiment as usual.
+that registers the challenger (and, with `retraining.params: search`, a nested `tune` run with
+one nested run per trial). Where the parameters came from (`retraining.params`: the champion's,
+the last search's, a search now) is a param and a tag of the run; the promotion gates decide as
+for any challenger. The gated decision is recorded in the promotion experiment as usual.
 
 A new version that passes the offline gates but is not promoted (automatic promotion off, or
 live evidence required: then retraining never promotes) becomes the challenger
@@ -13,6 +15,7 @@ decides.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +26,13 @@ from pipelines.features import build_features
 from pipelines.mlflow import runs, store
 from pipelines.mlflow.promotion import PromotionDecision, promote_if_better, set_challenger
 from pipelines.mlflow.registry import place, served_version
+from pipelines.mlflow.tuning import last_search
 from pipelines.settings import RAW_COLUMNS, Settings
 from pipelines.training import record
-from pipelines.training.train import TrainingResult, train_model
+from pipelines.training.train import train_model
+from pipelines.training.tune import tune
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,10 @@ class RetrainResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     # the new version was made the challenger (scored beside the champion)
     challenger: bool = False
+    # where the model configuration came from: champion, configured, last_search or search
+    params_source: str = "champion"
+    # the search run it came from (last_search, search)
+    tune_run_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +67,8 @@ class RetrainResult:
             "rows": self.rows,
             "trials": self.trials,
             "challenger": self.challenger,
+            "params_source": self.params_source,
+            "tune_run_id": self.tune_run_id,
         }
 
 
@@ -82,36 +95,61 @@ def champion_configuration(settings: Settings) -> tuple[Settings, str | None]:
     return settings.model_copy(update={"training": training}), str(champion.version)
 
 
-def with_lightgbm(settings: Settings, overlay: Mapping[str, Any]) -> Settings:
-    lightgbm = {**settings.training.lightgbm, **overlay}
-    return settings.model_copy(
-        update={"training": settings.training.model_copy(update={"lightgbm": lightgbm})}
+@dataclass(frozen=True)
+class Configuration:
+    """The settings a retraining trains with, and where their model configuration came from."""
+
+    settings: Settings
+    source: str
+    tune_run_id: str | None = None
+
+
+def starting_configuration(settings: Settings) -> tuple[Configuration, str | None]:
+    """The champion's configuration, or with `retraining.params: last_search` the newest
+    finished search's (the champion's, said in the log, when there is none); and the champion's
+    version."""
+    base, champion = champion_configuration(settings)
+    source = "champion" if base is not settings else "configured"
+    if settings.retraining.params != "last_search":
+        return Configuration(base, source), champion
+    found = last_search(settings)
+    if found is None:
+        log.warning(
+            "retraining.params is last_search, but experiment %r holds no finished tune run: "
+            "retraining with the %s parameters",
+            settings.mlflow.experiment,
+            source,
+        )
+        return Configuration(base, source), champion
+    run_id, training = found
+    log.info("retraining with the best parameters of tune run %s", run_id)
+    return (
+        Configuration(settings.model_copy(update={"training": training}), "last_search", run_id),
+        champion,
     )
 
 
-def _search(
-    data: pd.DataFrame, features: pd.DataFrame, base: Settings
-) -> tuple[TrainingResult, Settings, list[dict[str, Any]]]:
-    """With `retraining.search`, train the base configuration and each overlay as nested runs;
-    the best on validation average precision wins (the test period stays untouched by the
-    choice). Without it, the base configuration alone, with no trial runs."""
-    if not base.retraining.search:
-        return train_model(data, base, features), base, []
-    tried = []
-    for number, overlay in enumerate([{}, *base.retraining.search]):
-        settings = with_lightgbm(base, overlay)
-        result = train_model(data, settings, features)
-        runs.log_trial(base, number, result.params, result.validation_metrics)
-        tried.append((overlay, result, settings))
+def searched_configuration(
+    data: pd.DataFrame, features: pd.DataFrame, start: Configuration, data_path: str
+) -> tuple[Configuration, list[dict[str, Any]]]:
+    """With `retraining.params: search`, a search from `start` on the retraining's data within
+    retraining.search_budget, as a `tune` run nested in the retraining run; the resolved
+    configuration and the trials. Its objective sees validation periods only: the test period
+    the challenger is measured on stays out of the choice."""
+    settings = start.settings
+    result = tune(
+        [(data_path or "retraining data", data)],
+        settings,
+        budget=settings.retraining.search_budget,
+        features=[features],
+        tags={"params_start": start.source},
+    )
     trials = [
-        {
-            "overlay": dict(o),
-            "validation_average_precision": r.validation_metrics["average_precision"],
-        }
-        for o, r, _ in tried
+        {"number": t.number, "params": t.params, "validation_average_precision": t.value}
+        for t in result.trials
     ]
-    _, result, settings = max(tried, key=lambda t: t[1].validation_metrics["average_precision"])
-    return result, settings, trials
+    chosen = settings.model_copy(update={"training": result.training})
+    return Configuration(chosen, "search", result.run_id), trials
 
 
 def retrain(
@@ -126,7 +164,8 @@ def retrain(
     with live evidence required, or automatic promotion off, a version that qualifies becomes
     the challenger instead."""
     data = assemble(history, production)
-    base, champion = champion_configuration(settings)
+    start, champion = starting_configuration(settings)
+    base = start.settings
     rows = {
         "history_rows": len(history),
         "production_rows": len(production),
@@ -135,14 +174,17 @@ def retrain(
     }
     trigger = {k: str(v) for k, v in trigger.items()}
     tags = {"fraudflow.step": "retrain", "champion_version": champion or "", **trigger}
-    params = {**rows, "data_path": data_path, "search_size": len(base.retraining.search)}
+    params = {**rows, "data_path": data_path, "retraining_params": settings.retraining.params}
     with runs.retraining_run(settings, tags, params) as run_id:
         features = build_features(data, base.features)
-        result, chosen, trials = _search(data, features, base)
+        chosen, trials = start, []
+        if settings.retraining.params == "search":
+            chosen, trials = searched_configuration(data, features, start, data_path)
+        result = train_model(data, chosen.settings, features)
         description = record.data_description(data_path, data)
-        version_tags = {**trigger, "retrain_run_id": run_id}
+        version_tags = {**trigger, "retrain_run_id": run_id, **_source_tags(chosen)}
         training_run_id, version = record.log_training_run(
-            result, chosen, description, version_tags
+            result, chosen.settings, description, version_tags
         )
     place(store.client(settings), settings, str(version.version), "Staging", False)
     live_required = settings.promotion.live_evidence.required
@@ -172,6 +214,7 @@ def retrain(
             "promoted": str(decision.promoted).lower(),
             "challenger": str(challenger).lower(),
             "decision": decision.reason[:4000],
+            **_source_tags(chosen),
         },
     )
     return RetrainResult(
@@ -183,4 +226,13 @@ def retrain(
         rows=rows,
         trials=trials,
         challenger=challenger,
+        params_source=chosen.source,
+        tune_run_id=chosen.tune_run_id,
     )
+
+
+def _source_tags(configuration: Configuration) -> dict[str, str]:
+    tags = {"params_source": configuration.source}
+    if configuration.tune_run_id:
+        tags["tune_run_id"] = configuration.tune_run_id
+    return tags
