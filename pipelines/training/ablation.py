@@ -11,6 +11,7 @@ seeds of the mean over folds, with the standard deviation over seeds.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -210,7 +211,10 @@ def run_ablation(
         if progress:
             progress(f"seeds {list(seeds)}: {len(all_variants)} variants, {jobs} at once")
         n = len(seeds)
-        with ProcessPoolExecutor(min(jobs, n)) as pool:
+        # spawned, not forked: a fork copies the locks other threads hold (MLflow's, the
+        # logging module's) into a child that then waits on them for ever
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(jobs, n), mp_context=spawn) as pool:
             found = pool.map(seed_run, [one] * n, [other] * n, seeds, [all_variants] * n)
             runs = dict(zip(seeds, found))
     else:
