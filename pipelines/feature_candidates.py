@@ -18,8 +18,8 @@ from pipelines.features import (
     DAY_MS,
     MIN_PRIOR_SPEND,
     _EntityTimeline,
-    _to_epoch_ms,
     _unsort_columns,
+    raw_arrays,
 )
 from pipelines.settings import FeatureSettings
 
@@ -50,12 +50,7 @@ def build_candidates(transactions: pd.DataFrame, settings: FeatureSettings) -> p
     `tx_fraud`, where present, may be NaN (not known): such rows count as neither fraud nor
     genuine.
     """
-    times_ms = _to_epoch_ms(transactions["tx_datetime"])
-    amounts = transactions["tx_amount"].to_numpy(dtype=np.float64)
-    if "tx_fraud" in transactions:
-        labels = pd.to_numeric(transactions["tx_fraud"], errors="coerce").to_numpy(np.float64)
-    else:
-        labels = np.full(len(transactions), np.nan)
+    times_ms, amounts, labels = raw_arrays(transactions)
     columns: dict[str, np.ndarray] = {}
     if len(transactions):
         columns.update(_card(transactions["customer_id"], times_ms, amounts, labels, settings))

@@ -78,12 +78,7 @@ def build_features_carried(
     the second result is the state after every row (rows in input order, columns as
     SPEND_STATE). With `parallel`, card and terminal features run on two threads.
     """
-    times_ms = _to_epoch_ms(transactions["tx_datetime"])
-    amounts = transactions["tx_amount"].to_numpy(dtype=np.float64)
-    if "tx_fraud" in transactions:
-        labels = pd.to_numeric(transactions["tx_fraud"], errors="coerce").to_numpy(np.float64)
-    else:
-        labels = np.full(len(transactions), np.nan)
+    times_ms, amounts, labels = raw_arrays(transactions)
     datetimes = pd.DatetimeIndex(transactions["tx_datetime"])
 
     columns: dict[str, np.ndarray] = {
@@ -105,6 +100,17 @@ def build_features_carried(
         columns.update(_terminal_features(*terminal_args))
     frame = pd.DataFrame(columns, index=transactions.index)
     return frame[feature_names(settings)], state
+
+
+def raw_arrays(transactions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Times (epoch ms), amounts and labels (NaN: not known, or no label column) of raw rows."""
+    times_ms = _to_epoch_ms(transactions["tx_datetime"])
+    amounts = transactions["tx_amount"].to_numpy(dtype=np.float64)
+    if "tx_fraud" in transactions:
+        labels = pd.to_numeric(transactions["tx_fraud"], errors="coerce").to_numpy(np.float64)
+    else:
+        labels = np.full(len(transactions), np.nan)
+    return times_ms, amounts, labels
 
 
 # a card's running spend: the Kahan sum and its compensation (pandas' grouped cumsum state)
