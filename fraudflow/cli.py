@@ -90,6 +90,11 @@ def _load(args: argparse.Namespace, settings: Settings, require_labels: bool):
     return path, frame
 
 
+def _given(**values: Any) -> dict[str, Any]:
+    """The settings a command line gave (an option left out is None), as overrides."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Reads: simulation settings. Produces: one Parquet file per day under --output."""
     from pipelines.training.simulate import (
@@ -98,17 +103,13 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         write_daily_parquet,
     )
 
-    overrides = {
-        key: value
-        for key, value in {
-            "n_customers": args.customers,
-            "n_terminals": args.terminals,
-            "n_days": args.days,
-            "seed": args.seed,
-            "start_date": args.start_date,
-        }.items()
-        if value is not None
-    }
+    overrides = _given(
+        n_customers=args.customers,
+        n_terminals=args.terminals,
+        n_days=args.days,
+        seed=args.seed,
+        start_date=args.start_date,
+    )
     simulation = settings.simulation.model_validate(
         {**settings.simulation.model_dump(), **overrides}
     )
@@ -169,28 +170,28 @@ def cmd_ablate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     reference_file = Path(args.reference) if args.reference else REFERENCE_MODEL_CONFIG
     try:
         reference = ablation.reference_settings(
-            load_settings(args.config), read_overlay(reference_file)
+            load_settings(args.config or os.environ.get(CONFIG_ENV) or None),
+            read_overlay(reference_file),
         )
     except ValueError as exc:
         raise SettingsError(f"{reference_file}: {exc}") from exc
-    known = [v.name for v in ablation.variants(settings, reference)]
-    unknown = sorted(set(args.variant or ()) - set(known))
-    if unknown:
-        raise UsageError(f"unknown variant {unknown[0]!r}; known: {', '.join(known)}")
     seeds = args.seeds or list(settings.ablation.seeds)
     if settings.simulation.seed in seeds:
         raise SettingsError(
             f"seed {settings.simulation.seed} is the simulator's default (the data the "
             "configuration was developed on): the ablation judges on other seeds"
         )
-    results = ablation.run_ablation(
-        settings,
-        reference,
-        seeds,
-        args.variant,
-        progress=lambda step: log.info("%s", step),
-        jobs=args.jobs or settings.ablation.jobs,
-    )
+    try:
+        results = ablation.run_ablation(
+            settings,
+            reference,
+            seeds,
+            args.variant,
+            progress=lambda step: log.info("%s", step),
+            jobs=args.jobs or settings.ablation.jobs,
+        )
+    except ablation.UnknownVariant as exc:
+        raise UsageError(str(exc)) from exc
     summary = ablation.report(results, seeds)
     table = ablation.markdown(summary)
     summary["run_id"] = log_ablation(
@@ -236,15 +237,7 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     --config overlay for `train`)."""
     from pipelines.training.tune import tune
 
-    overrides = {
-        key: value
-        for key, value in {
-            "trials": args.trials,
-            "timeout_s": args.timeout,
-            "sampler": args.sampler,
-        }.items()
-        if value is not None
-    }
+    overrides = _given(trials=args.trials, timeout_s=args.timeout, sampler=args.sampler)
     if overrides:
         settings = load_settings(
             args.config or os.environ.get(CONFIG_ENV) or None, overrides={"tuning": overrides}

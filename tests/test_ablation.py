@@ -14,7 +14,9 @@ from mlflow.tracking import MlflowClient
 from fraudflow.cli import main
 from pipelines.feature_candidates import GROUPS, build_candidates, candidate_names
 from pipelines.settings import FeatureSettings, read_overlay
+from pipelines.split import Period, TrainingWindows
 from pipelines.training import ablation
+from pipelines.training.train import held_out_test_period
 from tests.support.settings import make_settings, write_config
 from tests.test_features import random_stream
 
@@ -238,3 +240,33 @@ def test_ablate_refuses_the_default_seed_and_an_unknown_variant(study, capsys) -
     assert "unknown variant 'new + nothing'" in capsys.readouterr().err
     missing = main([str(a) for a in [*base[:3], "--reference", root / "none.yaml"]])
     assert missing == 2 and "config file not found" in capsys.readouterr().err
+
+
+def test_a_fixed_known_cards_lookback_keeps_the_same_test_cards_whatever_the_window() -> None:
+    """Card c had a fraud 30 days before the test week (matured long before it): a 10-day
+    training window starts after it, a 56-day one before. From the window's start (the
+    handbook) the longer window leaves c out; with `known_cards_days` both keep it alike."""
+    test_start = pd.Timestamp("2018-06-01")
+    rows = [
+        ((test_start - 30 * DAY).isoformat(), "c", "T", 50.0, 1.0),
+        ((test_start + 1 * DAY).isoformat(), "c", "T", 20.0, 0.0),
+        ((test_start + 1 * DAY).isoformat(), "d", "T", 20.0, 0.0),
+    ]
+    raw = frame(rows)
+    features = raw[["tx_amount"]]
+
+    def windows(train_days: int) -> TrainingWindows:
+        train_start = test_start - (train_days + 3 + 7) * DAY
+        return TrainingWindows(
+            Period(train_start, test_start - 10 * DAY),
+            Period(test_start - 10 * DAY, test_start - 7 * DAY),
+            Period(test_start, test_start + 7 * DAY),
+        )
+
+    def kept(train_days: int, known_cards_days: int | None) -> list[str]:
+        period = held_out_test_period(raw, features, windows(train_days), 7, known_cards_days)
+        return sorted(period.raw["customer_id"])
+
+    assert kept(10, None) == ["c", "d"] and kept(56, None) == ["d"]
+    assert kept(10, 20) == kept(56, 20) == ["c", "d"]
+    assert kept(10, 40) == kept(56, 40) == ["d"]

@@ -38,6 +38,11 @@ TRAINING_CHOICES = (
 )
 
 
+class UnknownVariant(ValueError):
+    """A variant asked for by name that the configurations do not make (checked before any
+    work)."""
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -196,17 +201,17 @@ def run_ablation(
     seeds run at once (`jobs` processes, one seed each): LightGBM's sums, and with them its
     splits, can differ with the thread count.
     """
-    all_variants = variants(_one_thread(settings), _one_thread(reference))
+    one, other = _one_thread(settings), _one_thread(reference)
+    all_variants = variants(one, other)
     if chosen:
         unknown = sorted(set(chosen) - {v.name for v in all_variants})
         if unknown:
-            raise ValueError(
+            raise UnknownVariant(
                 f"unknown variant {unknown[0]!r}; known: {', '.join(v.name for v in all_variants)}"
             )
         all_variants = [v for v in all_variants if v.name in chosen]
     results = [VariantResult(v) for v in all_variants]
     k = settings.training.card_precision_k
-    one, other = _one_thread(settings), _one_thread(reference)
     if jobs > 1 and len(seeds) > 1:
         if progress:
             progress(f"seeds {list(seeds)}: {len(all_variants)} variants, {jobs} at once")
