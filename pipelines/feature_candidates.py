@@ -16,28 +16,25 @@ import pandas as pd
 
 from pipelines.features import (
     DAY_MS,
-    MIN_PRIOR_SPEND,
     _EntityTimeline,
     _unsort_columns,
+    amount_ratio,
     raw_arrays,
+    window_quantiles,
 )
 from pipelines.settings import FeatureSettings
 
-# candidate groups: what the ablation adds or removes together
+# candidate groups: what the ablation adds or removes together. Earned and moved into the
+# model's features (`customer_amount_quantiles`, `terminal_risk_half_life_days`): the card's
+# p90 and largest amount, the terminal's decayed risk.
 GROUPS: dict[str, tuple[str, ...]] = {
     "card_amount_median": ("amount_to_customer_median",),
-    "card_amount_upper": ("amount_to_customer_p90", "amount_to_customer_max"),
     "card_amount_genuine": ("amount_to_customer_genuine_avg",),
     "card_time_since_previous": ("customer_hours_since_previous",),
     "card_terminal_first_seen": ("customer_terminal_first_seen",),
     "terminal_matured_frauds": ("terminal_nb_frauds",),
     "terminal_time_since_fraud": ("terminal_days_since_fraud",),
-    "terminal_decayed_risk": ("terminal_risk_decayed",),
 }
-# the terminal's decayed risk: a matured label's weight halves every this many days of age
-DECAY_HALF_LIFE_DAYS = 7.0
-# rows of the (row x window) matrices built at once
-_BLOCK_ROWS = 100_000
 
 
 def candidate_names() -> list[str]:
@@ -61,30 +58,6 @@ def build_candidates(transactions: pd.DataFrame, settings: FeatureSettings) -> p
     return pd.DataFrame(columns, index=transactions.index)[candidate_names()]
 
 
-def _window_rows(values: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """Rows of values[lower[i]:upper[i]], NaN-padded to the widest window."""
-    width = max(int((upper - lower).max(initial=0)), 1)
-    index = lower[:, None] + np.arange(width)[None, :]
-    inside = index < upper[:, None]
-    return np.where(inside, values[np.minimum(index, len(values) - 1)], np.nan)
-
-
-def _quantile(rows: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
-    """The q-quantile (linear interpolation, as numpy's default) of each row's first `count`
-    values, rows sorted ascending."""
-    position = q * (count - 1)
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, count - 1)
-    picked = np.arange(len(rows))
-    low, high = rows[picked, below], rows[picked, above]
-    return low + (high - low) * (position - below)
-
-
-def _ratio(amounts: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(reference > MIN_PRIOR_SPEND, amounts / reference, np.nan)
-
-
 def _card(
     customer: pd.Series,
     times_ms: np.ndarray,
@@ -97,18 +70,9 @@ def _card(
     timeline = _EntityTimeline(customer, times_ms, longest + delay)
     sorted_amounts = amounts[timeline.order]
     sorted_times = times_ms[timeline.order]
-    n = len(sorted_amounts)
     lower = timeline.bound(longest)
     upper = timeline.position  # earlier rows only
-    median, p90, largest = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    for start in range(0, n, _BLOCK_ROWS):
-        stop = min(n, start + _BLOCK_ROWS)
-        rows = np.sort(_window_rows(sorted_amounts, lower[start:stop], upper[start:stop]), axis=1)
-        count = upper[start:stop] - lower[start:stop]
-        some = count > 0
-        median[start:stop][some] = _quantile(rows[some], count[some], 0.5)
-        p90[start:stop][some] = _quantile(rows[some], count[some], 0.9)
-        largest[start:stop][some] = rows[some, count[some] - 1]
+    (median,) = window_quantiles(sorted_amounts, lower, upper, (0.5,))
     same_card = np.r_[False, timeline.codes[1:] == timeline.codes[:-1]]
     gap = sorted_times - np.r_[0, sorted_times[:-1]]
     previous = same_card & (gap < longest)
@@ -122,10 +86,8 @@ def _card(
     with np.errstate(divide="ignore", invalid="ignore"):
         genuine_avg = np.where(genuine_n > 0, genuine_sum / genuine_n, np.nan)
     out = {
-        "amount_to_customer_median": _ratio(sorted_amounts, median),
-        "amount_to_customer_p90": _ratio(sorted_amounts, p90),
-        "amount_to_customer_max": _ratio(sorted_amounts, largest),
-        "amount_to_customer_genuine_avg": _ratio(sorted_amounts, genuine_avg),
+        "amount_to_customer_median": amount_ratio(sorted_amounts, median),
+        "amount_to_customer_genuine_avg": amount_ratio(sorted_amounts, genuine_avg),
         "customer_hours_since_previous": np.where(previous, gap / 3_600_000.0, np.nan),
     }
     return _unsort_columns(timeline.order, out)
@@ -166,22 +128,8 @@ def _terminal(
     latest = last_fraud[np.maximum(upper - 1, 0)]
     found = (upper > lower) & (latest >= lower)
     since = np.where(found, (sorted_times - sorted_times[np.maximum(latest, 0)]) / DAY_MS, np.nan)
-    decayed = np.zeros(n)
-    half_life = DECAY_HALF_LIFE_DAYS * DAY_MS
-    for start in range(0, n, _BLOCK_ROWS):
-        stop = min(n, start + _BLOCK_ROWS)
-        block_times = _window_rows(sorted_times, lower[start:stop], upper[start:stop])
-        block_labels = _window_rows(sorted_labels, lower[start:stop], upper[start:stop])
-        age = sorted_times[start:stop, None] - block_times
-        weight = np.where(np.isnan(block_labels), 0.0, np.exp2(-np.nan_to_num(age) / half_life))
-        total = weight.sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            decayed[start:stop] = np.where(
-                total > 0, (weight * np.nan_to_num(block_labels)).sum(axis=1) / total, 0.0
-            )
     out = {
         "terminal_nb_frauds": frauds,
         "terminal_days_since_fraud": since,
-        "terminal_risk_decayed": decayed,
     }
     return _unsort_columns(timeline.order, out)

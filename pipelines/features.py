@@ -38,16 +38,31 @@ def feature_names(settings: FeatureSettings) -> list[str]:
     for window in settings.customer_windows_days:
         names += [f"customer_nb_tx_{window}d", f"customer_avg_amount_{window}d"]
     names.append(f"amount_to_customer_avg_{max(settings.customer_windows_days)}d")
+    names += quantile_names(settings)
     names += _large_amount_names(settings)
     for window in settings.terminal_windows_days:
         names += [f"terminal_nb_tx_{window}d", f"terminal_risk_{window}d"]
+    if settings.terminal_risk_half_life_days is not None:
+        names.append(f"terminal_risk_half_life_{settings.terminal_risk_half_life_days:g}d")
     return names
+
+
+def quantile_names(settings: FeatureSettings) -> list[str]:
+    """amount_to_customer_p90_30d, ..._max_30d: one per `customer_amount_quantiles`."""
+    window = max(settings.customer_windows_days)
+    return [
+        f"amount_to_customer_{'max' if q == 1 else f'p{q * 100:g}'}_{window}d"
+        for q in settings.customer_amount_quantiles
+    ]
 
 
 def _large_amount_names(settings: FeatureSettings) -> list[str]:
     window = settings.large_amount_window_days
     return [f"customer_nb_large_amounts_{r:g}x_{window}d" for r in settings.large_amount_ratios]
 
+
+# rows of the (row x window) matrices the quantiles and the decayed risk build at once
+_BLOCK_CELLS = 4_000_000
 
 # a ratio counts as large only above threshold + this margin, so the batch and the one-row path
 # (whose sums round differently) cannot disagree on a ratio that lands exactly on a threshold
@@ -286,15 +301,72 @@ def _customer_features(
                 )
             out[f"amount_to_customer_avg_{window}d"] = ratio
             large = np.nan_to_num(ratio, nan=0.0)
+            longest_lower = lower
     if settings.large_amount_ratios:
         lower = timeline.bound(settings.large_amount_window_days * DAY_MS)
         for threshold, name in zip(settings.large_amount_ratios, _large_amount_names(settings)):
             hits = (large > threshold + RATIO_MARGIN).astype(np.float64)
             out[name] = timeline.window_sum(hits, lower, timeline.position)
+    if settings.customer_amount_quantiles:
+        references = window_quantiles(
+            sorted_amounts, longest_lower, timeline.position, settings.customer_amount_quantiles
+        )
+        for name, reference in zip(quantile_names(settings), references):
+            out[name] = amount_ratio(sorted_amounts, reference)
     out[SPEND_STATE[0]], out[SPEND_STATE[1]] = running, compensation
     out = _unsort_columns(timeline.order, out)
     state = np.column_stack([out.pop(SPEND_STATE[0]), out.pop(SPEND_STATE[1])])
     return out, state
+
+
+def window_rows(values: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Rows of values[lower[i]:upper[i]], NaN-padded to the widest window."""
+    width = max(int((upper - lower).max(initial=0)), 1)
+    index = lower[:, None] + np.arange(width)[None, :]
+    inside = index < upper[:, None]
+    return np.where(inside, values[np.minimum(index, len(values) - 1)], np.nan)
+
+
+def _blocks(lower: np.ndarray, upper: np.ndarray):
+    """Row ranges [start, stop) whose (row x widest window) matrix stays small."""
+    n = len(lower)
+    width = max(int((upper - lower).max(initial=0)), 1)
+    step = max(1, _BLOCK_CELLS // width)
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+def interpolated_quantile(sorted_rows: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
+    """The q-quantile (linear interpolation, numpy's default) of each row's first `count`
+    values, each row sorted ascending and `count` > 0; `features_from_history` does the same
+    arithmetic in plain floats."""
+    position = q * (count - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, count - 1)
+    picked = np.arange(len(sorted_rows))
+    low, high = sorted_rows[picked, below], sorted_rows[picked, above]
+    return low + (high - low) * (position - below)
+
+
+def window_quantiles(
+    values: np.ndarray, lower: np.ndarray, upper: np.ndarray, quantiles: Sequence[float]
+) -> list[np.ndarray]:
+    """Each quantile of values[lower[i]:upper[i]] per row (NaN for an empty window)."""
+    n = len(values)
+    out = [np.full(n, np.nan) for _ in quantiles]
+    for start, stop in _blocks(lower, upper):
+        rows = np.sort(window_rows(values, lower[start:stop], upper[start:stop]), axis=1)
+        count = upper[start:stop] - lower[start:stop]
+        some = count > 0
+        for column, q in zip(out, quantiles):
+            column[start:stop][some] = interpolated_quantile(rows[some], count[some], q)
+    return out
+
+
+def amount_ratio(amounts: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """amount / reference, NaN where the reference is missing or not above MIN_PRIOR_SPEND."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(reference > MIN_PRIOR_SPEND, amounts / reference, np.nan)
 
 
 def _seed_for(uniques: pd.Index | np.ndarray, seed: pd.DataFrame | None):
@@ -339,7 +411,45 @@ def _terminal_features(
             risk = np.where(known > 0, fraud / known, 0.0)
         out[f"terminal_nb_tx_{window}d"] = count
         out[f"terminal_risk_{window}d"] = risk
+    half_life = settings.terminal_risk_half_life_days
+    if half_life is not None:
+        out[f"terminal_risk_half_life_{half_life:g}d"] = _decayed_risk(
+            times_ms[timeline.order],
+            sorted_labels,
+            timeline.bound(delay_ms + longest * DAY_MS),
+            upper,
+            half_life * DAY_MS,
+        )
     return _unsort_columns(timeline.order, out)
+
+
+def _decayed_risk(
+    times_ms: np.ndarray,
+    labels: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    half_life_ms: float,
+) -> np.ndarray:
+    """Per row, the labelled rows [lower, upper) weighted by 2 ** (-age / half-life): the
+    weighted share of frauds (0 with no label)."""
+    times = times_ms.astype(np.float64)
+    risk = np.zeros(len(times))
+    for start, stop in _blocks(lower, upper):
+        window_times = window_rows(times, lower[start:stop], upper[start:stop])
+        window_labels = window_rows(labels, lower[start:stop], upper[start:stop])
+        age = times[start:stop, None] - window_times
+        known = ~np.isnan(window_labels)
+        weight = np.where(known, np.exp2(-np.where(known, age, 0.0) / half_life_ms), 0.0)
+        fraud_weight = weight * np.where(known, window_labels, 0.0)
+        # summed left to right, as `_decayed_risk_of` does: the padding adds exact zeros at the
+        # end, so neither the block's width nor a streamed chunk's changes a bit
+        total, fraud = np.zeros(len(weight)), np.zeros(len(weight))
+        for k in range(weight.shape[1]):
+            total += weight[:, k]
+            fraud += fraud_weight[:, k]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            risk[start:stop] = np.where(total > 0, fraud / total, 0.0)
+    return risk
 
 
 def features_from_history(
@@ -376,9 +486,21 @@ def features_from_history(
         prior_total = running[n] - running[first]
         count = 1.0 + (n - first)
         values += [count, (amount + prior_total) / count]
-        if window == longest and count > 1 and prior_total > MIN_PRIOR_SPEND:
-            ratio = amount * (count - 1) / prior_total
+        if window == longest:
+            longest_first = first
+            if count > 1 and prior_total > MIN_PRIOR_SPEND:
+                ratio = amount * (count - 1) / prior_total
     values.append(ratio)
+    if settings.customer_amount_quantiles:
+        earlier = sorted(customer_amounts[longest_first:n])
+        for q in settings.customer_amount_quantiles:
+            reference = float("nan")
+            if earlier:
+                position = q * (len(earlier) - 1)
+                below = int(position // 1)
+                low, high = earlier[below], earlier[min(below + 1, len(earlier) - 1)]
+                reference = low + (high - low) * (position - below)
+            values.append(amount / reference if reference > MIN_PRIOR_SPEND else float("nan"))
     if settings.large_amount_ratios:
         hits = [0.0] * len(settings.large_amount_ratios)
         limits = [threshold + RATIO_MARGIN for threshold in settings.large_amount_ratios]
@@ -410,4 +532,32 @@ def features_from_history(
         labelled = known[last] - known[first]
         fraud = frauds[last] - frauds[first] if labelled else 0.0
         values += [float(last - first), fraud / labelled if labelled else 0.0]
+    if settings.terminal_risk_half_life_days is not None:
+        first = bisect_right(
+            terminal_times_ms, matured_end - max(settings.terminal_windows_days) * DAY_MS, 0, last
+        )
+        half_life_ms = settings.terminal_risk_half_life_days * DAY_MS
+        values.append(
+            _decayed_risk_of(t, terminal_times_ms, terminal_labels, first, last, half_life_ms)
+        )
     return np.array(values, dtype=np.float64)
+
+
+def _decayed_risk_of(
+    t: int,
+    times_ms: Sequence[int],
+    labels: Sequence[float | None],
+    first: int,
+    last: int,
+    half_life_ms: float,
+) -> float:
+    """`_decayed_risk` of one row from the terminal's rows [first, last)."""
+    total = fraud = 0.0
+    for j in range(first, last):
+        label = labels[j]
+        if label is None or label != label:
+            continue
+        weight = 2.0 ** (-float(t - times_ms[j]) / half_life_ms)
+        total += weight
+        fraud += weight * float(label)
+    return fraud / total if total > 0 else 0.0

@@ -183,6 +183,12 @@ class FeatureSettings(_Frozen):
     # was above each of these multiples of the card's own average
     large_amount_ratios: tuple[float, ...] = ()
     large_amount_window_days: int = Field(default=14, gt=0)
+    # the amount against each of these quantiles of the card's earlier amounts in its longest
+    # window (linear interpolation; 1.0 is the largest): amount_to_customer_p90_30d, ..._max_30d
+    customer_amount_quantiles: tuple[float, ...] = ()
+    # the terminal's risk over its longest window behind the delay, each matured label weighted
+    # by 2 ** (-age / half-life), age from this transaction: terminal_risk_half_life_7d; null: off
+    terminal_risk_half_life_days: float | None = Field(default=None, gt=0)
 
     @property
     def customer_history_days(self) -> int:
@@ -199,6 +205,13 @@ class FeatureSettings(_Frozen):
     def _positive_windows(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if not value or any(w <= 0 for w in value):
             raise ValueError("windows must be a non-empty list of positive day counts")
+        return value
+
+    @field_validator("customer_amount_quantiles")
+    @classmethod
+    def _quantiles(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < q <= 1 for q in value) or len(set(value)) < len(value):
+            raise ValueError("quantiles must be distinct numbers in (0, 1]")
         return value
 
 

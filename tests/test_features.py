@@ -16,6 +16,8 @@ SETTINGS = FeatureSettings(
     night_last_hour=6,
     large_amount_ratios=(2.5, 3.5),
     large_amount_window_days=14,
+    customer_amount_quantiles=(0.5, 0.9, 1.0),
+    terminal_risk_half_life_days=7.0,
 )
 DAY = np.timedelta64(1, "D")
 
@@ -55,6 +57,11 @@ def brute_force_row(stream: pd.DataFrame, i: int) -> dict[str, float]:
     out["amount_to_customer_avg_30d"] = (
         row.tx_amount / stream["tx_amount"][prior].mean() if prior.any() else np.nan
     )
+    earlier = np.sort(stream["tx_amount"][prior].to_numpy())
+    for q, name in ((0.5, "p50"), (0.9, "p90"), (1.0, "max")):
+        reference = np.quantile(earlier, q) if len(earlier) else np.nan
+        ratio = row.tx_amount / reference if reference > 1e-6 else np.nan
+        out[f"amount_to_customer_{name}_30d"] = ratio
     position = np.arange(len(stream))
     recent = np.flatnonzero(same_customer & (position < i) & (t > t[i] - 14 * DAY))
     ratios = []
@@ -72,7 +79,22 @@ def brute_force_row(stream: pd.DataFrame, i: int) -> dict[str, float]:
         m = same_terminal & matured & (t > t[i] - (7 + w) * DAY)
         out[f"terminal_nb_tx_{w}d"] = m.sum()
         out[f"terminal_risk_{w}d"] = stream["tx_fraud"][m].mean() if m.any() else 0.0
+    out["terminal_risk_half_life_7d"] = decayed_risk(stream, i)
     return out
+
+
+def decayed_risk(stream: pd.DataFrame, i: int) -> float:
+    """The terminal's matured labels of (t - 37 d, t - 7 d], each weighted 2 ** (-age / 7 d)."""
+    t = stream["tx_datetime"].to_numpy()
+    labels = stream["tx_fraud"].to_numpy(dtype=float)
+    m = (
+        (stream["terminal_id"] == stream["terminal_id"].iloc[i]).to_numpy()
+        & (t <= t[i] - 7 * DAY)
+        & (t > t[i] - 37 * DAY)
+        & ~np.isnan(labels)
+    )
+    weight = 2.0 ** (-((t[i] - t[m]) / DAY) / 7.0)
+    return float((weight * labels[m]).sum() / weight.sum()) if m.any() else 0.0
 
 
 def test_feature_names_follow_the_settings() -> None:
@@ -80,7 +102,20 @@ def test_feature_names_follow_the_settings() -> None:
     assert names[:3] == ["tx_amount", "tx_during_weekend", "tx_during_night"]
     assert "customer_avg_amount_7d" in names and "terminal_risk_30d" in names
     assert "customer_nb_large_amounts_2.5x_14d" in names
-    assert len(names) == len(set(names)) == 3 + 2 * 3 + 1 + 2 + 2 * 3
+    assert names[10:13] == [
+        "amount_to_customer_p50_30d",
+        "amount_to_customer_p90_30d",
+        "amount_to_customer_max_30d",
+    ]
+    assert names[-1] == "terminal_risk_half_life_7d"
+    assert len(names) == len(set(names)) == 3 + 2 * 3 + 1 + 3 + 2 + 2 * 3 + 1
+    plain = SETTINGS.model_copy(
+        update={"customer_amount_quantiles": (), "terminal_risk_half_life_days": None}
+    )
+    assert (
+        feature_names(plain)
+        == [n for n in names if "_p50_" not in n and "_p90_" not in n and "max" not in n][:-1]
+    )
 
 
 def test_features_equal_the_definition_read_row_by_row() -> None:
@@ -153,6 +188,8 @@ def test_unknown_labels_count_as_neither_fraud_nor_labelled() -> None:
         labels = half_known["tx_fraud"][m].dropna()
         expected = labels.mean() if len(labels) else 0.0
         assert features["terminal_risk_7d"][i] == pytest.approx(expected, abs=1e-12)
+        decayed = decayed_risk(half_known, i)
+        assert features["terminal_risk_half_life_7d"][i] == pytest.approx(decayed, abs=1e-12)
         assert features["terminal_nb_tx_7d"][i] == m.sum()
 
 
@@ -204,3 +241,40 @@ def test_one_transaction_path_equals_the_batch_path_on_a_replayed_stream() -> No
             SETTINGS,
         )
         np.testing.assert_allclose(online, batch[i], rtol=0, atol=1e-9, equal_nan=True)
+
+
+def test_the_decayed_risk_counts_a_label_only_once_it_has_matured() -> None:
+    """Terminal T: a fraud on day 1, then a transaction a second before its label matures
+    (7 days later) and one at the moment; offline and from the history alike."""
+    stream = pd.DataFrame(
+        {
+            "transaction_id": ["a", "b", "c", "d"],
+            "tx_datetime": pd.to_datetime(
+                [
+                    "2018-04-01 10:00:00",
+                    "2018-04-02 10:00:00",
+                    "2018-04-09 09:59:59",
+                    "2018-04-09 10:00:00",
+                ]
+            ),
+            "customer_id": ["c", "c", "d", "d"],
+            "terminal_id": ["T"] * 4,
+            "tx_amount": [10.0, 40.0, 5.0, 5.0],
+            "tx_fraud": [0, 1, 0, 0],
+        }
+    )
+    offline = build_features(stream, SETTINGS)["terminal_risk_half_life_7d"]
+    # c: only a's genuine label has matured (8 days old minus a second)
+    assert offline.iloc[2] == 0.0
+    # d: b's fraud (7 days old, weight 1/2) beside a's genuine (8 days old, weight 2 ** (-8/7))
+    assert offline.iloc[3] == pytest.approx(0.5 / (0.5 + 2 ** (-8 / 7)), rel=1e-12)
+    t = stream["tx_datetime"].to_numpy().astype("datetime64[ms]").astype(np.int64)
+    labels = stream["tx_fraud"].to_numpy(dtype=float)
+    names = feature_names(SETTINGS)
+    for i in (2, 3):
+        online = features_from_history(
+            stream["tx_datetime"].iloc[i], 5.0, t[2:i], [5.0] * (i - 2), t[:i], labels[:i], SETTINGS
+        )
+        assert online[names.index("terminal_risk_half_life_7d")] == pytest.approx(
+            offline.iloc[i], abs=1e-12
+        )

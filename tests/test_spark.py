@@ -153,6 +153,11 @@ def test_spark_features_equal_build_features(spark, world) -> None:
     assert (on["terminal_risk_1d"] > 0).all()
     assert on["terminal_risk_1d"].sum() > before["terminal_risk_1d"].sum()
     assert (expected.filter(like="customer_nb_large_amounts").sum() > 0).all()
+    # the month's ties and late labels reach the quantiles and the decayed risk too
+    assert (on["terminal_risk_half_life_7d"] > 0).all()
+    assert on["terminal_risk_half_life_7d"].sum() > before["terminal_risk_half_life_7d"].sum()
+    assert (expected.loc[ties, "amount_to_customer_max_30d"].dropna() > 0).all()
+    assert expected["amount_to_customer_p90_30d"].isna().any()
 
 
 def test_csv_with_mapped_columns_and_no_labels(spark, world, tmp_path: Path) -> None:

@@ -7,8 +7,11 @@ The same definition, row for row (the parity test holds them equal to 1e-9):
 - the large-amount counts look at the card's earlier transactions (the current one excluded,
   earlier ties included) of the last `large_amount_window_days`, each judged by its own ratio to
   the card's spending before it;
+- the amount quantiles sort the card's earlier amounts of its longest window (the same earlier
+  rows as the large-amount counts: this one and later ties excluded);
 - a terminal's windows cover (t - delay - w, t - delay]: transactions whose label had matured,
-  whatever their order; a missing label counts as a transaction but not as labelled.
+  whatever their order; a missing label counts as a transaction but not as labelled; the
+  decayed risk weighs each matured label of the longest window by 2 ** (-age / half-life).
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.features import DAY_MS, MIN_PRIOR_SPEND, RATIO_MARGIN, feature_names
+from pipelines.features import (
+    DAY_MS,
+    MIN_PRIOR_SPEND,
+    RATIO_MARGIN,
+    feature_names,
+    quantile_names,
+)
 from pipelines.settings import LABEL_COLUMN, FeatureSettings
 
 TIME_MS = "_t_ms"
@@ -82,7 +91,41 @@ def _customer_features(frame: DataFrame, settings: FeatureSettings) -> DataFrame
     frame = frame.withColumn(f"amount_to_customer_avg_{longest}d", ratio)
     if settings.large_amount_ratios:
         frame = _large_amounts(frame, settings, f"amount_to_customer_avg_{longest}d")
+    if settings.customer_amount_quantiles:
+        frame = _amount_quantiles(frame, settings)
     return frame
+
+
+def _earlier(rows: str) -> str:
+    """SQL: the elements of `rows` (structs of time and input order) before this row."""
+    t, file, row = TIME_MS, *ORDER
+    return (
+        f"filter({rows}, x -> x.{t} < {t} OR (x.{t} = {t} AND (x.{file} < {file}"
+        f" OR (x.{file} = {file} AND x.{row} < {row}))))"
+    )
+
+
+def _amount_quantiles(frame: DataFrame, settings: FeatureSettings) -> DataFrame:
+    """The amount against each quantile (linear interpolation) of the card's earlier amounts of
+    its longest window, as `features.window_quantiles` computes it."""
+    window_ms = max(settings.customer_windows_days) * DAY_MS
+    span = Window.partitionBy("customer_id").orderBy(TIME_MS).rangeBetween(-(window_ms - 1), 0)
+    rows = F.collect_list(F.struct(TIME_MS, *ORDER, "tx_amount")).over(span)
+    frame = frame.withColumn("_card_rows", rows).withColumn(
+        "_earlier", F.expr(f"array_sort(transform({_earlier('_card_rows')}, x -> x.tx_amount))")
+    )
+    count = F.size("_earlier")
+    for q, name in zip(settings.customer_amount_quantiles, quantile_names(settings)):
+        position = F.lit(q) * (count - 1)
+        below = F.floor(position)
+        above = F.least(below + 1, count - 1)
+        # element_at counts from 1 and refuses 0, even for an empty list the ratio leaves out
+        low = F.element_at("_earlier", F.greatest(below + 1, F.lit(1)).cast("int"))
+        high = F.element_at("_earlier", F.greatest(above + 1, F.lit(1)).cast("int"))
+        reference = low + (high - low) * (position - below)
+        ratio = F.when((count > 0) & (reference > MIN_PRIOR_SPEND), F.col("tx_amount") / reference)
+        frame = frame.withColumn(name, ratio)
+    return frame.drop("_card_rows", "_earlier")
 
 
 def _large_amounts(frame: DataFrame, settings: FeatureSettings, ratio_name: str) -> DataFrame:
@@ -122,4 +165,20 @@ def _terminal_features(frame: DataFrame, settings: FeatureSettings) -> DataFrame
         ).withColumn(
             f"terminal_risk_{window}d", F.when(known > 0, frauds / known).otherwise(F.lit(0.0))
         )
+    half_life = settings.terminal_risk_half_life_days
+    if half_life is not None:
+        longest = max(settings.terminal_windows_days)
+        span = by_time.rangeBetween(-(delay_ms + longest * DAY_MS) + 1, -delay_ms)
+        matured = F.collect_list(F.struct(F.col(TIME_MS).alias("t"), label.alias("y"))).over(span)
+        weight = f"pow(2D, -CAST({TIME_MS} - x.t AS DOUBLE) / {float(half_life * DAY_MS)!r})"
+        sums = (
+            "aggregate(filter(_matured, x -> x.y IS NOT NULL), named_struct('w', 0D, 'f', 0D),"
+            f" (acc, x) -> named_struct('w', acc.w + {weight},"
+            f" 'f', acc.f + {weight} * x.y))"
+        )
+        frame = frame.withColumn("_matured", matured).withColumn("_sums", F.expr(sums))
+        frame = frame.withColumn(
+            f"terminal_risk_half_life_{half_life:g}d",
+            F.when(F.col("_sums.w") > 0, F.col("_sums.f") / F.col("_sums.w")).otherwise(0.0),
+        ).drop("_matured", "_sums")
     return frame
