@@ -1,7 +1,7 @@
 """HTTP load: the Flask floor, our API, `mlflow models serve` and MLServer, side by side in one run.
 
     .venv/bin/python -m benchmarks.load [--duration 15] [--repeats 3] [--markdown OUT.md]
-        [--targets predict,predict-shadow,predict-canary] [--fixed-rate 0.5]
+        [--targets predict,predict-reference,predict-shadow,predict-canary] [--fixed-rate 0.5]
 
 Builds a throw-away embedded MLflow store (small simulated world, one trained model promoted to
 Production), warms the online state with the history, then starts on free loopback ports, each
@@ -12,17 +12,23 @@ with 2 workers and OMP_NUM_THREADS=1:
   challenger off, in shadow and in canary (three servers, each on its own copy of the warmed
   state), and on a Redis server the benchmark starts (Debian's `redis-server`, AOF, fsync every
   second) with the challenger off;
+- our API under the reference model configuration (conf/model-reference.yaml, the model before
+  issue 22, laid over the same settings as the ablation lays it): a model trained and promoted
+  under it in a store of its own, its own warmed SQLite state, challenger off; only when its
+  target is wanted (it costs a training and a warm more);
 - `mlflow models serve -m models:/fraud-detector/Production --env-manager local` (uvicorn);
 - Seldon MLServer with its LightGBM runtime serving the same booster file (benchmarks/mlserver.py;
   its own venv, `--mlserver-venv`, created from benchmarks/mlserver-requirements.txt on first use).
 
-wrk drives eight targets: hello, our /predict (one raw transaction per request, every id new,
-real customer/terminal pairs, time moving forward) with the challenger off, in shadow, in canary
-and on Redis, our /invocations and mlflow's /invocations (the same one-row `dataframe_split` body)
-and MLServer's V2 infer (the same row); `--targets` runs a subset (only their servers start).
-After one warm-up run per target the targets are run round-robin `--repeats` times, so that noise
-from the shared machine hits all of them alike; the table gives the medians. A run with socket
-errors or non-2xx answers is not a measurement: it is reported and left out of the medians.
+wrk drives nine targets: hello, our /predict (one raw transaction per request, every id new,
+real customer/terminal pairs, time moving forward) with the challenger off, under the reference
+model configuration, in shadow, in canary and on Redis, our /invocations and mlflow's
+/invocations (the same one-row `dataframe_split` body) and MLServer's V2 infer (the same row);
+`--targets` runs a subset (only their servers start). After one warm-up run per target the
+targets are run round-robin `--repeats` times, so that noise from the shared machine hits all of
+them alike; the table gives the medians. A run with socket errors or non-2xx answers is not a
+measurement: it is reported and left out of the medians. With predict and predict-reference, the
+report gives their ratio of server CPU per request (issue 22's acceptance: at most 1.15×).
 
 Then, unless `--fixed-rate 0`, the /predict targets on SQLite (challenger off, shadow, canary)
 are driven round-robin `--repeats` times more at a fixed rate, `--fixed-rate` times the median
@@ -61,7 +67,7 @@ from benchmarks.targets import (
     servers_for,
     targets,
 )
-from benchmarks.world import build_world
+from benchmarks.world import REFERENCE_SERVER, build_world
 from benchmarks.wrk import describe, lua_script, run_wrk
 from tests.support.redis import redis_server
 
@@ -91,7 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default="",
-        help="comma-separated subset of: hello, predict, predict-shadow, predict-canary, "
+        help="comma-separated subset of: hello, predict, predict-reference (our /predict under "
+        "conf/model-reference.yaml, its own model and state), predict-shadow, predict-canary, "
         "predict-redis, ours-inv, mlflow-inv, mlserver-inv (default: all)",
     )
     parser.add_argument(
@@ -138,6 +145,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def describe_model(figures: dict[str, int]) -> str:
+    """One line on a served model (world.model_figures)."""
+    return (
+        f"v{figures['version']} in Production in its own store, {figures['trees']} trees on "
+        f"{figures['features']} features"
+    )
+
+
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM/SIGHUP: unwind so that every server is stopped."""
     raise SystemExit(128 + signum)
@@ -173,12 +188,20 @@ def main(argv: list[str] | None = None) -> int:
             else nullcontext(None)
         ) as redis:
             print(f"building the world in {root} ...", flush=True)
-            world = build_world(root, redis.url if redis else None, args.canary_percent)
+            world = build_world(
+                root,
+                redis.url if redis else None,
+                args.canary_percent,
+                reference=REFERENCE_SERVER in wanted,
+            )
             print(
                 f"  {world.history_rows:,} transactions, model v{world.version} in Production, "
                 f"v{world.challenger_version} as challenger ({time.monotonic() - began:.0f} s)",
                 flush=True,
             )
+            if "reference" in world.models:
+                reference = describe_model(world.models["reference"])
+                print(f"  reference model configuration: {reference}", flush=True)
             scripts = root / "lua"
             scripts.mkdir()
             for name in ("load_static.lua", "load_predict.lua"):
@@ -281,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     },
                     "fixed_rate": rate,
                     "challenger": world.models,
+                    "models": world.models,
                     "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     "load_before": load_before,
                     "load_after": loadavg(),

@@ -23,7 +23,7 @@ import requests
 
 from benchmarks import mlserver
 from benchmarks.env import BIN, ROOT, clean_env
-from benchmarks.world import CHALLENGER_MODES, World
+from benchmarks.world import CHALLENGER_MODES, REFERENCE_SERVER, World
 from serving.gunicorn_command import GUNICORN_CONF
 from tests.support.processes import poll_until
 from tests.support.servers import wait_every_worker, worker_gauge
@@ -133,7 +133,7 @@ def role_counts(server: Server) -> dict[str, float]:
     return counts
 
 
-API_SERVERS = ("api", "api_shadow", "api_canary", "api_redis")
+API_SERVERS = ("api", REFERENCE_SERVER, "api_shadow", "api_canary", "api_redis")
 ALL_SERVERS = ("hello", *API_SERVERS, "mlflow", "mlserver")
 
 
@@ -215,7 +215,10 @@ def servers(
             wait_ready(started[name], lambda url: requests.get(f"{url}/ready", timeout=2).ok)
             # one worker's /ready says nothing of the other: each loads its model at boot
             wait_every_worker(
-                started[name].url, WORKERS, world.version, process=started[name].process
+                started[name].url,
+                WORKERS,
+                world.served_version(name),
+                process=started[name].process,
             )
             if CHALLENGER_MODES.get(name, "off") != "off":
                 wait_every_challenger(started[name], world.challenger_version)

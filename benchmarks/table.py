@@ -21,6 +21,8 @@ TARGETS_INV_RATIO = 10.0  # our /invocations ÷ mlflow serve throughput
 TARGETS_MLSERVER_RATIO = 3.0  # our /invocations ÷ MLServer throughput
 TARGETS_FLOOR_SHARE = 0.5  # our /predict ÷ hello throughput
 TARGETS_SHADOW_CPU = 1.25  # /predict server CPU per request, shadow on ÷ off (at most)
+# /predict server CPU per request, configured ÷ reference model configuration (issue 22, at most)
+TARGETS_REFERENCE_CPU = 1.15
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -221,6 +223,7 @@ def render(
         *rows,
         "",
         *headline,
+        *reference_lines(items, notes.get("models")),
         *challenger_section(items, notes, args),
         "",
         "`fraudflow warm` of the same history into each backend (its own timing, process "
@@ -242,6 +245,40 @@ def round_ratios(
     return [
         run[key] / ref[key] if run["valid"] and ref["valid"] and ref[key] else None
         for run, ref in zip(runs, reference)
+    ]
+
+
+def reference_lines(items: list[Target], models: dict[str, dict[str, int]] | None) -> list[str]:
+    """The line on /predict under the configured and the reference model configuration: server
+    CPU per request, predict ÷ predict-reference (medians over the repeats, and per round),
+    against issue 22's goal; MODELS: the champion's and the reference's figures
+    (world.model_figures). Nothing unless both targets ran."""
+    by = {t.key: t for t in items}
+    if "predict" not in by or "predict_reference" not in by:
+        return []
+    now, before = by["predict"].runs, by["predict_reference"].runs
+    value = ratio(median_of(now, "cpu_us"), median_of(before, "cpu_us"))
+    rounds = ", ".join(
+        "✗" if v is None else f"{v:.2f}" for v in round_ratios(now, before, "cpu_us")
+    )
+    if value is None:
+        text, met = "—", "not measured (no valid run)"
+    else:
+        text, met = f"{value:.2f}×", "met" if value <= TARGETS_REFERENCE_CPU else "**missed**"
+    served = ""
+    if models and "reference" in models:
+        champion, reference = models["champion"], models["reference"]
+        served = (
+            f"; served: v{champion['version']}, {champion['trees']} trees on "
+            f"{champion['features']} features, against v{reference['version']} of the "
+            f"reference's own store, {reference['trees']} trees on {reference['features']} "
+            "features"
+        )
+    return [
+        f"- server CPU per /predict, configured ÷ reference model configuration "
+        f"(conf/model-reference.yaml laid over the same settings, its own model and warmed "
+        f"state): **{text}** (goal ≤ {TARGETS_REFERENCE_CPU:.2f}×) — {met}; per round: "
+        f"{rounds}{served}"
     ]
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks import mlserver
-from benchmarks.world import World
+from benchmarks.world import REFERENCE_SERVER, World
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Target:
 TARGET_KEYS = (
     "hello",
     "predict",
+    "predict_reference",
     "predict_shadow",
     "predict_canary",
     "predict_redis",
@@ -51,6 +52,7 @@ TARGET_KEYS = (
 SERVER_OF = {
     "hello": "hello",
     "predict": "api",
+    "predict_reference": REFERENCE_SERVER,
     "predict_shadow": "api_shadow",
     "predict_canary": "api_canary",
     "predict_redis": "api_redis",
@@ -123,6 +125,14 @@ def targets(
             "predict",
             "fraudflow /predict (SQLite)",
             "api",
+            "/predict",
+            "load_predict.lua",
+            predict_env,
+        ),
+        Target(
+            "predict_reference",
+            "fraudflow /predict, reference model configuration (SQLite)",
+            REFERENCE_SERVER,
             "/predict",
             "load_predict.lua",
             predict_env,

@@ -4,6 +4,11 @@ Built fresh on every run so that each measurement starts from the same state, wh
 runs stored; nothing here is timed. Beside the champion (in Production) the registry holds a
 second version under the challenger alias, trained on another window with another seed, so that
 an API with `serving.challenger.mode` shadow or canary really scores a second booster.
+
+When asked, a second store beside it holds a model trained and promoted under the reference model
+configuration (conf/model-reference.yaml, what issue 22's acceptance calls today's) laid over the
+same settings as the configured one, with its own warmed state and the API's --config file, so
+that /predict can be measured under both configurations in the same run.
 """
 
 from __future__ import annotations
@@ -11,13 +16,18 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from benchmarks.env import BIN, ROOT, clean_env
+
+if TYPE_CHECKING:
+    from pipelines.model import FraudScorer
+    from pipelines.settings import Settings
 
 # the API servers on the SQLite state and the challenger mode each runs with; every one has its
 # own copy of the warmed state, prediction log and metrics folder
@@ -25,6 +35,8 @@ CHALLENGER_MODES = {"api": "off", "api_shadow": "shadow", "api_canary": "canary"
 # the challenger: a longer training window than the champion's, and another seed
 CHALLENGER_TRAIN_DAYS = 42
 CHALLENGER_SEED = 7
+# the API server on the reference model configuration (its own store and copy of the state)
+REFERENCE_SERVER = "api_reference"
 
 
 @dataclass
@@ -34,13 +46,15 @@ class World:
     root: Path
     config: Path
     redis_config: Path | None
-    # per API server name (CHALLENGER_MODES, and api_redis when built): its --config file
+    # per API server name (CHALLENGER_MODES, and api_redis and api_reference when built): its
+    # --config file
     configs: dict[str, Path]
     tracking_uri: str
     model_name: str
     version: str
     challenger_version: str
-    # per role (champion, challenger): its version, the booster's trees, its training days
+    # per role (champion, challenger, and reference when built): its version, the booster's
+    # trees, its training days and its number of features
     models: dict[str, dict[str, int]]
     invocation_body: str
     booster: Path
@@ -53,6 +67,12 @@ class World:
     # per backend: the warm's seconds and rows/s (as `fraudflow warm` reports them) and the
     # state's bytes after it
     warm: dict[str, dict[str, float]]
+    # per API server name whose champion is not `version` (REFERENCE_SERVER): the one it serves
+    served_versions: dict[str, str] = field(default_factory=dict)
+
+    def served_version(self, server: str) -> str:
+        """The model version API server SERVER serves in Production."""
+        return self.served_versions.get(server, self.version)
 
 
 WARM_LINE = re.compile(r"in ([\d.]+) s, ([\d,]+) rows/s")
@@ -76,10 +96,54 @@ def warm_state(config: Path, data: Path) -> dict[str, float]:
     return {"seconds": float(found[1]), "rows_per_s": float(found[2].replace(",", ""))}
 
 
-def build_world(root: Path, redis_url: str | None, canary_percent: float = 10.0) -> World:
+def reference_config(configured: Settings) -> Settings:
+    """The reference model configuration (conf/model-reference.yaml) laid over CONFIGURED as
+    the ablation lays it: section by section, `training.lightgbm` replaced whole."""
+    from pipelines.settings import REFERENCE_MODEL_CONFIG, read_overlay
+    from pipelines.training.ablation import reference_settings
+
+    return reference_settings(configured, read_overlay(REFERENCE_MODEL_CONFIG))
+
+
+def model_figures(version: str, scorer: FraudScorer, train_days: int) -> dict[str, int]:
+    """What the report says of a served model: its version, trees, window and features."""
+    return {
+        "version": int(version),
+        "trees": scorer.booster.num_trees(),
+        "train_days": train_days,
+        "features": len(scorer.features),
+    }
+
+
+def build_reference(
+    configured: Settings, transactions: pd.DataFrame, data: Path, config: Path
+) -> tuple[str, dict[str, int]]:
+    """Under the reference configuration over CONFIGURED (its own store, state and serving
+    folders): train on TRANSACTIONS, register and promote a model, warm the SQLite state with
+    the history in DATA, and write the API's --config file to CONFIG. Returns the version and
+    its figures (model_figures)."""
+    from tests.support.models import train_and_register
+    from tests.support.settings import write_config
+
+    settings = reference_config(configured)
+    version, result = train_and_register(
+        transactions,
+        settings,
+        "HTTP load benchmark, reference model configuration",
+        data={"data_path": str(data)},
+        actor="benchmarks.load",
+    )
+    warm_state(write_config(config, settings), data)
+    return version, model_figures(version, result.scorer, settings.training.train_days)
+
+
+def build_world(
+    root: Path, redis_url: str | None, canary_percent: float = 10.0, reference: bool = False
+) -> World:
     """Simulate, train, register and promote a champion, register a challenger (alias) beside
     it; warm the online state on SQLite (one copy per challenger mode) and, with REDIS_URL, on
-    that Redis server; write the payloads.
+    that Redis server; with REFERENCE, build the reference configuration's own store, model
+    and state too (build_reference); write the payloads.
 
     /predict must see real customer/terminal pairs and time moving past the warmed history, and
     both /invocations the same finite feature row, or the targets would not be comparable."""
@@ -87,16 +151,15 @@ def build_world(root: Path, redis_url: str | None, canary_percent: float = 10.0)
     from pipelines.data import load_transactions
     from pipelines.mlflow import store
     from pipelines.model import BOOSTER_FILE
-    from pipelines.settings import Settings
     from pipelines.state.factory import open_state
     from pipelines.training.simulate import simulate_transactions, write_daily_parquet
     from tests.support.models import train_and_register
     from tests.support.settings import FAST_TRAINING, make_settings, write_config
 
-    def api_settings(name: str, state: dict[str, str]) -> Settings:
+    def api_settings(name: str, state: dict[str, str], workdir: str = "work") -> Settings:
         mode = CHALLENGER_MODES.get(name, "off")
         return make_settings(
-            root / "work",
+            root / workdir,
             serving={
                 "metrics_dir": str(root / f"prom-{name}"),
                 "challenger": {"mode": mode, "canary_percent": canary_percent},
@@ -134,16 +197,8 @@ def build_world(root: Path, redis_url: str | None, canary_percent: float = 10.0)
         settings.mlflow.model_name, settings.mlflow.challenger_alias, challenger_version
     )
     models = {
-        "champion": {
-            "version": int(version),
-            "trees": result.scorer.booster.num_trees(),
-            "train_days": settings.training.train_days,
-        },
-        "challenger": {
-            "version": int(challenger_version),
-            "trees": challenger.scorer.booster.num_trees(),
-            "train_days": CHALLENGER_TRAIN_DAYS,
-        },
+        "champion": model_figures(version, result.scorer, settings.training.train_days),
+        "challenger": model_figures(challenger_version, challenger.scorer, CHALLENGER_TRAIN_DAYS),
     }
     model_files = root / "model"
     result.scorer.save(model_files)  # the booster file as logged, for MLServer
@@ -163,6 +218,17 @@ def build_world(root: Path, redis_url: str | None, canary_percent: float = 10.0)
         configs["api_redis"] = redis_config
         warm["redis"] = warm_state(redis_config, data)
         warm["redis"]["bytes"] = open_state(redis_settings).size_bytes() or 0.0
+    served_versions: dict[str, str] = {}
+    if reference:
+        # its own store (workdir) and state file, and the serving folders of its name
+        state = {"sqlite_path": str(root / f"state-{REFERENCE_SERVER}.sqlite")}
+        configs[REFERENCE_SERVER] = root / f"serve-{REFERENCE_SERVER}.yaml"
+        served_versions[REFERENCE_SERVER], models["reference"] = build_reference(
+            api_settings(REFERENCE_SERVER, state, "reference"),
+            transactions,
+            data,
+            configs[REFERENCE_SERVER],
+        )
 
     columns = list(result.scorer.features)
     test_rows = result.test.features.loc[:, columns]
@@ -207,4 +273,5 @@ def build_world(root: Path, redis_url: str | None, canary_percent: float = 10.0)
         step_s=step_s,
         history_rows=len(transactions),
         warm=warm,
+        served_versions=served_versions,
     )

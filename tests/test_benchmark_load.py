@@ -1,5 +1,6 @@
 """The load benchmark's pure parts: which targets run, what the fixed-rate generator sends and
-how it summarizes, and the challenger rows of the table. Nothing here is timed."""
+how it summarizes, and the challenger and reference rows of the table; and the world it serves
+under the reference model configuration. Nothing here is timed."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import argparse
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import requests
 
 from benchmarks.paced import (
     MULTIPLIER,
@@ -22,7 +26,14 @@ from benchmarks.paced import (
     run_paced,
     summarize,
 )
-from benchmarks.table import challenger_section, role_lines, round_ratios, why_invalid
+from benchmarks.servers import servers
+from benchmarks.table import (
+    challenger_section,
+    reference_lines,
+    role_lines,
+    round_ratios,
+    why_invalid,
+)
 from benchmarks.targets import (
     CHALLENGER_KEYS,
     SERVER_OF,
@@ -33,6 +44,9 @@ from benchmarks.targets import (
     servers_for,
     targets,
 )
+from benchmarks.world import REFERENCE_SERVER, build_world
+from pipelines.features import feature_names
+from pipelines.settings import load_settings
 
 SAMPLE = [("11", "901", 12.5), ("12", "902", 30.0), ("13", "903", 7.25)]
 
@@ -54,10 +68,16 @@ def test_each_target_loads_the_server_its_key_names() -> None:
     items, _ = targets(fake_world(), 2)
     assert [t.key for t in items] == list(TARGET_KEYS)
     assert {t.key: t.server for t in items} == SERVER_OF
-    assert [t.name for t in items][1:4] == ["predict", "predict-shadow", "predict-canary"]
+    assert [t.name for t in items][1:5] == [
+        "predict",
+        "predict-reference",
+        "predict-shadow",
+        "predict-canary",
+    ]
     chosen, _ = targets(fake_world(), 2, ["predict", "predict_canary"])
     assert [t.key for t in chosen] == ["predict", "predict_canary"]
     assert servers_for(["predict", "ours_inv", "predict_shadow"]) == {"api", "api_shadow"}
+    assert servers_for(["predict_reference"]) == {"api_reference"}
 
 
 def test_run_ids_never_repeat_and_the_clock_moves_past_every_request() -> None:
@@ -198,6 +218,24 @@ def test_the_challenger_section_gives_the_ratios_to_the_shadow_off_figures() -> 
     assert challenger_section(items[1:], notes, args) == []
 
 
+def test_the_reference_line_gives_the_cpu_ratio_to_the_reference_configuration() -> None:
+    items, _ = targets(fake_world(), 2, ["predict", "predict_reference"])
+    now, before = items
+    now.runs = [_run(700, 2400), _run(720, 2200), _run(400, 9000, valid=False)]
+    before.runs = [_run(750, 2000), _run(760, 2000), _run(740, 2000)]
+    models = {
+        "champion": {"version": 1, "trees": 62, "train_days": 28, "features": 22},
+        "reference": {"version": 1, "trees": 240, "train_days": 28, "features": 19},
+    }
+    (line,) = reference_lines(items, models)
+    assert "configured ÷ reference model configuration" in line
+    assert "**1.15×** (goal ≤ 1.15×) — met; per round: 1.20, 1.10, ✗" in line
+    assert "62 trees on 22 features, against v1 of the reference's own store, 240 trees" in line
+    now.runs = [_run(700, 2600)] * 3
+    assert "**1.30×** (goal ≤ 1.15×) — **missed**" in reference_lines(items, None)[0]
+    assert reference_lines(items[:1], models) == []
+
+
 def test_the_role_counts_say_the_challenger_really_scored() -> None:
     roles = {
         "api_shadow": {"champion": 900.0, "challenger": 0.0, "shadow": 900.0, "errors": 0.0},
@@ -220,3 +258,43 @@ def test_an_invalid_run_says_why_in_words() -> None:
         why_invalid({"errors": {}, "requests": 7438, "stalled": True, "lag_p99_us": 222_400})
         == "generator stalled, lag p99 222.4 ms"
     )
+
+
+# the columns issue 22 added, which the reference model configuration does not compute
+ISSUE_22_COLUMNS = {
+    "amount_to_customer_p90_30d",
+    "amount_to_customer_max_30d",
+    "terminal_risk_half_life_7d",
+}
+
+
+@pytest.mark.integration
+def test_the_reference_target_serves_a_model_of_the_reference_features(tmp_path: Path) -> None:
+    """predict-reference's API answers /predict with a model trained on the reference
+    configuration's columns, from a store of its own, while predict's has issue 22's."""
+    world = build_world(tmp_path, None, reference=True)
+    assert world.served_version(REFERENCE_SERVER) == str(world.models["reference"]["version"])
+    transaction = {
+        "transaction_id": "reference-1",
+        "tx_datetime": datetime.fromtimestamp(world.start_s, timezone.utc)
+        .replace(tzinfo=None)
+        .isoformat(timespec="seconds"),
+        "customer_id": "1",
+        "terminal_id": "1",
+        "tx_amount": 12.5,
+    }
+    served = {}
+    with servers(world, None, wanted=servers_for(["predict", "predict_reference"])) as running:
+        assert set(running) == {"api", REFERENCE_SERVER}
+        for name, server in running.items():
+            answer = requests.post(f"{server.url}/predict", json=transaction, timeout=10)
+            assert answer.status_code == 200, answer.text
+            assert 0.0 <= answer.json()["fraud_probability"] <= 1.0
+            described = requests.get(f"{server.url}/model", timeout=10).json()
+            assert described["challenger"]["mode"] == "off"
+            served[name] = described["features"]
+    assert ISSUE_22_COLUMNS <= set(served["api"])
+    assert not ISSUE_22_COLUMNS & set(served[REFERENCE_SERVER])
+    reference = load_settings(world.configs[REFERENCE_SERVER], environ={})
+    assert served[REFERENCE_SERVER] == feature_names(reference.features)
+    assert reference.tracking_uri != load_settings(world.config, environ={}).tracking_uri
