@@ -97,12 +97,15 @@ def warm_state(config: Path, data: Path) -> dict[str, float]:
 
 
 def reference_config(configured: Settings) -> Settings:
-    """The reference model configuration (conf/model-reference.yaml) laid over CONFIGURED as
-    the ablation lays it: section by section, `training.lightgbm` replaced whole."""
+    """CONFIGURED with the features of the reference model configuration
+    (conf/model-reference.yaml, laid as the ablation lays it): what /predict computes is
+    today's, while the benchmark's short training stays the same for both models, so that the
+    two servers differ in their features only."""
     from pipelines.settings import REFERENCE_MODEL_CONFIG, read_overlay
     from pipelines.training.ablation import reference_settings
 
-    return reference_settings(configured, read_overlay(REFERENCE_MODEL_CONFIG))
+    reference = reference_settings(configured, read_overlay(REFERENCE_MODEL_CONFIG))
+    return configured.model_copy(update={"features": reference.features})
 
 
 def model_figures(version: str, scorer: FraudScorer, train_days: int) -> dict[str, int]:
