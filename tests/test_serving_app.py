@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from redis import connection as redis_connection
 
 from pipelines.features import build_features, feature_names
 from pipelines.log.reader import read_predictions
@@ -138,6 +139,8 @@ def test_online_features_equal_offline_on_a_replayed_stream(
     offline = build_features(small_transactions, svc.settings.features).iloc[split:]
     online = logged[list(offline.columns)].astype(float)
     assert (offline["terminal_risk_30d"] > 0).sum() > 50  # matured labels are really used
+    assert (offline["terminal_risk_half_life_7d"] > 0).sum() > 50  # issue 22's, online too
+    assert offline["amount_to_customer_max_30d"].notna().sum() > 1000
     np.testing.assert_allclose(
         online.to_numpy(), offline.to_numpy(), rtol=0, atol=1e-9, equal_nan=True
     )
@@ -145,6 +148,39 @@ def test_online_features_equal_offline_on_a_replayed_stream(
     np.testing.assert_allclose(
         logged["fraud_probability"], scorer.predict_proba(offline), atol=1e-12
     )
+
+
+@pytest.mark.multihost
+@pytest.mark.parametrize("app", ["redis"], indirect=True)
+def test_a_prediction_reads_its_online_features_in_one_round_trip_to_redis(
+    client, app, small_transactions, monkeypatch
+) -> None:
+    """Every feature of a transaction (issue 22's quantiles and decayed risk among them) comes
+    from the one script call that stores it and returns its card's and terminal's history:
+    one request written to Redis per /predict."""
+    svc = app.extensions["fraudflow"]
+    svc.state.warm(small_transactions.iloc[:-30])
+    sent: list[list] = []
+    original = redis_connection.AbstractConnection.send_packed_command
+
+    def counting(connection, command, check_health=True):
+        sent[-1].append(command if isinstance(command, bytes) else b"".join(command))
+        return original(connection, command, check_health)
+
+    monkeypatch.setattr(redis_connection.AbstractConnection, "send_packed_command", counting)
+    for row in small_transactions.iloc[-30:].itertuples():
+        sent.append([])
+        body = {
+            "transaction_id": row.transaction_id,
+            "tx_datetime": row.tx_datetime.isoformat(),
+            "customer_id": row.customer_id,
+            "terminal_id": row.terminal_id,
+            "tx_amount": row.tx_amount,
+        }
+        assert client.post("/predict", json=body).status_code == 200
+    # the first also loads the script into this new server (EVALSHA, NOSCRIPT, EVAL): once
+    assert [len(requests) for requests in sent[1:]] == [1] * 29
+    assert all(b"EVALSHA" in requests[0] for requests in sent[1:])
 
 
 def test_resent_transaction_is_not_counted_twice(client, app) -> None:
