@@ -9,7 +9,7 @@ label becomes known `label_delay_days` after its transaction. Windows are half-o
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from itertools import accumulate
@@ -319,47 +319,50 @@ def _customer_features(
     return out, state
 
 
-def window_rows(values: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """Rows of values[lower[i]:upper[i]], NaN-padded to the widest window."""
-    width = max(int((upper - lower).max(initial=0)), 1)
-    index = lower[:, None] + np.arange(width)[None, :]
-    inside = index < upper[:, None]
-    return np.where(inside, values[np.minimum(index, len(values) - 1)], np.nan)
-
-
-def _blocks(lower: np.ndarray, upper: np.ndarray):
-    """Row ranges [start, stop) whose (row x widest window) matrix stays small."""
-    n = len(lower)
-    width = max(int((upper - lower).max(initial=0)), 1)
-    step = max(1, _BLOCK_CELLS // width)
-    for start in range(0, n, step):
-        yield start, min(n, start + step)
-
-
-def interpolated_quantile(sorted_rows: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
-    """The q-quantile (linear interpolation, numpy's default) of each row's first `count`
-    values, each row sorted ascending and `count` > 0; `features_from_history` does the same
-    arithmetic in plain floats."""
-    position = q * (count - 1)
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, count - 1)
-    picked = np.arange(len(sorted_rows))
-    low, high = sorted_rows[picked, below], sorted_rows[picked, above]
-    return low + (high - low) * (position - below)
+def _row_blocks(count: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Consecutive row ranges [start, stop) holding at most about _BLOCK_CELLS window cells."""
+    ends = np.cumsum(count)
+    start = 0
+    while start < len(count):
+        base = ends[start - 1] if start else 0
+        stop = int(np.searchsorted(ends, base + _BLOCK_CELLS, side="right"))
+        stop = max(stop, start + 1)
+        yield start, stop
+        start = stop
 
 
 def window_quantiles(
     values: np.ndarray, lower: np.ndarray, upper: np.ndarray, quantiles: Sequence[float]
 ) -> list[np.ndarray]:
-    """Each quantile of values[lower[i]:upper[i]] per row (NaN for an empty window)."""
+    """Each quantile (linear interpolation, numpy's default) of values[lower[i]:upper[i]] per
+    row, NaN for an empty window. Rows of the same window length are taken together: their
+    order statistics sit at the same positions, which a partial sort finds."""
     n = len(values)
+    count = upper - lower
     out = [np.full(n, np.nan) for _ in quantiles]
-    for start, stop in _blocks(lower, upper):
-        rows = np.sort(window_rows(values, lower[start:stop], upper[start:stop]), axis=1)
-        count = upper[start:stop] - lower[start:stop]
-        some = count > 0
-        for column, q in zip(out, quantiles):
-            column[start:stop][some] = interpolated_quantile(rows[some], count[some], q)
+    by_count = np.argsort(count, kind="stable")
+    sizes = np.bincount(count[by_count]) if n else np.zeros(1, np.int64)
+    first = 0
+    for size, rows_of_size in enumerate(sizes):
+        rows = by_count[first : first + rows_of_size]
+        first += rows_of_size
+        if size == 0 or rows_of_size == 0:
+            continue
+        picks = []
+        for q in quantiles:
+            position = q * (size - 1)
+            below = int(np.floor(position))
+            picks.append((below, min(below + 1, size - 1), position - below))
+        kth = sorted({k for below, above, _ in picks for k in (below, above)})
+        # every window of this length, as a view: a row of it is values[i : i + size]
+        windows = np.lib.stride_tricks.sliding_window_view(values, size)
+        step = max(1, _BLOCK_CELLS // size)
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            window = np.partition(windows[lower[chunk]], kth, axis=1)
+            for column, (below, above, fraction) in zip(out, picks):
+                low, high = window[:, below], window[:, above]
+                column[chunk] = low + (high - low) * fraction
     return out
 
 
@@ -431,22 +434,23 @@ def _decayed_risk(
     half_life_ms: float,
 ) -> np.ndarray:
     """Per row, the labelled rows [lower, upper) weighted by 2 ** (-age / half-life): the
-    weighted share of frauds (0 with no label)."""
+    weighted share of frauds (0 with no label). Each row's weights are summed in row order from
+    0.0, as `_decayed_risk_of` sums them (bincount adds in input order), so a streamed chunk
+    gives the same bits."""
     times = times_ms.astype(np.float64)
+    count = np.maximum(upper - lower, 0)
     risk = np.zeros(len(times))
-    for start, stop in _blocks(lower, upper):
-        window_times = window_rows(times, lower[start:stop], upper[start:stop])
-        window_labels = window_rows(labels, lower[start:stop], upper[start:stop])
-        age = times[start:stop, None] - window_times
-        known = ~np.isnan(window_labels)
-        weight = np.where(known, np.exp2(-np.where(known, age, 0.0) / half_life_ms), 0.0)
-        fraud_weight = weight * np.where(known, window_labels, 0.0)
-        # summed left to right, as `_decayed_risk_of` does: the padding adds exact zeros at the
-        # end, so neither the block's width nor a streamed chunk's changes a bit
-        total, fraud = np.zeros(len(weight)), np.zeros(len(weight))
-        for k in range(weight.shape[1]):
-            total += weight[:, k]
-            fraud += fraud_weight[:, k]
+    for start, stop in _row_blocks(count):
+        block = count[start:stop]
+        row = np.repeat(np.arange(stop - start), block)
+        offsets = np.cumsum(block) - block
+        other = np.repeat(lower[start:stop] - offsets, block) + np.arange(len(row))
+        label = labels[other]
+        known = ~np.isnan(label)
+        row, other, label = row[known], other[known], label[known]
+        weight = np.exp2(-(times[start + row] - times[other]) / half_life_ms)
+        total = np.bincount(row, weight, minlength=stop - start)
+        fraud = np.bincount(row, weight * label, minlength=stop - start)
         with np.errstate(divide="ignore", invalid="ignore"):
             risk[start:stop] = np.where(total > 0, fraud / total, 0.0)
     return risk

@@ -276,3 +276,7 @@ def test_a_label_counts_online_and_offline_only_once_it_has_matured(opener) -> N
     assert (
         offline["terminal_nb_tx_7d"].iloc[3] == 1.0 and offline["terminal_risk_7d"].iloc[3] == 1.0
     )
+    # issue 22's decayed risk (in the configured features): nothing before, the fraud alone at
+    # maturity; the online rows above equal these
+    decayed = offline["terminal_risk_half_life_7d"]
+    assert decayed.iloc[2] == 0.0 and decayed.iloc[3] == 1.0
