@@ -28,6 +28,9 @@ FAST_TRAINING = {
     "early_stopping_rounds": 20,
     "lightgbm": {"learning_rate": 0.1, "num_leaves": 15, "min_child_samples": 20},
 }
+# every switchable feature on (the default leaves some off), so that each is computed and
+# compared on every path a test world goes through: batch, streamed, online, Spark
+ALL_FEATURES = {"customer_amount_quantiles": [0.9, 1.0], "terminal_risk_half_life_days": 7}
 LENIENT_GATES = {"average_precision": 0.3, "recall": 0.2, "card_precision_at_100": 0.01}
 
 
@@ -36,6 +39,7 @@ def make_settings(workdir: Path, **sections: Any) -> Settings:
     overrides: dict[str, Any] = {
         "workdir": str(workdir),
         "simulation": SMALL_WORLD,
+        "features": ALL_FEATURES,
         "training": FAST_TRAINING,
         "backtest": {"folds": 2, "train_days": 21, "test_days": 7, "fold_step_days": 7},
         "promotion": {"gates": LENIENT_GATES, "min_improvement": 0.0},
