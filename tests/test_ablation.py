@@ -258,3 +258,30 @@ def test_a_fixed_known_cards_lookback_keeps_the_same_test_cards_whatever_the_win
     assert kept(10, None) == ["c", "d"] and kept(56, None) == ["d"]
     assert kept(10, 20) == kept(56, 20) == ["c", "d"]
     assert kept(10, 40) == kept(56, 40) == ["d"]
+
+
+def test_the_verdicts_weigh_each_gain_against_its_spread_over_seeds() -> None:
+    """Figures like the 112-day run's (seeds 1-3): the 90th percentile earns its place; the
+    largest amount gains no more than its spread; the decayed risk gains AP on every seed but costs
+    ROC-AUC beyond the spread of that cost; a candidate is judged by what adding it gives."""
+
+    def result(name: str, ap: list[float], auc: list[float]) -> ablation.VariantResult:
+        variant = ablation.Variant(name, "", None, ())  # type: ignore[arg-type]
+        per_seed = {s: {"ap": a, "cp": 0.35, "auc": u} for s, a, u in zip((1, 2, 3), ap, auc)}
+        return ablation.VariantResult(variant, per_seed)
+
+    judged = ablation.verdicts(
+        [
+            result("new", [0.7110, 0.7154, 0.7315], [0.8650, 0.8640, 0.8843]),
+            result("new - p90", [0.7101, 0.7155, 0.7296], [0.8650, 0.8640, 0.8843]),
+            result("new - max", [0.7110, 0.7148, 0.7316], [0.8650, 0.8640, 0.8843]),
+            result("new - decayed", [0.7099, 0.7150, 0.7300], [0.8668, 0.8662, 0.8863]),
+            result("new + median", [0.7100, 0.7150, 0.7300], [0.8650, 0.8640, 0.8843]),
+            result("new, imbalance_power 0.5", [0.7000, 0.7050, 0.7200], [0.86, 0.86, 0.88]),
+        ]
+    )
+    assert judged["new - p90"] == "feature earns its place (AP +0.0009 ± 0.0008)"
+    assert judged["new - max"] == "feature does not earn its place (AP +0.0002 ± 0.0003)"
+    assert judged["new - decayed"].startswith("feature does not earn its place (AP +0.0010")
+    assert judged["new + median"].startswith("candidate does not earn its place (AP -0.0010")
+    assert judged["new, imbalance_power 0.5"].startswith("choice earns its place (AP +0.0110")

@@ -267,7 +267,7 @@ def verdicts(results: Sequence[VariantResult]) -> dict[str, str]:
             and gain["cp"] >= -spread["cp"]
             and gain["auc"] >= -spread["auc"]
         )
-        subject = "candidate" if name.startswith("new + ") else "choice"
+        subject = {"new + ": "candidate", "new - ": "feature"}.get(name[:6], "choice")
         figures = f"AP {gain['ap']:+.4f} ± {spread['ap']:.4f}"
         out[name] = f"{subject} {'earns' if earns else 'does not earn'} its place ({figures})"
     return out
