@@ -71,7 +71,8 @@ def test_windows_backwards_from_the_end_of_data() -> None:
 
 
 def test_windows_by_date() -> None:
-    base = load_settings(environ={}).training
+    # 56 + 3 + 7 + 7 days: forwards from May 1st fits the data, as does backwards from Aug 1st
+    base = load_settings(environ={}).training.model_copy(update={"train_days": 56})
     start, end = pd.Timestamp("2018-04-01"), pd.Timestamp("2018-10-01")
     forward = layout_windows(
         start, end, base.model_copy(update={"train_start": date(2018, 5, 1)}), 7
