@@ -96,6 +96,17 @@ def warm_state(config: Path, data: Path) -> dict[str, float]:
     return {"seconds": float(found[1]), "rows_per_s": float(found[2].replace(",", ""))}
 
 
+def _configured_features() -> dict[str, object]:
+    """The switchable features as conf/default.yaml (and the environment) set them."""
+    from pipelines.settings import load_settings
+
+    features = load_settings().features
+    return {
+        "customer_amount_quantiles": list(features.customer_amount_quantiles),
+        "terminal_risk_half_life_days": features.terminal_risk_half_life_days,
+    }
+
+
 def reference_config(configured: Settings) -> Settings:
     """CONFIGURED with the features of the reference model configuration
     (conf/model-reference.yaml, laid as the ablation lays it): what /predict computes is
@@ -173,6 +184,8 @@ def build_world(
             # few seconds, whatever the load, so its CPU per request would fall as throughput
             # rose; the benchmark's store sees no promotion for it to follow
             registry_sync={"with_api": False},
+            # the configured features (the test settings turn every switchable one on)
+            features=_configured_features(),
         )
 
     # warmed once, then copied for each SQLite API: the same file for every challenger mode
@@ -192,7 +205,9 @@ def build_world(
         "train_days": CHALLENGER_TRAIN_DAYS,
         "lightgbm": {**FAST_TRAINING["lightgbm"], "seed": CHALLENGER_SEED},
     }
-    challenger_settings = make_settings(root / "work", training=training)
+    challenger_settings = make_settings(
+        root / "work", training=training, features=_configured_features()
+    )
     challenger_version, challenger = train_and_register(
         transactions, challenger_settings, data={"data_path": str(data)}
     )

@@ -61,7 +61,7 @@ def _large_amount_names(settings: FeatureSettings) -> list[str]:
     return [f"customer_nb_large_amounts_{r:g}x_{window}d" for r in settings.large_amount_ratios]
 
 
-# rows of the (row x window) matrices the quantiles and the decayed risk build at once
+# window cells (rows x window length) the quantiles and the decayed risk hold at once
 _BLOCK_CELLS = 4_000_000
 
 # a ratio counts as large only above threshold + this margin, so the batch and the one-row path
