@@ -96,17 +96,6 @@ def warm_state(config: Path, data: Path) -> dict[str, float]:
     return {"seconds": float(found[1]), "rows_per_s": float(found[2].replace(",", ""))}
 
 
-def _configured_features() -> dict[str, object]:
-    """The switchable features as conf/default.yaml (and the environment) set them."""
-    from pipelines.settings import load_settings
-
-    features = load_settings().features
-    return {
-        "customer_amount_quantiles": list(features.customer_amount_quantiles),
-        "terminal_risk_half_life_days": features.terminal_risk_half_life_days,
-    }
-
-
 def reference_config(configured: Settings) -> Settings:
     """CONFIGURED with the features of the reference model configuration
     (conf/model-reference.yaml, laid as the ablation lays it): what /predict computes is
@@ -165,10 +154,15 @@ def build_world(
     from pipelines.data import load_transactions
     from pipelines.mlflow import store
     from pipelines.model import BOOSTER_FILE
+    from pipelines.settings import load_settings
     from pipelines.state.factory import open_state
     from pipelines.training.simulate import simulate_transactions, write_daily_parquet
     from tests.support.models import train_and_register
     from tests.support.settings import FAST_TRAINING, make_settings, write_config
+
+    # the configured features, the whole section (the test settings turn every switchable one
+    # on): what the served API and the challenger compute
+    features = load_settings().features.model_dump(mode="json")
 
     def api_settings(name: str, state: dict[str, str], workdir: str = "work") -> Settings:
         mode = CHALLENGER_MODES.get(name, "off")
@@ -184,8 +178,7 @@ def build_world(
             # few seconds, whatever the load, so its CPU per request would fall as throughput
             # rose; the benchmark's store sees no promotion for it to follow
             registry_sync={"with_api": False},
-            # the configured features (the test settings turn every switchable one on)
-            features=_configured_features(),
+            features=features,
         )
 
     # warmed once, then copied for each SQLite API: the same file for every challenger mode
@@ -205,9 +198,7 @@ def build_world(
         "train_days": CHALLENGER_TRAIN_DAYS,
         "lightgbm": {**FAST_TRAINING["lightgbm"], "seed": CHALLENGER_SEED},
     }
-    challenger_settings = make_settings(
-        root / "work", training=training, features=_configured_features()
-    )
+    challenger_settings = make_settings(root / "work", training=training, features=features)
     challenger_version, challenger = train_and_register(
         transactions, challenger_settings, data={"data_path": str(data)}
     )

@@ -260,6 +260,7 @@ def test_an_invalid_run_says_why_in_words() -> None:
     )
 
 
+@pytest.mark.integration
 def test_the_reference_target_serves_a_model_of_the_reference_features(tmp_path: Path) -> None:
     """predict-reference's API answers /predict with a model trained on the reference
     configuration's columns, from a store of its own, while predict's has issue 22's."""
@@ -287,10 +288,12 @@ def test_the_reference_target_serves_a_model_of_the_reference_features(tmp_path:
     configured = load_settings(world.config, environ={})
     reference = load_settings(world.configs[REFERENCE_SERVER], environ={})
     assert served["api"] == feature_names(configured.features)
+    # the configured features, not the test settings' (which turn every switchable one on)
+    assert served["api"] == feature_names(load_settings().features)
     assert served[REFERENCE_SERVER] == feature_names(reference.features)
     # the columns issue 22 added (amount_to_customer_p90_30d by default), which the reference
     # configuration does not compute
     added = set(served["api"]) - set(served[REFERENCE_SERVER])
     assert "amount_to_customer_p90_30d" in added
     assert set(served[REFERENCE_SERVER]) < set(served["api"])
-    assert reference.tracking_uri != load_settings(world.config, environ={}).tracking_uri
+    assert reference.tracking_uri != configured.tracking_uri
